@@ -1,0 +1,34 @@
+# `make demo` and `make test` are the whole setup on a fresh clone: they build .venv as needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PADDLE := paddlepaddle==3.3.1
+# The CPU torch wheel (the 'torch' extra, for reading pytorch_model.bin in tests).
+TORCH := torch==2.13.0
+
+.PHONY: demo test bench clean-venv
+
+$(VENV)/.core: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(PADDLE)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[test,interop]"
+	touch $@
+
+demo: $(VENV)/.core
+	$(VENV)/bin/paddle-glm demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

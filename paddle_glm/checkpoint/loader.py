@@ -1,0 +1,65 @@
+"""Loading a checkpoint into a model, one shard at a time, straight into its parameters."""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List
+
+import paddle
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError
+from .dtypes import STORAGE, cast_array
+from .layout import PADDLE, convert_layout, strip_prefix
+from .source import find_checkpoint
+
+
+def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool = True,
+                    show_progress: bool = True) -> Dict[str, List[str]]:
+    """Assign every tensor of the checkpoint in ``directory`` to ``model``'s parameters.
+
+    Names may carry the ``glm.`` prefix or not; torch-layout files are transposed
+    on the fly; each tensor is cast to ``dtype`` as it is read. Only one shard is
+    in memory at a time, beside the model.
+
+    Returns ``{"missing": [...], "unexpected": [...]}``. Missing parameters raise
+    (``strict``) or are initialised randomly with a warning; unexpected tensors
+    give a warning listing them.
+    """
+    source = find_checkpoint(directory)
+    source_layout = PADDLE if source.format == "pdparams" else source.detect_layout()
+    params = {strip_prefix(name): p for name, p in model.state_dict().items()}
+    loaded, unexpected = set(), []
+    bar = tqdm(source.shards, desc="Loading checkpoint", unit="shard", disable=not show_progress or None)
+    for shard in bar:
+        path = source.path(shard)
+        names = []
+        for name, array in source.read_shard(shard):
+            names.append(name)
+            key = strip_prefix(name)
+            param = params.get(key)
+            if param is None:
+                unexpected.append(name)
+                continue
+            if array.dtype not in STORAGE.values():
+                raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}; expected a float tensor")
+            array = convert_layout(name, array, source_layout, PADDLE)
+            if tuple(array.shape) != tuple(param.shape):
+                raise CheckpointError(f"{path}: tensor {name!r} has shape {list(array.shape)} but the model expects "
+                                      f"{list(param.shape)} (does config.json match the checkpoint?)")
+            param.set_value(cast_array(array, dtype))
+            loaded.add(key)
+            del array
+        source.check_shard_names(shard, names)
+    missing = sorted(set(params) - loaded)
+    if missing and strict:
+        raise CheckpointError(f"{directory}: the checkpoint lacks {len(missing)} model tensor(s): "
+                              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    for key in missing:
+        params[key].initialize()
+    if missing:
+        warnings.warn(f"{directory}: {len(missing)} tensor(s) missing from the checkpoint were randomly "
+                      f"initialised: {', '.join(missing[:10])}", stacklevel=2)
+    if unexpected:
+        warnings.warn(f"{directory}: ignored {len(unexpected)} tensor(s) the model does not have: "
+                      f"{', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}", stacklevel=2)
+    return {"missing": missing, "unexpected": unexpected}

@@ -1,0 +1,99 @@
+"""Writing a checkpoint in PaddleNLP's sharded layout, one output shard in memory at a time."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..io_utils import atomic_write_text
+from .safe_pickle import save_pdparams
+from .safetensors_format import write_safetensors
+from .source import CHECKPOINT_KINDS, SHARD_PREFIX, SUFFIX
+
+_INDEX = {fmt: index for fmt, index, _ in CHECKPOINT_KINDS}
+_SINGLE = {fmt: single for fmt, _, single in CHECKPOINT_KINDS}
+
+
+def plan_shards(sizes: Sequence[Tuple[str, int]], max_shard_size: int) -> List[List[str]]:
+    """Split names into shards in order, as PaddleNLP's ``shard_checkpoint``: a shard is closed
+    when the next tensor would push it past ``max_shard_size``; a larger tensor gets its own."""
+    shards: List[List[str]] = [[]]
+    filled = 0
+    for name, nbytes in sizes:
+        if shards[-1] and filled + nbytes > max_shard_size:
+            shards.append([])
+            filled = 0
+        shards[-1].append(name)
+        filled += nbytes
+    return shards
+
+
+def shard_names(fmt: str, count: int) -> List[str]:
+    """PaddleNLP's file names: ``model_state-00001-of-00003.pdparams``, ``model-00001-of-00003.safetensors``."""
+    if count == 1:
+        return [_SINGLE[fmt]]
+    return [f"{SHARD_PREFIX[fmt]}-{i:05d}-of-{count:05d}{SUFFIX[fmt]}" for i in range(1, count + 1)]
+
+
+class ShardedWriter:
+    """Receives tensors in the planned order and writes each shard as soon as it is complete.
+
+    Args:
+        directory: where the files go (normally a temporary directory, renamed by the caller).
+        fmt: "pdparams" or "safetensors".
+        sizes: ``(name, nbytes)`` of every tensor, in the order they will be added.
+        max_shard_size: bytes per shard.
+        layout: "paddle" (safetensors metadata ``np``, bfloat16 as ``U16``, as PaddleNLP
+            writes) or "torch" (metadata ``pt``, ``BF16``, as PyTorch/HF write).
+    """
+
+    def __init__(self, directory: str, fmt: str, sizes: Sequence[Tuple[str, int]], max_shard_size: int,
+                 layout: str = "paddle"):
+        if fmt not in ("pdparams", "safetensors"):
+            raise CheckpointError(f"cannot write checkpoint format {fmt!r} (use pdparams or safetensors)")
+        self.directory, self.fmt, self.layout = directory, fmt, layout
+        self._plan = plan_shards(sizes, max_shard_size)
+        self._files = shard_names(fmt, len(self._plan))
+        self._sizes = dict(sizes)
+        self._shard = 0
+        self._pending: Dict[str, np.ndarray] = {}
+        self.written: List[str] = []
+
+    def add(self, name: str, array: np.ndarray) -> Optional[str]:
+        """Add the next tensor; returns the path of a shard if this completed one."""
+        expected = self._plan[self._shard]
+        if name not in expected or name in self._pending:
+            raise CheckpointError(f"internal: tensor {name!r} arrived out of the planned order")
+        self._pending[name] = array
+        if len(self._pending) < len(expected):
+            return None
+        path = os.path.join(self.directory, self._files[self._shard])
+        items = [(n, self._pending[n]) for n in expected]
+        if self.fmt == "pdparams":
+            save_pdparams(path, items)
+        else:
+            torch = self.layout == "torch"
+            write_safetensors(path, items, metadata={"format": "pt" if torch else "np"},
+                              bf16_code="BF16" if torch else "U16")
+        self._pending = {}
+        self._shard += 1
+        self.written.append(path)
+        return path
+
+    def finish(self) -> List[str]:
+        """Check every tensor arrived and write the index (when there is more than one shard)."""
+        if self._shard != len(self._plan):
+            missing = [n for shard in self._plan[self._shard:] for n in shard if n not in self._pending]
+            raise CheckpointError(f"internal: tensors never written: {', '.join(missing[:10])}")
+        if len(self._files) > 1:
+            index = {
+                "metadata": {"total_size": int(sum(self._sizes.values()))},
+                "weight_map": {n: f for names, f in zip(self._plan, self._files) for n in names},
+            }
+            path = os.path.join(self.directory, _INDEX[self.fmt])
+            atomic_write_text(path, json.dumps(index, indent=2) + "\n")
+            self.written.append(path)
+        return self.written

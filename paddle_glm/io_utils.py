@@ -1,0 +1,130 @@
+"""File-system helpers: atomic writes and size strings."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from typing import Callable, Iterator, Optional, Union
+
+from .errors import GLMError
+
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes from an int or a string such as ``"60KB"``, ``"500MB"``, ``"2GB"`` or ``"1GiB"``.
+
+    Units follow PaddleNLP's ``convert_file_size_to_int``: KB/MB/GB are powers of
+    10, KiB/MiB/GiB powers of 2.
+    """
+    if isinstance(size, bool):
+        raise GLMError(f"max_shard_size: expected bytes or a string like '2GB', got {size!r}")
+    if isinstance(size, int):
+        value = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
+        unit = match.group(2).upper() if match else None
+        if unit not in _SIZE_UNITS:
+            raise GLMError(f"max_shard_size: cannot read {size!r}; use bytes or a number with KB, MB, GB (or KiB, MiB, GiB)")
+        value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise GLMError(f"max_shard_size must be positive, got {size!r}")
+    return value
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    dst: str, *, overwrite: bool = False, keep_existing: Optional[Callable[[str], bool]] = None
+) -> Iterator[str]:
+    """Yield a fresh temporary directory beside ``dst``; on success it becomes ``dst``.
+
+    On any exception the temporary directory is removed and ``dst`` is left as it
+    was, so an interrupted write never leaves a half-written output.
+
+    Args:
+        dst: the final directory.
+        overwrite: replace an existing non-empty ``dst`` (otherwise refuse).
+        keep_existing: if given, an existing ``dst`` is updated rather than
+            refused: its files for which ``keep_existing(name)`` is true, and
+            that the new output does not replace, are carried over (used by
+            ``save_pretrained`` into a directory that already holds tokenizer
+            files; stale checkpoint shards are not kept).
+    """
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise GLMError(f"{dst}: exists and is not a directory")
+    if os.path.isdir(dst) and os.listdir(dst) and not (overwrite or keep_existing):
+        raise GLMError(f"{dst}: directory exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(dst) + ".tmp-")
+    try:
+        yield tmp
+        if keep_existing and os.path.isdir(dst):
+            for name in os.listdir(dst):
+                if keep_existing(name) and not os.path.exists(os.path.join(tmp, name)):
+                    _copy_entry(os.path.join(dst, name), os.path.join(tmp, name))
+        _swap_in(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_entry(src: str, dst: str) -> None:
+    if os.path.isdir(src):
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+
+
+def _swap_in(tmp: str, dst: str) -> None:
+    """Rename ``tmp`` to ``dst``, moving an existing ``dst`` aside first."""
+    if not os.path.exists(dst):
+        os.rename(tmp, dst)
+        return
+    old = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix="." + os.path.basename(dst) + ".old-")
+    os.rmdir(old)
+    os.rename(dst, old)
+    try:
+        os.rename(tmp, dst)
+    except BaseException:
+        os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def require_local_dir(path: str, what: str = "model") -> None:
+    """Raise a clear error unless ``path`` is an existing local directory."""
+    if os.path.isdir(path):
+        return
+    if os.path.exists(path):
+        raise GLMError(f"{path}: expected a {what} directory, found a file")
+    if not os.path.isabs(path) and path.count("/") == 1 and not path.startswith("."):
+        raise GLMError(f"{path}: no such local directory. paddle_glm does not download from model hubs: "
+                       f"download the {what} files (config.json, weights, cog-pretrain.model) into a "
+                       "directory first and pass its path")
+    raise GLMError(f"{path}: no such {what} directory")

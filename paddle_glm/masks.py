@@ -1,0 +1,88 @@
+"""GLM attention masks: every accepted form becomes one boolean ``[b, 1, q, k]`` mask.
+
+Accepted forms (the original GLM semantics):
+
+* 4-D ``[b, 1, q, k]`` of 0/1 (or bool): used as given; True/1 = may attend.
+* 1-D ``[b]`` "sep": queries see keys ``< sep`` (bidirectional prefix) and the
+  causal past.
+* None: causal language model (sep = 0).
+
+``True`` means "may attend". No row is ever left fully masked: such a row
+(a padding row of a user-made mask) is opened to every key, so softmax never
+sees an all ``-inf`` row and never returns NaN.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import paddle
+
+from .errors import GLMError
+
+MaskLike = Union[None, paddle.Tensor, np.ndarray]
+
+
+def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, key_len: int,
+                         offset: int = 0) -> paddle.Tensor:
+    """A boolean ``[batch, 1, query_len, key_len]`` mask.
+
+    Args:
+        attention_mask: 4-D 0/1 mask, 1-D ``[batch]`` sep positions, or None (causal).
+        batch, query_len: the shape of the current input.
+        key_len: keys the queries attend over (``offset + query_len`` without a
+            cache; the cache's full, static length with one). Keys past
+            ``offset + query_len`` are masked.
+        offset: absolute position of the first query (tokens already cached).
+    """
+    if attention_mask is None:
+        mask = _causal(batch, query_len, key_len, offset, sep=paddle.zeros([batch, 1, 1], dtype="int64"))
+    else:
+        attention_mask = paddle.to_tensor(attention_mask) if isinstance(attention_mask, np.ndarray) else attention_mask
+        if attention_mask.ndim == 0:
+            attention_mask = attention_mask.reshape([1]).expand([batch])
+        if attention_mask.ndim == 1:
+            if attention_mask.shape[0] != batch:
+                raise GLMError(f"attention_mask: a 1-D (sep) mask needs one entry per row ({batch}), "
+                               f"got {attention_mask.shape[0]}")
+            sep = attention_mask.astype("int64").reshape([batch, 1, 1])  # [b, 1, 1]
+            mask = _causal(batch, query_len, key_len, offset, sep)
+        elif attention_mask.ndim == 4:
+            mask = _from_dense(attention_mask, batch, query_len, key_len, offset)
+        else:
+            raise GLMError(
+                f"attention_mask: expected a 4-D [batch, 1, query, key] 0/1 mask, a 1-D [batch] sep mask or None, "
+                f"got shape {list(attention_mask.shape)}. A tokenizer's 2-D padding mask is not a GLM attention "
+                "mask: pass the batch through tokenizer.build_inputs_for_generation first."
+            )
+    # A fully masked row would give NaN: open it to every key instead.
+    empty_row = paddle.logical_not(mask.any(axis=-1, keepdim=True))  # [b, 1, q, 1]
+    return paddle.logical_or(mask, empty_row)
+
+
+def _causal(batch: int, query_len: int, key_len: int, offset: int, sep: paddle.Tensor) -> paddle.Tensor:
+    """Key j visible to query i iff j <= offset + i, or j < sep (the bidirectional prefix)."""
+    query_pos = paddle.arange(offset, offset + query_len, dtype="int64").reshape([1, query_len, 1])  # [1, q, 1]
+    key_pos = paddle.arange(key_len, dtype="int64").reshape([1, 1, key_len])  # [1, 1, k]
+    mask = paddle.logical_or(key_pos <= query_pos, key_pos < sep)  # [b, q, k]
+    mask = paddle.logical_and(mask, key_pos < offset + query_len)
+    return mask.reshape([batch, 1, query_len, key_len])
+
+
+def _from_dense(mask: paddle.Tensor, batch: int, query_len: int, key_len: int, offset: int) -> paddle.Tensor:
+    b, heads, rows, cols = mask.shape
+    if b != batch or heads != 1:
+        raise GLMError(f"attention_mask: expected shape [{batch}, 1, q, k], got {list(mask.shape)}")
+    if rows == offset + query_len and offset:
+        mask = mask[:, :, offset:]  # a full-sequence mask: keep the current queries' rows
+    elif rows != query_len:
+        raise GLMError(f"attention_mask: {rows} query rows for {query_len} new tokens"
+                       + (f" after {offset} cached ones" if offset else ""))
+    if cols > key_len:
+        raise GLMError(f"attention_mask: {cols} key columns, more than the {key_len} keys available")
+    mask = mask.astype("bool") if mask.dtype != paddle.bool else mask
+    if cols < key_len:
+        # columns past the given mask (unused cache slots) are masked
+        pad = paddle.zeros([batch, 1, query_len, key_len - cols], dtype="bool")
+        mask = paddle.concat([mask, pad], axis=-1)
+    return mask

@@ -1,0 +1,62 @@
+"""``from_pretrained`` / ``save_pretrained`` for the GLM model classes."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+import paddle
+
+from .checkpoint.loader import load_checkpoint
+from .checkpoint.source import is_checkpoint_file
+from .checkpoint.writer import ShardedWriter
+from .config import GLMConfig
+from .devices import default_dtype, resolve_dtype
+from .io_utils import atomic_output_dir, parse_size, require_local_dir
+
+
+class PretrainedMixin:
+    """Loading and saving in PaddleNLP's file layout. Mixed into the nn.Layer model classes."""
+
+    config = None
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
+                        show_progress: bool = True):
+        """Build the model from a local directory holding ``config.json`` and a checkpoint.
+
+        Args:
+            path: a directory with ``config.json`` and one of ``model.safetensors.index.json`` +
+                shards, ``model.safetensors``, ``model_state.pdparams.index.json`` + shards,
+                ``model_state.pdparams`` (or a PyTorch ``pytorch_model.bin``, with torch installed).
+            dtype: "float32" (default), "float16" or "bfloat16" (the last two need a CUDA GPU).
+                Tensors are cast while loading.
+            strict: raise if the checkpoint lacks a model tensor (else initialise it randomly).
+            show_progress: a progress bar per shard on stderr (when it is a terminal).
+        """
+        require_local_dir(path)
+        config = GLMConfig.from_pretrained(path)
+        dtype = resolve_dtype(dtype)
+        # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
+        with default_dtype(dtype), paddle.LazyGuard():
+            model = cls(config)
+        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress)
+        model.eval()
+        return model
+
+    def save_pretrained(self, path: str, safe_serialization: bool = True,
+                        max_shard_size: Union[int, str] = "2GB") -> None:
+        """Write ``config.json`` and the weights in PaddleNLP's file names and index format.
+
+        ``max_shard_size`` is bytes or a string such as "500MB" or "2GB". Files go to a
+        temporary directory that replaces ``path`` only when complete; other files already
+        in ``path`` (a tokenizer, say) are kept, old checkpoint files are not.
+        """
+        state = list(self.state_dict().items())
+        sizes = [(name, int(np.prod(p.shape)) * p.element_size()) for name, p in state]
+        fmt = "safetensors" if safe_serialization else "pdparams"
+        with atomic_output_dir(path, keep_existing=lambda name: not is_checkpoint_file(name)) as tmp:
+            writer = ShardedWriter(tmp, fmt, sizes, parse_size(max_shard_size))
+            for name, param in state:
+                writer.add(name, param.numpy())
+            writer.finish()
+            self.config.save_pretrained(tmp)
