@@ -76,7 +76,7 @@ def flashmask_indices(mask: paddle.Tensor) -> Optional[paddle.Tensor]:
     """
     b, _, q, k = mask.shape
     visible = mask[:, 0].astype("int32")  # [b, q, k]
-    count = visible.sum(axis=1)  # [b, k]
+    count = visible.sum(axis=1).astype("int32")  # [b, k]
     rows = paddle.arange(q, dtype="int32").reshape([1, q, 1])  # [1, q, 1]
     lo = paddle.where(mask[:, 0], rows.expand([b, q, k]), paddle.full([b, q, k], q, "int32")).min(axis=1)  # [b, k]
     hi = paddle.where(mask[:, 0], rows.expand([b, q, k]) + 1, paddle.zeros([b, q, k], "int32")).max(axis=1)
