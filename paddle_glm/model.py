@@ -19,6 +19,7 @@ import paddle.nn.functional as F
 from .attention import BHSD, MATH, SDPA, PreparedMask, attend, cache_layout, device_type, prepare_mask
 from .config import GLMConfig
 from .errors import GLMError
+from .generation.mixin import GenerationMixin
 from .kv_cache import KVCache
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
@@ -128,7 +129,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None,
                 attention_mask: MaskLike = None, cache: Optional[KVCache] = None,
-                attention_backend: Optional[str] = None) -> GLMOutput:
+                attention_backend: Optional[str] = None, last_token_only: bool = False) -> GLMOutput:
         """Run the model.
 
         Args:
@@ -139,6 +140,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
             cache: a :class:`KVCache`; the new tokens' keys/values are written at ``cache.length``
                 and attention covers the whole cache (unused slots masked).
             attention_backend: force a backend ("math", "sdpa", "flashmask"); default: chosen per call.
+            last_token_only: compute logits for the last position only (``[b, 1, vocab]``), as
+                generation needs; saves the ``[s, vocab]`` projection of a long prompt.
         """
         input_ids = _as_tensor(input_ids, "int64")
         b, s = input_ids.shape
@@ -153,6 +156,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, prepared, cache)
         if cache is not None:
             cache.advance(s)
+        if last_token_only:
+            hidden = hidden[:, -1:]
         logits = None
         if self.config.output_predict:
             logits = paddle.matmul(hidden, self.word_embeddings.weight, transpose_y=True)  # [b, s, vocab]
@@ -181,7 +186,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
                        self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
 
 
-class GLMForConditionalGeneration(PretrainedMixin, nn.Layer):
+class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
     """GLM with its language-model head (logits tied to the word embeddings); the base model is ``glm``."""
 
     base_model_prefix = "glm"
@@ -194,9 +199,10 @@ class GLMForConditionalGeneration(PretrainedMixin, nn.Layer):
         self.glm = GLMModel(config)
 
     def forward(self, input_ids, position_ids=None, attention_mask: MaskLike = None,
-                cache: Optional[KVCache] = None, attention_backend: Optional[str] = None) -> GLMOutput:
+                cache: Optional[KVCache] = None, attention_backend: Optional[str] = None,
+                last_token_only: bool = False) -> GLMOutput:
         """See :meth:`GLMModel.forward`; the output always has ``logits``."""
-        return self.glm(input_ids, position_ids, attention_mask, cache, attention_backend)
+        return self.glm(input_ids, position_ids, attention_mask, cache, attention_backend, last_token_only)
 
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         return self.glm.new_cache(batch, max_length, attention_backend)

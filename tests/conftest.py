@@ -18,8 +18,13 @@ TINY_B = dict(num_layers=3, hidden_size=48, num_attention_heads=6, vocab_size=30
 NO_DROPOUT = dict(embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0)
 
 
-def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForConditionalGeneration"):
-    """PaddleNLP 2.8.1's GLM with random weights, dropout off, in eval mode."""
+def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForConditionalGeneration",
+                    spread: bool = False):
+    """PaddleNLP 2.8.1's GLM with random weights, dropout off, in eval mode.
+
+    ``spread`` draws larger matrices, so that greedy generation does not collapse into
+    repeating one token and decoding tests see varied tokens.
+    """
     transformers = pytest.importorskip("paddlenlp.transformers")
     paddle.seed(seed)
     config = transformers.GLMConfig(output_predict=True, **NO_DROPOUT, **config_kwargs)
@@ -29,6 +34,8 @@ def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForC
     for name, p in model.state_dict().items():
         if len(p.shape) == 1:
             p.set_value(rng.normal(1.0 if name.endswith("layernorm.weight") else 0.0, 0.1, p.shape).astype("float32"))
+        elif spread:
+            p.set_value(rng.normal(0.0, 0.5 if "embeddings" in name else 0.2, p.shape).astype("float32"))
     model.eval()
     return model
 

@@ -1,0 +1,133 @@
+"""Beam search over the KV cache, with HF/PaddleNLP's scoring.
+
+Each step keeps ``num_beams`` live beams per input row out of the ``2 * num_beams``
+best (beam, token) pairs; a beam that emits eos becomes a finished hypothesis
+scored ``sum_logprobs / ((generated + 5) / 6) ** length_penalty`` (the GNMT
+penalty PaddleNLP uses). A row is done when it has ``num_beams`` hypotheses and
+no live beam can beat the worst of them.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from .decode import Stepper
+from .inputs import GenerationInputs
+from .logits_process import LogitsSettings, process_logits
+
+_UNREACHABLE = -1e9  # initial score of beams 1..K-1, so step one expands beam 0 only
+
+
+class Hypotheses:
+    """The ``num_beams`` best finished sequences of one input row."""
+
+    def __init__(self, num_beams: int, length_penalty: float):
+        self.num_beams = num_beams
+        self.length_penalty = length_penalty
+        self.beams: List[Tuple[float, List[int]]] = []
+
+    def score(self, sum_logprobs: float, generated: int) -> float:
+        return sum_logprobs / (((generated + 5) / 6) ** self.length_penalty)
+
+    @property
+    def worst(self) -> float:
+        return min(s for s, _ in self.beams)
+
+    def add(self, tokens: List[int], sum_logprobs: float, generated: int) -> None:
+        score = self.score(sum_logprobs, generated)
+        if len(self.beams) < self.num_beams or score > self.worst:
+            self.beams.append((score, tokens))
+            if len(self.beams) > self.num_beams:
+                self.beams.remove(min(self.beams, key=lambda b: b[0]))
+
+    def is_done(self, best_sum_logprobs: float, generated: int) -> bool:
+        return len(self.beams) >= self.num_beams and self.worst >= self.score(best_sum_logprobs, generated)
+
+    def best(self) -> Tuple[float, List[int]]:
+        return max(self.beams, key=lambda b: b[0])
+
+
+def expand_for_beams(inputs: GenerationInputs, num_beams: int) -> GenerationInputs:
+    """Repeat every row ``num_beams`` times (rows of one input stay adjacent)."""
+    index = paddle.arange(inputs.batch_size, dtype="int64").repeat_interleave(num_beams)
+    return GenerationInputs(paddle.index_select(inputs.input_ids, index), paddle.index_select(inputs.position_ids, index),
+                            paddle.index_select(inputs.mask, index), inputs.covered)
+
+
+def beam_search(model, inputs: GenerationInputs, new_tokens: int, num_beams: int, settings: LogitsSettings, *,
+                length_penalty: float, eos_token_id: Optional[int], pad_token_id: int, use_cache: bool
+                ) -> Tuple[paddle.Tensor, np.ndarray]:
+    """The best sequence per input row ``[b, prompt + generated]`` (eos appended, then padding) and its score."""
+    b, n0 = inputs.batch_size, inputs.prompt_length
+    inputs = expand_for_beams(inputs, num_beams)
+    stepper = Stepper(model, inputs, b * num_beams, use_cache)
+    sequences = inputs.input_ids
+    beam_scores = np.zeros((b, num_beams), dtype=np.float64)
+    beam_scores[:, 1:] = _UNREACHABLE
+    hyps = [Hypotheses(num_beams, length_penalty) for _ in range(b)]
+    done = [False] * b
+    start = 0
+    for step in range(new_tokens):
+        logits = stepper.logits(sequences, start)  # [b*K, V]
+        start = sequences.shape[1] if use_cache else 0
+        logprobs = process_logits(F.log_softmax(logits.astype("float32"), axis=-1), sequences, step, settings,
+                                  sampling=False)
+        vocab = logprobs.shape[-1]
+        totals = logprobs + paddle.to_tensor(beam_scores.reshape([-1, 1]), dtype="float32")
+        top_scores, top_ids = paddle.topk(totals.reshape([b, num_beams * vocab]), 2 * num_beams, axis=1)
+        top_scores, top_ids = top_scores.numpy(), top_ids.numpy()
+        history = sequences.numpy()
+        next_rows, next_tokens = np.zeros((b, num_beams), np.int64), np.full((b, num_beams), pad_token_id, np.int64)
+        for row in range(b):
+            if done[row]:
+                next_rows[row] = row * num_beams  # keep a placeholder beam alive; its output is ignored
+                beam_scores[row] = 0.0
+                continue
+            kept = 0
+            for rank, (score, flat) in enumerate(zip(top_scores[row], top_ids[row])):
+                beam, token = divmod(int(flat), vocab)
+                source = row * num_beams + beam
+                if eos_token_id is not None and token == eos_token_id:
+                    if rank < num_beams:  # only an eos among the top K candidates finishes a hypothesis
+                        hyps[row].add(history[source, n0:].tolist(), float(score), step)
+                    continue
+                next_rows[row, kept], next_tokens[row, kept], beam_scores[row, kept] = source, token, score
+                kept += 1
+                if kept == num_beams:
+                    break
+            done[row] = hyps[row].is_done(float(top_scores[row].max()), step)
+        index = paddle.to_tensor(next_rows.reshape([-1]))
+        sequences = paddle.concat([paddle.index_select(sequences, index),
+                                   paddle.to_tensor(next_tokens.reshape([-1, 1]))], axis=1)
+        if all(done):
+            break
+        if step + 1 < new_tokens:
+            stepper.reorder(index)
+    return _finalize(sequences.numpy(), beam_scores, hyps, done, n0, num_beams, eos_token_id, pad_token_id,
+                     new_tokens)
+
+
+def _finalize(history: np.ndarray, beam_scores: np.ndarray, hyps: List[Hypotheses], done: List[bool], n0: int,
+              num_beams: int, eos_token_id: Optional[int], pad_token_id: int, new_tokens: int
+              ) -> Tuple[paddle.Tensor, np.ndarray]:
+    for row, hyp in enumerate(hyps):
+        if not done[row]:
+            for beam in range(num_beams):
+                generated = history[row * num_beams + beam, n0:].tolist()
+                hyp.add(generated, float(beam_scores[row, beam]), len(generated))
+    best = [hyp.best() for hyp in hyps]
+    outputs = []
+    for score, tokens in best:
+        if eos_token_id is not None and len(tokens) < new_tokens:
+            tokens = tokens + [eos_token_id]
+        outputs.append(tokens)
+    width = max(len(t) for t in outputs)
+    prompt = history[::num_beams, :n0]
+    out = np.full((len(outputs), n0 + width), pad_token_id, dtype=np.int64)
+    out[:, :n0] = prompt
+    for row, tokens in enumerate(outputs):
+        out[row, n0:n0 + len(tokens)] = tokens
+    return paddle.to_tensor(out), np.array([s for s, _ in best])
