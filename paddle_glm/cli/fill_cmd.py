@@ -1,0 +1,35 @@
+"""``paddle-glm fill``: fill every blank of a text, in order."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from ..generation import TokenCollector
+from ..infilling import fill_blanks
+from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
+    speed_line
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fill", help="fill every [MASK]/[sMASK]/[gMASK] of a text",
+        description="Fill the blanks of TEXT one after another, each generated span fed back before the next "
+                    "(GLM's multi-blank infilling). Prints the completed text, then each span.")
+    add_model_flags(parser)
+    parser.add_argument("text", metavar="TEXT", help="text with one or more [MASK], [sMASK] or [gMASK]")
+    add_generation_flags(parser, default_new_tokens=64)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model_and_tokenizer(args)
+    kwargs = generation_kwargs(args)
+    counter = TokenCollector() if args.num_beams == 1 else None  # streamers do not run with beam search
+    start = time.perf_counter()
+    completed, spans = fill_blanks(model, tokenizer, args.text, streamer=counter, **kwargs)
+    seconds = time.perf_counter() - start
+    print(completed)
+    for i, span in enumerate(spans, 1):
+        print(f"[{i}] {span}")
+    info(speed_line(len(counter.steps), seconds) if counter else f"filled {len(spans)} blanks in {seconds:.2f} s")
+    return 0

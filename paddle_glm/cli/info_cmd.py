@@ -1,0 +1,68 @@
+"""``paddle-glm info``: what a model directory holds, read from config, index and headers (no weights loaded)."""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+
+import numpy as np
+import paddle
+
+from ..checkpoint.dtypes import STORAGE, dtype_name
+from ..checkpoint.source import find_checkpoint
+from ..config import GLMConfig
+from ..io_utils import require_local_dir
+
+GB = 1e9
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info", help="describe a model directory without loading its weights",
+        description="Print the config, the parameter count, the checkpoint files with their format and dtype, "
+                    "and the memory the weights need in each dtype. Reads config.json, the index and file headers "
+                    "only.")
+    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.set_defaults(run=run)
+
+
+def parameter_count(config: GLMConfig) -> int:
+    """Exact parameter count of GLMForConditionalGeneration for ``config`` (built lazily: no memory)."""
+    from ..model import GLMForConditionalGeneration
+
+    with paddle.LazyGuard():
+        model = GLMForConditionalGeneration(config)
+    return sum(int(np.prod(p.shape)) for p in model.parameters())
+
+
+def checkpoint_dtype(source) -> str:
+    """The weights' dtype, from headers (safetensors) or from scanning the smallest shard (pdparams)."""
+    if source.format == "torch":
+        return "unknown (PyTorch .bin; convert to read it without torch)"
+    shard = min(source.shards, key=lambda s: os.path.getsize(source.path(s)))
+    found = Counter(dtype_name(np.empty(0, dtype=spec.dtype)) for spec in source.specs(shard).values())
+    return ", ".join(sorted(found))
+
+
+def run(args: argparse.Namespace) -> int:
+    require_local_dir(args.model_dir)
+    config = GLMConfig.from_pretrained(args.model_dir)
+    params = parameter_count(config)
+    print(f"model: {args.model_dir}")
+    print(f"config: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads "
+          f"(head_dim {config.head_dim}), vocab {config.vocab_size}, {config.max_sequence_length} positions, "
+          f"block positions {'on' if config.block_position_encoding else 'off'}")
+    print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
+    source = find_checkpoint(args.model_dir)
+    print(f"checkpoint: {source.format}, {len(source.shards)} file(s)"
+          + (f", index {os.path.basename(source.index_file)}" if source.index_file else "")
+          + (f", metadata format '{source.metadata_format}'" if source.metadata_format else ""))
+    for shard in source.shards:
+        print(f"  {shard}  {os.path.getsize(source.path(shard)) / GB:.3f} GB")
+    print(f"total on disk: {source.total_bytes / GB:.3f} GB; dtype: {checkpoint_dtype(source)}")
+    print("weights in memory: " + ", ".join(f"{name} {params * storage.itemsize / GB:.2f} GB"
+                                            for name, storage in STORAGE.items()))
+    kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size
+    print(f"KV cache per sequence at {config.max_sequence_length} tokens: float32 {kv * 4 / GB:.3f} GB, "
+          f"float16/bfloat16 {kv * 2 / GB:.3f} GB")
+    return 0
