@@ -1,0 +1,213 @@
+"""GLM model inputs for blank infilling, built from token ids with numpy.
+
+GLM fills a blank (``[MASK]``, ``[sMASK]`` or ``[gMASK]``) by appending a span
+that starts with ``<|startofpiece|>`` after the context. The span's tokens take
+the blank's position in row 0 of ``position_ids`` and count ``1, 2, ...`` in row
+1 (block positions). Every token sees the whole (unpadded) context; span tokens
+see their own span causally. These functions build exactly the arrays of
+PaddleNLP 2.8.1's ``GLMTokenizerMixin`` (and the original GLM) for generation,
+teacher-forced targets and multiple-choice scoring. ``GLMChineseTokenizer``
+wraps them and converts to and from paddle tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from .errors import GLMError
+
+ID_DTYPE = "int64"
+
+
+def first_mask_positions(input_ids: np.ndarray, mask_token_ids: Sequence[int]) -> np.ndarray:
+    """The position of the first mask token in each row of ``input_ids`` ``[b, L]``, as ``[b]``.
+
+    Raises:
+        GLMError (a ValueError): a row has no mask token.
+    """
+    is_mask = np.isin(input_ids, list(mask_token_ids))  # [b, L]
+    missing = np.flatnonzero(~is_mask.any(axis=1))
+    if missing.size:
+        raise GLMError(
+            f"input_ids: sample {int(missing[0])} has no mask token ([MASK], [sMASK] or [gMASK]); "
+            "GLM generates only to fill a blank. Add [gMASK] at the end of the text for left-to-right "
+            "generation, or [MASK]/[sMASK] where a word/sentence should be filled in"
+        )
+    return is_mask.argmax(axis=1)
+
+
+def blank_infilling_mask(context_mask: np.ndarray, span_length: int) -> np.ndarray:
+    """The 0/1 attention mask ``[b, 1, L+G, L+G]`` for a context ``[b, L]`` and a span of ``G`` tokens.
+
+    Every row sees the context columns where ``context_mask`` is 1 (padding columns
+    stay 0); the span block is lower-triangular; context rows never see the span.
+    """
+    batch, context_length = context_mask.shape
+    total = context_length + span_length
+    mask = np.zeros([batch, total, total], dtype=context_mask.dtype)
+    mask[:, :, :context_length] = context_mask[:, None, :]
+    mask[:, context_length:, context_length:] = np.tril(np.ones([span_length, span_length], context_mask.dtype))
+    return mask[:, None]  # [b, 1, L+G, L+G]
+
+
+def blank_infilling_positions(mask_positions: np.ndarray, context_length: int, span_length: int) -> np.ndarray:
+    """``position_ids`` ``[b, 2, L+G]``: row 0 is ``0..L-1`` then the blank's position ``G`` times;
+    row 1 is ``L`` zeros then ``1..G``."""
+    batch = mask_positions.shape[0]
+    positions = np.concatenate(
+        [np.broadcast_to(np.arange(context_length), [batch, context_length]),
+         np.repeat(mask_positions[:, None], span_length, axis=1)], axis=1)  # [b, L+G]
+    block_positions = np.concatenate(
+        [np.zeros([batch, context_length], dtype=ID_DTYPE),
+         np.broadcast_to(np.arange(1, span_length + 1), [batch, span_length])], axis=1)  # [b, L+G]
+    return np.stack([positions, block_positions], axis=1).astype(ID_DTYPE)  # [b, 2, L+G]
+
+
+def generation_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, mask_token_ids: Sequence[int],
+                      sop_token_id: int, max_gen_length: int) -> Dict[str, np.ndarray]:
+    """Inputs to generate up to ``max_gen_length`` tokens into the first blank of each row.
+
+    Args:
+        input_ids: ``[b, L]`` right-padded context ids.
+        attention_mask: ``[b, L]``, 1 for real tokens and 0 for padding.
+        mask_token_ids: the ids of ``[MASK]``, ``[sMASK]`` and ``[gMASK]``.
+        sop_token_id: the id of ``<|startofpiece|>``.
+        max_gen_length: ``G``, the most tokens to generate.
+
+    Returns:
+        ``input_ids`` ``[b, L+1]`` (context + ``<|startofpiece|>``), ``position_ids``
+        ``[b, 2, L+G]`` and ``attention_mask`` ``[b, 1, L+G, L+G]``.
+    """
+    batch, context_length = input_ids.shape
+    mask_positions = first_mask_positions(input_ids, mask_token_ids)
+    sop = np.full([batch, 1], sop_token_id, dtype=input_ids.dtype)
+    return {
+        "input_ids": np.concatenate([input_ids, sop], axis=1),  # [b, L+1]
+        "position_ids": blank_infilling_positions(mask_positions, context_length, max_gen_length),
+        "attention_mask": blank_infilling_mask(attention_mask, max_gen_length),
+    }
+
+
+def target_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, targets: List[List[int]],
+                  mask_token_ids: Sequence[int], sop_token_id: int, eop_token_id: int, pad_token_id: int,
+                  max_gen_length: int, padding: bool = False) -> Dict[str, np.ndarray]:
+    """Teacher-forced inputs (training or scoring) for target spans, as PaddleNLP builds them.
+
+    Each target (ids, without special tokens) gets ``<|endofpiece|>`` appended and is
+    cut to ``max_gen_length`` ids. The span fed to the model is ``<|startofpiece|>`` +
+    target, padded with ``pad_token_id``; its labels are the target shifted by one.
+
+    Args:
+        input_ids, attention_mask: ``[b, L]`` right-padded context.
+        targets: one list of ids per row.
+        mask_token_ids, sop_token_id, eop_token_id, pad_token_id: special ids.
+        max_gen_length: the most span tokens.
+        padding: pad every span to ``max_gen_length`` (else ``G`` = the longest target + 1).
+
+    Returns:
+        ``input_ids`` ``[b, L+G]``, ``position_ids`` ``[b, 2, L+G]``, ``attention_mask``
+        ``[b, 1, L+G, L+G]``, ``labels`` ``[b, L+G]`` (0 over the context, ``pad_token_id``
+        past a target's end; PaddleNLP calls it ``label_ids``) and ``loss_mask``
+        ``[b, L+G]`` (1 where the input token is a span token other than padding or
+        ``<|endofpiece|>``, i.e. where the label is a target id or the closing
+        ``<|endofpiece|>``).
+    """
+    batch, context_length = input_ids.shape
+    if len(targets) != batch:
+        raise GLMError(f"targets: got {len(targets)} targets for a batch of {batch}")
+    targets = [(list(target) + [eop_token_id])[:max_gen_length] for target in targets]
+    span_length = max_gen_length if padding else max(map(len, targets))
+    span = np.full([batch, span_length + 1], pad_token_id, dtype=ID_DTYPE)  # sop + target + padding
+    labels = np.full([batch, span_length], pad_token_id, dtype=ID_DTYPE)
+    for row, target in enumerate(targets):
+        span[row, 0] = sop_token_id
+        span[row, 1:len(target) + 1] = target
+        labels[row, :len(target)] = target
+    span = span[:, :-1]  # [b, G]: the last id is never an input
+    loss_mask = ((span != pad_token_id) & (span != eop_token_id)).astype(ID_DTYPE)
+    context_zeros = np.zeros([batch, context_length], dtype=ID_DTYPE)
+    inputs = generation_inputs(input_ids, attention_mask, mask_token_ids, sop_token_id, span_length)
+    inputs["input_ids"] = np.concatenate([input_ids.astype(ID_DTYPE), span], axis=1)  # [b, L+G]
+    inputs["labels"] = np.concatenate([context_zeros, labels], axis=1)  # [b, L+G]
+    inputs["loss_mask"] = np.concatenate([context_zeros, loss_mask], axis=1)  # [b, L+G]
+    return inputs
+
+
+def multiple_choice_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, choices: List[List[List[int]]],
+                           mask_token_ids: Sequence[int], sop_token_id: int, pad_token_id: int) -> Dict[str, object]:
+    """Cloze scoring inputs: every choice is a span filling the first blank, all in one sequence.
+
+    For each row, the context is followed by one span per choice: ``<|startofpiece|>``
+    + the choice without its last id. Span tokens see the real context and their own
+    span causally, never another choice. Rows are right-padded to the longest with
+    ``pad_token_id`` (PaddleNLP pads with 0; padding is never attended), padded
+    ``position_ids`` repeat the last column and padded mask rows and columns are 0.
+
+    Args:
+        input_ids, attention_mask: ``[b, L]`` right-padded context.
+        choices: per row, a list of choices, each a non-empty list of ids.
+        mask_token_ids, sop_token_id, pad_token_id: special ids.
+
+    Returns:
+        ``input_ids`` ``[b, S]``, ``position_ids`` ``[b, 2, S]``, ``attention_mask``
+        ``[b, 1, S, S]``, ``choice_ids`` (per row, a list of ``[c]`` id arrays: the
+        labels of each span) and ``choice_indices`` (per row, a list of ``[c]`` arrays:
+        the positions of each span in the sequence, whose logits predict ``choice_ids``).
+    """
+    if len(choices) != input_ids.shape[0]:
+        raise GLMError(f"choices: got {len(choices)} lists of choices for a batch of {input_ids.shape[0]}")
+    for row, row_choices in enumerate(choices):
+        if not row_choices or not all(len(choice) for choice in row_choices):
+            raise GLMError(f"choices: sample {row} needs at least one choice, and every choice at least one token")
+    mask_positions = first_mask_positions(input_ids, mask_token_ids)
+    samples = [_choice_sample(ids, mask, row_choices, int(position), sop_token_id)
+               for ids, mask, row_choices, position in zip(input_ids, attention_mask, choices, mask_positions)]
+    length = max(len(sample["input_ids"]) for sample in samples)
+    batch = len(samples)
+    tokens = np.full([batch, length], pad_token_id, dtype=ID_DTYPE)
+    position_ids = np.zeros([batch, 2, length], dtype=ID_DTYPE)
+    mask = np.zeros([batch, length, length], dtype=attention_mask.dtype)
+    for row, sample in enumerate(samples):
+        size = len(sample["input_ids"])
+        tokens[row, :size] = sample["input_ids"]
+        position_ids[row, :, :size] = sample["position_ids"]
+        position_ids[row, :, size:] = sample["position_ids"][:, -1:]
+        mask[row, :size, :size] = sample["attention_mask"]
+    return {
+        "input_ids": tokens,
+        "position_ids": position_ids,
+        "attention_mask": mask[:, None],  # [b, 1, S, S]
+        "choice_ids": [sample["choice_ids"] for sample in samples],
+        "choice_indices": [sample["choice_indices"] for sample in samples],
+    }
+
+
+def _choice_sample(context: np.ndarray, context_mask: np.ndarray, choices: List[List[int]], mask_position: int,
+                   sop_token_id: int) -> Dict[str, object]:
+    """One row of :func:`multiple_choice_inputs`, unpadded (PaddleNLP's ``_build_input_for_multiple_choice``)."""
+    context_length = len(context)
+    tokens, positions, block_positions = [context], [np.arange(context_length)], [np.zeros(context_length)]
+    choice_ids, choice_indices = [], []
+    start = context_length
+    for choice in choices:
+        choice = np.asarray(choice, dtype=ID_DTYPE)
+        size = len(choice)
+        tokens.append(np.concatenate([[sop_token_id], choice[:-1]]))
+        positions.append(np.full(size, mask_position))
+        block_positions.append(np.arange(1, size + 1))
+        choice_ids.append(choice)
+        choice_indices.append(np.arange(start, start + size, dtype=ID_DTYPE))
+        start += size
+    mask = np.zeros([start, start], dtype=context_mask.dtype)
+    mask[:, :context_length] = context_mask[None, :]
+    for indices in choice_indices:
+        first, end = indices[0], indices[-1] + 1
+        mask[first:end, first:end] = np.tril(np.ones([end - first, end - first], dtype=context_mask.dtype))
+    return {
+        "input_ids": np.concatenate(tokens).astype(ID_DTYPE),
+        "position_ids": np.stack([np.concatenate(positions), np.concatenate(block_positions)]).astype(ID_DTYPE),
+        "attention_mask": mask,
+        "choice_ids": choice_ids,
+        "choice_indices": choice_indices,
+    }
