@@ -13,6 +13,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .errors import GLMError
+from .generation.api import bad_words_with_tokenizer
 
 DEFAULT_SPAN_TOKENS = 64
 
@@ -51,13 +52,17 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
     Each span is generated with ``model.generate`` (greedy unless ``generate_kwargs`` say
     otherwise; ``max_new_tokens`` defaults to 64 per blank) and stops at ``<|endofpiece|>``.
     The spans are fed back (as GLM's Part B) before the next blank is generated.
+    ``max_length`` is not accepted: a blank has no whole-sequence length.
     """
+    if "max_length" in generate_kwargs:
+        raise GLMError("fill_blanks: give max_new_tokens (per blank), not max_length")
     context = tokenizer(text)["input_ids"]
     blanks = [i for i, token in enumerate(context) if token in tokenizer.mask_token_ids]
     if not blanks:
         raise GLMError("fill_blanks: the text has no [MASK], [sMASK] or [gMASK] to fill")
     generate_kwargs.setdefault("max_new_tokens", DEFAULT_SPAN_TOKENS)
     generate_kwargs.setdefault("eos_token_id", tokenizer.eop_token_id)
+    generate_kwargs.setdefault("bad_words_ids", bad_words_with_tokenizer(model.config, tokenizer))
     span_tokens = generate_kwargs["max_new_tokens"]
     filled: List[Tuple[int, List[int]]] = []
     for position in blanks:

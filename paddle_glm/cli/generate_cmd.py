@@ -7,6 +7,7 @@ import time
 
 from ..errors import GLMError
 from ..generation import TextStreamer
+from ..generation.api import bad_words_with_tokenizer
 from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
     speed_line
 
@@ -42,7 +43,7 @@ def generate_one(model, tokenizer, prompt: str, args: argparse.Namespace) -> Non
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
     start = time.perf_counter()
     out = model.generate(**inputs, eos_token_id=tokenizer.eop_token_id, streamer=streamer,
-                         **generation_kwargs(args))
+                         bad_words_ids=bad_words_with_tokenizer(model.config, tokenizer), **generation_kwargs(args))
     seconds = time.perf_counter() - start
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     if not args.stream:

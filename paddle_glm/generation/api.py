@@ -43,6 +43,15 @@ def default_eos_token_id(config) -> Optional[int]:
     return None
 
 
+def bad_words_with_tokenizer(config, tokenizer) -> List[int]:
+    """The config's bad words plus every embedding row the tokenizer has no token for.
+
+    glm-10b-chinese pads its vocabulary to 50048 rows while its tokenizer knows
+    50010 ids; generating one of the others would give text nobody can decode.
+    """
+    return list(config.bad_words_id or []) + list(range(tokenizer.vocab_size, config.vocab_size))
+
+
 def generate(model, input_ids, position_ids=None, attention_mask=None, *, max_length: Optional[int] = None,
              max_new_tokens: Optional[int] = None, min_new_tokens: int = 0, eos_token_id: Optional[int] = None,
              pad_token_id: Optional[int] = None, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
