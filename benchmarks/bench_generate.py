@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
-    return 0
+    met = r["roofline_fraction"] >= 0.6 and r["ratio_768_64"] <= 1.3 and r.get("speedup_vs_paddlenlp", 10) >= 10
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
