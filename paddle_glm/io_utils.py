@@ -44,6 +44,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it private; use an ordinary file's mode
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -83,6 +84,7 @@ def atomic_output_dir(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(dst) + ".tmp-")
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; DST gets an ordinary directory's mode
         yield tmp
         if keep_existing and os.path.isdir(dst):
             for name in os.listdir(dst):
@@ -92,6 +94,13 @@ def atomic_output_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _copy_entry(src: str, dst: str) -> None:

@@ -54,7 +54,11 @@ class CheckpointSource:
         return sum(os.path.getsize(self.path(s)) for s in self.shards)
 
     def read_shard(self, shard: str) -> Iterator[Tuple[str, np.ndarray]]:
-        """Yield ``(name, array)`` for every tensor in one shard (bfloat16 as uint16 bits)."""
+        """Yield ``(name, array)`` for every tensor in one shard (bfloat16 as uint16 bits).
+
+        pdparams and .bin arrays are views of the file's memory map (pdparams ones read-only):
+        the data is paged in when used, not copied.
+        """
         path = self.path(shard)
         if self.format == "safetensors":
             with SafetensorsFile(path) as f:

@@ -23,7 +23,8 @@ def iter_torch_bin(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     """Yield ``(name, array)`` from a torch.save'd state dict; bfloat16 comes out as uint16 bits.
 
     Uses ``torch.load(..., weights_only=True, mmap=True)``, so nothing in the file
-    runs and tensors are paged in from disk one at a time.
+    runs and tensors are paged in from disk as they are used: the arrays are views of
+    the file's memory map (contiguous tensors are not copied).
     """
     torch = _torch()
     try:
@@ -43,4 +44,4 @@ def iter_torch_bin(path: str) -> Iterator[Tuple[str, np.ndarray]]:
             array = tensor.view(torch.int16).numpy().view(np.uint16)
         else:
             array = tensor.numpy()
-        yield name, array.copy()
+        yield name, array

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -39,59 +39,90 @@ def shard_names(fmt: str, count: int) -> List[str]:
 
 
 class ShardedWriter:
-    """Receives tensors in the planned order and writes each shard as soon as it is complete.
+    """Receives tensors in order and writes each shard as soon as it is complete.
 
     Args:
         directory: where the files go (normally a temporary directory, renamed by the caller).
         fmt: "pdparams" or "safetensors".
-        sizes: ``(name, nbytes)`` of every tensor, in the order they will be added.
+        sizes: ``(name, nbytes)`` of every tensor, in the order they will be added; or None
+            when they are not known in advance (a converter streaming its input): shards are
+            then cut by the same rule as tensors arrive, written under provisional names and
+            renamed to PaddleNLP's ``-of-N`` names by ``finish``.
         max_shard_size: bytes per shard.
         layout: "paddle" (safetensors metadata ``np``, bfloat16 as ``U16``, as PaddleNLP
             writes) or "torch" (metadata ``pt``, ``BF16``, as PyTorch/HF write).
     """
 
-    def __init__(self, directory: str, fmt: str, sizes: Sequence[Tuple[str, int]], max_shard_size: int,
+    def __init__(self, directory: str, fmt: str, sizes: Optional[Sequence[Tuple[str, int]]], max_shard_size: int,
                  layout: str = "paddle"):
         if fmt not in ("pdparams", "safetensors"):
             raise CheckpointError(f"cannot write checkpoint format {fmt!r} (use pdparams or safetensors)")
         self.directory, self.fmt, self.layout = directory, fmt, layout
-        self._plan = plan_shards(sizes, max_shard_size)
-        self._files = shard_names(fmt, len(self._plan))
-        self._sizes = dict(sizes)
-        self._shard = 0
+        self.max_shard_size = max_shard_size
+        self._plan = None if sizes is None else plan_shards(sizes, max_shard_size)
+        self._files = [] if self._plan is None else shard_names(fmt, len(self._plan))
+        self._shards: List[List[str]] = []  # names in each written shard
         self._pending: Dict[str, np.ndarray] = {}
+        self._filled = 0
+        self._added: Set[str] = set()
+        self.total_bytes = 0
         self.written: List[str] = []
 
     def add(self, name: str, array: np.ndarray) -> Optional[str]:
-        """Add the next tensor; returns the path of a shard if this completed one."""
-        expected = self._plan[self._shard]
-        if name not in expected or name in self._pending:
+        """Add the next tensor; returns the path of a shard if one was written."""
+        if name in self._added:
+            raise CheckpointError(f"tensor {name!r} was given twice (is it in more than one source shard?)")
+        if self._plan is None:
+            path = None
+            if self._pending and self._filled + array.nbytes > self.max_shard_size:
+                path = self._write_pending()
+            self._keep(name, array)
+            return path
+        expected = self._plan[len(self._shards)] if len(self._shards) < len(self._plan) else []
+        if name not in expected:
             raise CheckpointError(f"internal: tensor {name!r} arrived out of the planned order")
+        self._keep(name, array)
+        return self._write_pending() if len(self._pending) == len(expected) else None
+
+    def _keep(self, name: str, array: np.ndarray) -> None:
+        self._added.add(name)
         self._pending[name] = array
-        if len(self._pending) < len(expected):
-            return None
-        path = os.path.join(self.directory, self._files[self._shard])
-        items = [(n, self._pending[n]) for n in expected]
+        self._filled += array.nbytes
+        self.total_bytes += array.nbytes
+
+    def _write_pending(self) -> str:
+        number = len(self._shards)
+        name = self._files[number] if self._plan is not None else f".shard-{number + 1:05d}{SUFFIX[self.fmt]}"
+        path = os.path.join(self.directory, name)
+        items = list(self._pending.items())
         if self.fmt == "pdparams":
             save_pdparams(path, items)
         else:
             torch = self.layout == "torch"
             write_safetensors(path, items, metadata={"format": "pt" if torch else "np"},
                               bf16_code="BF16" if torch else "U16")
-        self._pending = {}
-        self._shard += 1
+        self._shards.append(list(self._pending))
+        self._pending, self._filled = {}, 0
         self.written.append(path)
         return path
 
     def finish(self) -> List[str]:
-        """Check every tensor arrived and write the index (when there is more than one shard)."""
-        if self._shard != len(self._plan):
-            missing = [n for shard in self._plan[self._shard:] for n in shard if n not in self._pending]
+        """Write the last shard, give shards their final names and write the index (if sharded)."""
+        if self._plan is None:
+            if self._pending or not self._shards:
+                self._write_pending()
+            self._files = shard_names(self.fmt, len(self._shards))
+            final = [os.path.join(self.directory, name) for name in self._files]
+            for provisional, path in zip(self.written, final):
+                os.replace(provisional, path)
+            self.written = final
+        elif len(self._shards) != len(self._plan):
+            missing = [n for shard in self._plan[len(self._shards):] for n in shard if n not in self._pending]
             raise CheckpointError(f"internal: tensors never written: {', '.join(missing[:10])}")
         if len(self._files) > 1:
             index = {
-                "metadata": {"total_size": int(sum(self._sizes.values()))},
-                "weight_map": {n: f for names, f in zip(self._plan, self._files) for n in names},
+                "metadata": {"total_size": int(self.total_bytes)},
+                "weight_map": {n: f for names, f in zip(self._shards, self._files) for n in names},
             }
             path = os.path.join(self.directory, _INDEX[self.fmt])
             atomic_write_text(path, json.dumps(index, indent=2) + "\n")
