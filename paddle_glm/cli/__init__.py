@@ -10,7 +10,11 @@ from ..errors import GLMError
 
 # subcommand -> module (relative to this package) defining add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {
+    "generate": ".generate_cmd",
+    "fill": ".fill_cmd",
     "convert": ".convert_cmd",
+    "info": ".info_cmd",
+    "demo": ".demo_cmd",
 }
 
 

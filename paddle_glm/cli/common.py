@@ -7,9 +7,8 @@ import sys
 import time
 from typing import Tuple
 
-import paddle
-
 from ..errors import GLMError
+from ..io_utils import require_local_dir
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,15 +40,18 @@ def generation_kwargs(args: argparse.Namespace) -> dict:
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     """Model and tokenizer from ``args.model_dir`` on ``args.device``; user errors become GLMError."""
+    import paddle
+
     from ..model import GLMForConditionalGeneration
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
+    require_local_dir(args.model_dir)
     if args.device:
         try:
             paddle.set_device(args.device)
         except (ValueError, RuntimeError) as e:
             raise GLMError(f"--device {args.device}: {e}") from None
-    if os.path.isdir(args.model_dir) and not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
+    if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
     start = time.perf_counter()

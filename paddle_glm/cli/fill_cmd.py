@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..generation import TokenCollector
-from ..infilling import fill_blanks
 from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
     speed_line
 
@@ -22,6 +20,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..generation import TokenCollector
+    from ..infilling import fill_blanks
+
     model, tokenizer = load_model_and_tokenizer(args)
     kwargs = generation_kwargs(args)
     counter = TokenCollector() if args.num_beams == 1 else None  # streamers do not run with beam search

@@ -6,8 +6,6 @@ import sys
 import time
 
 from ..errors import GLMError
-from ..generation import TextStreamer
-from ..generation.api import bad_words_with_tokenizer
 from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
     speed_line
 
@@ -37,6 +35,9 @@ def with_mask(prompt: str, tokenizer) -> str:
 
 
 def generate_one(model, tokenizer, prompt: str, args: argparse.Namespace) -> None:
+    from ..generation import TextStreamer
+    from ..generation.api import bad_words_with_tokenizer
+
     prompt = with_mask(prompt, tokenizer)
     inputs = tokenizer(prompt, return_tensors="pd")
     inputs = tokenizer.build_inputs_for_generation(inputs, max_gen_length=args.max_new_tokens)

@@ -6,7 +6,6 @@ import os
 from collections import Counter
 
 import numpy as np
-import paddle
 
 from ..checkpoint.dtypes import STORAGE, dtype_name
 from ..checkpoint.source import find_checkpoint
@@ -28,6 +27,8 @@ def add_parser(subparsers) -> None:
 
 def parameter_count(config: GLMConfig) -> int:
     """Exact parameter count of GLMForConditionalGeneration for ``config`` (built lazily: no memory)."""
+    import paddle
+
     from ..model import GLMForConditionalGeneration
 
     with paddle.LazyGuard():
