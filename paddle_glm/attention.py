@@ -26,6 +26,8 @@ from typing import Optional
 import paddle
 import paddle.nn.functional as F
 
+from .errors import GLMError
+
 MATH, SDPA, FLASHMASK = "math", "sdpa", "flashmask"
 BHSD, BSHD = "bhsd", "bshd"  # [batch, heads, seq, dim] / [batch, seq, heads, dim]
 LAYOUT = {MATH: BHSD, SDPA: BSHD, FLASHMASK: BSHD}
@@ -88,22 +90,13 @@ def flashmask_indices(mask: paddle.Tensor) -> Optional[paddle.Tensor]:
     return paddle.stack([lts, ute], axis=-1).unsqueeze(1)  # [b, 1, k, 2]
 
 
-def flashmask_to_dense(indices: paddle.Tensor, query_len: int) -> paddle.Tensor:
-    """Decode ``[b, 1, k, 2]`` startend_row_indices (causal=False) into a boolean ``[b, 1, q, k]`` mask."""
-    rows = paddle.arange(query_len, dtype="int32").reshape([1, 1, query_len, 1])  # [1, 1, q, 1]
-    lts = indices[..., 0].unsqueeze(2)  # [b, 1, 1, k]
-    ute = indices[..., 1].unsqueeze(2)
-    return paddle.logical_and(rows < lts, rows >= ute)
-
-
 @dataclass
 class PreparedMask:
     """A mask in the form one backend consumes, built once per forward and shared by all layers."""
 
     backend: str
-    bias: Optional[paddle.Tensor] = None  # math: additive [b, 1, q, k], 0 or the dtype's minimum
-    mask: Optional[paddle.Tensor] = None  # sdpa: boolean [b, 1, q, k] (None = attend everywhere)
-    startend_row_indices: Optional[paddle.Tensor] = None  # flashmask
+    bias: Optional[paddle.Tensor] = None  # math and sdpa: additive [b, 1, q, k], 0 or the dtype's minimum
+    startend_row_indices: Optional[paddle.Tensor] = None  # flashmask: [b, 1, k, 2]
 
 
 def device_type() -> str:
@@ -116,24 +109,41 @@ def cuda_capability() -> int:
     return major * 10 + minor
 
 
+def additive_bias(mask: paddle.Tensor, dtype: str) -> paddle.Tensor:
+    """0 where ``mask`` allows attention, the dtype's most negative finite value (exp() -> 0) elsewhere."""
+    return paddle.where(mask, paddle.zeros([], dtype), paddle.full([], paddle.finfo(dtype).min, dtype))
+
+
 def prepare_mask(mask: paddle.Tensor, dtype, head_dim: int, backend: Optional[str] = None) -> PreparedMask:
-    """Pick the backend for this call (unless given) and turn the boolean ``[b, 1, q, k]`` mask into its form."""
+    """Pick the backend for this call (unless given) and turn the boolean ``[b, 1, q, k]`` mask into its form.
+
+    On a GPU a decode step (one query row) goes straight to SDPA: no FlashMask encoding
+    and no host synchronisation per step. A prefill pays one synchronisation to learn
+    whether FlashMask can encode its mask.
+    """
     dtype = dtype_str(dtype)
     indices = None
     if backend is None:
-        if device_type() == "gpu":
+        if device_type() != "gpu":
+            backend = MATH
+        elif mask.shape[2] == 1:
+            backend = SDPA
+        else:
             indices = flashmask_indices(mask)
             kind = "none" if bool(mask.all()) else ("intervals" if indices is not None else "dense")
             backend = select_backend("gpu", dtype, head_dim, kind, mask.shape[2], cuda_capability())
-        else:
-            backend = MATH
-    if backend == MATH:
-        fill = paddle.finfo(dtype).min  # the most negative finite value: exp() of it is 0
-        bias = paddle.where(mask, paddle.zeros([], dtype), paddle.full([], fill, dtype))
-        return PreparedMask(MATH, bias=bias)
+            if kind == "none":
+                return PreparedMask(SDPA)  # no mask at all: the flash kernel's fast path
     if backend == FLASHMASK:
-        return PreparedMask(FLASHMASK, startend_row_indices=indices if indices is not None else flashmask_indices(mask))
-    return PreparedMask(SDPA, mask=None if bool(mask.all()) else mask)
+        indices = indices if indices is not None else flashmask_indices(mask)
+        if indices is None:
+            raise GLMError("attention_backend='flashmask': this mask is not one range of rows per key column, "
+                           "which is all FlashMask can express; use the default backend")
+        return PreparedMask(FLASHMASK, startend_row_indices=indices)
+    if backend not in (MATH, SDPA):
+        raise GLMError(f"attention_backend: expected one of {MATH}, {SDPA}, {FLASHMASK}, got {backend!r}")
+    # SDPA gets the additive form too: built once here rather than converted in every layer.
+    return PreparedMask(backend, bias=additive_bias(mask, dtype))
 
 
 def attend(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: PreparedMask) -> paddle.Tensor:
@@ -148,4 +158,4 @@ def attend(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: PreparedM
         return paddle.matmul(F.softmax(scores, axis=-1), v)  # [b, h, s, d]
     if mask.backend == FLASHMASK:
         return F.flashmask_attention(q, k, v, startend_row_indices=mask.startend_row_indices, causal=False)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, training=False)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bias, training=False)

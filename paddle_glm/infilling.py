@@ -52,7 +52,8 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
     Each span is generated with ``model.generate`` (greedy unless ``generate_kwargs`` say
     otherwise; ``max_new_tokens`` defaults to 64 per blank) and stops at ``<|endofpiece|>``.
     The spans are fed back (as GLM's Part B) before the next blank is generated.
-    ``max_length`` is not accepted: a blank has no whole-sequence length.
+    ``max_length`` is not accepted: a blank has no whole-sequence length. A ``streamer``
+    receives every blank's tokens in turn and ``end()`` once, after the last blank.
     """
     if "max_length" in generate_kwargs:
         raise GLMError("fill_blanks: give max_new_tokens (per blank), not max_length")
@@ -60,16 +61,21 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
     blanks = [i for i, token in enumerate(context) if token in tokenizer.mask_token_ids]
     if not blanks:
         raise GLMError("fill_blanks: the text has no [MASK], [sMASK] or [gMASK] to fill")
-    generate_kwargs.setdefault("max_new_tokens", DEFAULT_SPAN_TOKENS)
+    if generate_kwargs.get("max_new_tokens") is None:
+        generate_kwargs["max_new_tokens"] = DEFAULT_SPAN_TOKENS
+    streamer = generate_kwargs.pop("streamer", None)
     generate_kwargs.setdefault("eos_token_id", tokenizer.eop_token_id)
     generate_kwargs.setdefault("bad_words_ids", bad_words_with_tokenizer(model.config, tokenizer))
     span_tokens = generate_kwargs["max_new_tokens"]
     filled: List[Tuple[int, List[int]]] = []
     for position in blanks:
         prompt, positions, mask = part_b_inputs(context, position, filled, tokenizer.sop_token_id, span_tokens)
-        out = model.generate(prompt, positions, mask, **generate_kwargs).numpy()[0, prompt.shape[1]:].tolist()
+        out = model.generate(prompt, positions, mask, streamer=_WithoutEnd(streamer) if streamer else None,
+                             **generate_kwargs).numpy()[0, prompt.shape[1]:].tolist()
         span = out[:out.index(tokenizer.eop_token_id)] if tokenizer.eop_token_id in out else out
         filled.append((position, span))
+    if streamer is not None:
+        streamer.end()
     spans = [tokenizer.decode(span, skip_special_tokens=True) for _, span in filled]
     completed, start = [], 1 if context and context[0] == tokenizer.cls_token_id else 0
     for (position, span_ids), span in zip(filled, spans):
@@ -78,3 +84,16 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
         start = position + 1
     completed.append(tokenizer.decode(context[start:], skip_special_tokens=True))
     return "".join(completed), spans
+
+
+class _WithoutEnd:
+    """Passes a streamer every token but holds back ``end()`` until all blanks are done."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+
+    def put(self, value) -> None:
+        self.streamer.put(value)
+
+    def end(self) -> None:
+        pass

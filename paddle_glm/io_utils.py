@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Callable, Iterator, Optional, Union
+from typing import Iterator, Union
 
 from .errors import GLMError
 
@@ -58,9 +58,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(
-    dst: str, *, overwrite: bool = False, keep_existing: Optional[Callable[[str], bool]] = None
-) -> Iterator[str]:
+def atomic_output_dir(dst: str, *, overwrite: bool = False) -> Iterator[str]:
     """Yield a fresh temporary directory beside ``dst``; on success it becomes ``dst``.
 
     On any exception the temporary directory is removed and ``dst`` is left as it
@@ -69,16 +67,11 @@ def atomic_output_dir(
     Args:
         dst: the final directory.
         overwrite: replace an existing non-empty ``dst`` (otherwise refuse).
-        keep_existing: if given, an existing ``dst`` is updated rather than
-            refused: its files for which ``keep_existing(name)`` is true, and
-            that the new output does not replace, are carried over (used by
-            ``save_pretrained`` into a directory that already holds tokenizer
-            files; stale checkpoint shards are not kept).
     """
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise GLMError(f"{dst}: exists and is not a directory")
-    if os.path.isdir(dst) and os.listdir(dst) and not (overwrite or keep_existing):
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
         raise GLMError(f"{dst}: directory exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
@@ -86,10 +79,6 @@ def atomic_output_dir(
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; DST gets an ordinary directory's mode
         yield tmp
-        if keep_existing and os.path.isdir(dst):
-            for name in os.listdir(dst):
-                if keep_existing(name) and not os.path.exists(os.path.join(tmp, name)):
-                    _copy_entry(os.path.join(dst, name), os.path.join(tmp, name))
         _swap_in(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,13 +90,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _copy_entry(src: str, dst: str) -> None:
-    if os.path.isdir(src):
-        shutil.copytree(src, dst)
-    else:
-        shutil.copy2(src, dst)
 
 
 def _swap_in(tmp: str, dst: str) -> None:
@@ -132,7 +114,7 @@ def require_local_dir(path: str, what: str = "model") -> None:
         return
     if os.path.exists(path):
         raise GLMError(f"{path}: expected a {what} directory, found a file")
-    if not os.path.isabs(path) and path.count("/") == 1 and not path.startswith("."):
+    if not os.path.isabs(path) and path.count("/") <= 1 and not path.startswith("."):
         raise GLMError(f"{path}: no such local directory. paddle_glm does not download from model hubs: "
                        f"download the {what} files (config.json, weights, cog-pretrain.model) into a "
                        "directory first and pass its path")

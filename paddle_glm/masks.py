@@ -20,7 +20,7 @@ import paddle
 
 from .errors import GLMError
 
-MaskLike = Union[None, paddle.Tensor, np.ndarray]
+MaskLike = Union[None, int, paddle.Tensor, np.ndarray]
 
 
 def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, key_len: int,
@@ -38,7 +38,8 @@ def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, k
     if attention_mask is None:
         mask = _causal(batch, query_len, key_len, offset, sep=paddle.zeros([batch, 1, 1], dtype="int64"))
     else:
-        attention_mask = paddle.to_tensor(attention_mask) if isinstance(attention_mask, np.ndarray) else attention_mask
+        if not isinstance(attention_mask, paddle.Tensor):
+            attention_mask = paddle.to_tensor(np.asarray(attention_mask))
         if attention_mask.ndim == 0:
             attention_mask = attention_mask.reshape([1]).expand([batch])
         if attention_mask.ndim == 1:
@@ -78,9 +79,14 @@ def _from_dense(mask: paddle.Tensor, batch: int, query_len: int, key_len: int, o
     elif rows != query_len:
         raise GLMError(f"attention_mask: {rows} query rows for {query_len} new tokens"
                        + (f" after {offset} cached ones" if offset else ""))
-    if cols > key_len:
-        raise GLMError(f"attention_mask: {cols} key columns, more than the {key_len} keys available")
-    mask = mask.astype("bool") if mask.dtype != paddle.bool else mask
+    if cols > key_len or cols < offset + query_len:
+        raise GLMError(f"attention_mask: {cols} key columns; expected between {offset + query_len} (the tokens "
+                       f"so far) and {key_len} (the keys available)")
+    if mask.dtype != paddle.bool:
+        if bool(paddle.logical_and(mask != 0, mask != 1).any()):
+            raise GLMError("attention_mask: a 4-D mask must hold 0/1 (1 = may attend), not additive values "
+                           "such as 0/-10000")
+        mask = mask.astype("bool")
     if cols < key_len:
         # columns past the given mask (unused cache slots) are masked
         pad = paddle.zeros([batch, 1, query_len, key_len - cols], dtype="bool")

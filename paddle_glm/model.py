@@ -9,6 +9,7 @@ in their own modules.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +24,10 @@ from .generation.mixin import GenerationMixin
 from .kv_cache import KVCache
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
+
+# Cache lengths are rounded up to a multiple of this: Paddle's memory-efficient attention
+# needs the mask's key dimension divisible by 8 (else it falls back to the math kernel).
+CACHE_ALIGN = 8
 
 
 @dataclass
@@ -56,7 +61,9 @@ class GLMAttention(nn.Layer):
         else:
             q, k, v = qkv.unbind(axis=2)  # each [b, s, heads, d]
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # full buffers, [b, heads, t, d] or [b, t, heads, d]
+            k_all, v_all = cache.update(layer, k, v)  # full buffers, [b, heads, t, d] or [b, t, heads, d]
+            if cache.length:  # decoding: attend over the whole (static) cache; a prefill only has its own keys
+                k, v = k_all, v_all
         context = attend(q, k, v, mask)
         if layout == BHSD:
             context = context.transpose([0, 2, 1, 3])  # [b, heads, s, d] -> [b, s, heads, d]
@@ -147,7 +154,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         b, s = input_ids.shape
         offset = cache.length if cache is not None else 0
         position_ids = self._positions(position_ids, b, s, offset)
-        key_len = cache.max_length if cache is not None else s
+        key_len = cache.max_length if cache is not None and offset else offset + s
         mask = build_attention_mask(attention_mask, b, s, key_len, offset)
         prepared = prepare_mask(mask, self.word_embeddings.weight.dtype, self.config.head_dim, attention_backend)
         if cache is not None and cache.layout != cache_layout(prepared.backend):
@@ -174,7 +181,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
         position_ids = _as_tensor(position_ids, "int64")
         if position_ids.ndim == 2 and not self.config.block_position_encoding:
             position_ids = paddle.stack([position_ids, paddle.zeros_like(position_ids)], axis=1)
-        if position_ids.ndim != 3 or position_ids.shape[1] != 2 or position_ids.shape[2] != s:
+        if position_ids.ndim != 3 or position_ids.shape[0] != b or position_ids.shape[1] != 2 or \
+                position_ids.shape[2] != s:
             raise GLMError(f"position_ids: expected shape [{b}, 2, {s}] (positions, block positions), "
                            f"got {list(position_ids.shape)}")
         return position_ids
@@ -182,6 +190,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads."""
         backend = attention_backend or (SDPA if device_type() == "gpu" else MATH)
+        max_length = -(-max_length // CACHE_ALIGN) * CACHE_ALIGN  # fused kernels want aligned key lengths
         return KVCache(self.config.num_layers, batch, max_length, self.config.num_attention_heads,
                        self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
 
@@ -193,8 +202,8 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        if not config.output_predict:
-            config.output_predict = True  # the LM head is this class's purpose
+        config = copy.deepcopy(config)
+        config.output_predict = True  # the LM head is this class's purpose (the caller's config is not changed)
         self.config = config
         self.glm = GLMModel(config)
 

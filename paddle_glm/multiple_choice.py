@@ -1,6 +1,7 @@
 """Cloze scoring: GLM's log-probability of each choice filling the blank."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -35,7 +36,8 @@ class GLMForMultipleChoice(PretrainedMixin, nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        config.output_predict = True  # scoring needs the LM head
+        config = copy.deepcopy(config)
+        config.output_predict = True  # scoring needs the LM head (the caller's config is not changed)
         self.config = config
         self.glm = GLMModel(config)
 

@@ -7,11 +7,10 @@ import numpy as np
 import paddle
 
 from .checkpoint.loader import load_checkpoint
-from .checkpoint.source import is_checkpoint_file
-from .checkpoint.writer import ShardedWriter
+from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .config import GLMConfig
 from .devices import default_dtype, resolve_dtype
-from .io_utils import atomic_output_dir, parse_size, require_local_dir
+from .io_utils import parse_size, require_local_dir
 
 
 class PretrainedMixin:
@@ -47,16 +46,21 @@ class PretrainedMixin:
                         max_shard_size: Union[int, str] = "2GB") -> None:
         """Write ``config.json`` and the weights in PaddleNLP's file names and index format.
 
-        ``max_shard_size`` is bytes or a string such as "500MB" or "2GB". Files go to a
-        temporary directory that replaces ``path`` only when complete; other files already
-        in ``path`` (a tokenizer, say) are kept, old checkpoint files are not.
+        ``max_shard_size`` is bytes or a string such as "500MB" or "2GB". Nothing is left
+        half-written: see :func:`~paddle_glm.checkpoint.writer.save_checkpoint_dir`. Other
+        files already in ``path`` (a tokenizer, say) are kept; an older Paddle-format
+        checkpoint there is replaced.
         """
         state = list(self.state_dict().items())
         sizes = [(name, int(np.prod(p.shape)) * p.element_size()) for name, p in state]
         fmt = "safetensors" if safe_serialization else "pdparams"
-        with atomic_output_dir(path, keep_existing=lambda name: not is_checkpoint_file(name)) as tmp:
-            writer = ShardedWriter(tmp, fmt, sizes, parse_size(max_shard_size))
+        shard_size = parse_size(max_shard_size)
+
+        def write(directory: str) -> None:
+            writer = ShardedWriter(directory, fmt, sizes, shard_size)
             for name, param in state:
                 writer.add(name, param.numpy())
             writer.finish()
-            self.config.save_pretrained(tmp)
+            self.config.save_pretrained(directory)
+
+        save_checkpoint_dir(path, write)

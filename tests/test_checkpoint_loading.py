@@ -267,3 +267,38 @@ def test_parse_size_rejects_garbage():
 
     with pytest.raises(GLMError, match="max_shard_size"):
         parse_size("lots")
+
+
+def test_save_into_a_busy_directory_touches_only_checkpoint_files(tmp_path, reference, monkeypatch):
+    ours = GLMForConditionalGeneration.from_pretrained(str(_paddlenlp_save(reference, tmp_path / "src", True)))
+    target = tmp_path / "busy"
+    (tmp_path / "shared").mkdir()
+    target.mkdir()
+    (target / "link").symlink_to("../shared")
+    (target / "notes.txt").write_text("keep me")
+    (target / "pytorch_model.bin").write_bytes(b"another framework's checkpoint")
+    ours.save_pretrained(str(target), safe_serialization=False, max_shard_size="30KB")
+    monkeypatch.chdir(target)
+    ours.save_pretrained(".", max_shard_size="40KB")  # replaces the pdparams checkpoint with safetensors
+    assert os.getcwd() == str(target)
+    assert (target / "link").is_symlink() and (target / "notes.txt").read_text() == "keep me"
+    assert (target / "pytorch_model.bin").read_bytes() == b"another framework's checkpoint"
+    names = os.listdir(target)
+    assert not any(n.endswith(".pdparams") or n.startswith("model_state") or n.startswith(".save-tmp")
+                   for n in names)
+    again = GLMForConditionalGeneration.from_pretrained(str(target))
+    for name, p in again.state_dict().items():
+        np.testing.assert_array_equal(p.numpy(), ours.state_dict()[name].numpy())
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b'{"w": {"dtype": "F32", "shape": [2]}}',
+                                    b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}'])
+def test_malformed_safetensors_header_names_the_file(tmp_path, header):
+    import struct
+
+    from paddle_glm.checkpoint.safetensors_format import SafetensorsFile
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt safetensors header"):
+        SafetensorsFile(str(path))

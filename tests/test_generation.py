@@ -361,6 +361,19 @@ def test_numpy_paddle_and_hf_alias_inputs_agree(pair):
         ours.generate(prompt, pos, mask, decode_strategy="greedy_search")
 
 
+def test_list_inputs_and_int_sep(pair):
+    cfg, _, ours = pair
+    prompt, pos, mask = glm_inputs(cfg)
+    kw = dict(bad_words_ids=[], eos_token_id=None)
+    a = ours.generate(prompt.tolist(), pos.tolist(), mask.tolist(), **kw).numpy()
+    np.testing.assert_array_equal(a, ours.generate(prompt, pos, mask, **kw).numpy())
+    ids = prompt[:1, :5]
+    np.testing.assert_array_equal(ours(ids, attention_mask=2).logits.numpy(),
+                                  ours(ids, attention_mask=np.array([2])).logits.numpy())
+    with pytest.raises(GLMError, match="position_ids"):
+        ours(prompt, pos[:1, :, :prompt.shape[1]])  # one row of positions for two rows of ids
+
+
 def test_return_dict(pair):
     cfg, _, ours = pair
     prompt, pos, mask = glm_inputs(cfg)

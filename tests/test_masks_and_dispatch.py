@@ -4,9 +4,31 @@ import paddle
 import pytest
 
 from conftest import generation_batch
-from paddle_glm.attention import (BHSD, BSHD, FLASHMASK, MATH, SDPA, cache_layout, flashmask_indices,
-                                  flashmask_to_dense, select_backend)
+from paddle_glm import GLMError
+from paddle_glm.attention import (BHSD, BSHD, FLASHMASK, MATH, SDPA, cache_layout, flashmask_indices, prepare_mask,
+                                  select_backend)
 from paddle_glm.masks import build_attention_mask
+
+
+def flashmask_to_dense(startend_row_indices, query_len):
+    """Paddle 3.3's documented ``flashmask_to_densemask`` (F.flashmask_attention's docstring), causal=False,
+    written with numpy: True where attention is allowed."""
+    indices = startend_row_indices.numpy()
+    bz, num_head, seq_len, bound_num = indices.shape
+    assert seq_len == query_len  # the documented converter is for square masks
+    m = np.zeros((bz, num_head, seq_len, seq_len))
+    has_end = bound_num == 4
+    for bi in range(bz):
+        for hi in range(num_head):
+            for j in range(seq_len):
+                downstart = indices[bi, hi, j, 0]
+                if has_end:
+                    m[bi, hi, downstart:indices[bi, hi, j, 1], j] = -np.inf
+                    m[bi, hi, indices[bi, hi, j, 2]:indices[bi, hi, j, 3], j] = -np.inf
+                else:
+                    m[bi, hi, downstart:, j] = -np.inf
+                    m[bi, hi, :indices[bi, hi, j, 1], j] = -np.inf
+    return m == 0
 
 
 def _np(mask):
@@ -86,7 +108,7 @@ def test_flashmask_encodes_glm_generation_mask(lengths, gen):
     dense = build_attention_mask(mask, len(lengths), mask.shape[2], mask.shape[3])
     indices = flashmask_indices(dense)
     assert indices.dtype == paddle.int32 and list(indices.shape) == [len(lengths), 1, mask.shape[3], 2]
-    np.testing.assert_array_equal(flashmask_to_dense(indices, mask.shape[2]).numpy(), dense.numpy())
+    np.testing.assert_array_equal(flashmask_to_dense(indices, mask.shape[2]), dense.numpy())
     S, L = mask.shape[2], max(lengths)
     enc = indices.numpy()[:, 0]
     for r, n in enumerate(lengths):
@@ -103,8 +125,24 @@ def test_flashmask_rejects_non_interval_columns():
     assert flashmask_indices(paddle.to_tensor(mask).astype("bool")) is None
 
 
-def test_flashmask_causal_and_decode_masks():
+def test_flashmask_causal_and_sep_masks():
     causal = build_attention_mask(None, 2, 6, 6)
-    np.testing.assert_array_equal(flashmask_to_dense(flashmask_indices(causal), 6).numpy(), causal.numpy())
-    decode = build_attention_mask(None, 1, 1, 10, offset=4)
-    np.testing.assert_array_equal(flashmask_to_dense(flashmask_indices(decode), 1).numpy(), decode.numpy())
+    np.testing.assert_array_equal(flashmask_to_dense(flashmask_indices(causal), 6), causal.numpy())
+    sep = build_attention_mask(np.array([3, 5]), 2, 7, 7)
+    np.testing.assert_array_equal(flashmask_to_dense(flashmask_indices(sep), 7), sep.numpy())
+
+
+def test_forcing_flashmask_on_a_mask_it_cannot_express_is_an_error():
+    mask = np.ones((1, 1, 4, 4), int)
+    mask[0, 0, 1, 0] = 0
+    with pytest.raises(GLMError, match="FlashMask"):
+        prepare_mask(paddle.to_tensor(mask).astype("bool"), "float16", 64, backend=FLASHMASK)
+
+
+def test_int_sep_and_rejected_masks():
+    np.testing.assert_array_equal(_np(build_attention_mask(2, 1, 4, 4))[0, 0, 0], [1, 1, 0, 0])
+    additive = np.where(np.tril(np.ones((1, 1, 4, 4))) > 0, 0.0, -10000.0)
+    with pytest.raises(ValueError, match="0/1"):
+        build_attention_mask(additive, 1, 4, 4)
+    with pytest.raises(ValueError, match="key columns"):  # a decode step must see every token so far
+        build_attention_mask(np.ones((1, 1, 1, 1)), 1, 1, 8, offset=4)

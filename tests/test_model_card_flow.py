@@ -47,6 +47,13 @@ def test_padded_vocabulary_rows_are_never_generated(setup):
     try:
         collector = TokenCollector()
         fill_blanks(model, tokenizer, TEXT, max_new_tokens=5, streamer=collector)
+        inputs = tokenizer.build_inputs_for_generation(tokenizer(TEXT, return_tensors="pd"), max_gen_length=8)
+        default = model.generate(**inputs, max_new_tokens=5)  # default bad words: [gMASK] and the rows past it
+        unguarded = model.generate(**inputs, max_new_tokens=5, bad_words_ids=[])
     finally:
         weight.set_value(original)
     assert collector.steps and all(t[0] < tokenizer.vocab_size for t in collector.steps)
+    assert collector.ended
+    n0 = inputs["input_ids"].shape[1]
+    assert (default[0, n0:].numpy() < tokenizer.vocab_size).all()
+    assert (unguarded[0, n0:].numpy() >= tokenizer.vocab_size).any()  # the guard is what prevents them

@@ -52,7 +52,14 @@ class SafetensorsFile:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             self.close()
             raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+        if not isinstance(header, dict):
+            self.close()
+            raise CheckpointError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
         self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+        for name, entry in header.items():
+            if not _valid_entry(entry):
+                self.close()
+                raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {name!r}: {entry!r}")
         self.entries: Dict[str, dict] = header
         self._data_start = 8 + header_len
         data_end = max((e["data_offsets"][1] for e in header.values()), default=0)
@@ -99,6 +106,16 @@ class SafetensorsFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _valid_entry(entry) -> bool:
+    """``{"dtype": str, "shape": [int >= 0, ...], "data_offsets": [start, end]}`` with 0 <= start <= end."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    ints = lambda values: isinstance(values, list) and all(  # noqa: E731
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+    return ints(shape) and ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]
 
 
 def write_safetensors(path: str, tensors: Iterable[Tuple[str, np.ndarray]], metadata: Optional[Dict[str, str]] = None,

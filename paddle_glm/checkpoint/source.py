@@ -23,10 +23,10 @@ SHARD_PREFIX = {"safetensors": "model", "pdparams": "model_state", "torch": "pyt
 SUFFIX = {"safetensors": ".safetensors", "pdparams": ".pdparams", "torch": ".bin"}
 
 
-def is_checkpoint_file(name: str) -> bool:
-    """Whether a file name is a weight file or index of any supported kind."""
+def is_checkpoint_file(name: str, formats: Tuple[str, ...] = ("safetensors", "pdparams", "torch")) -> bool:
+    """Whether a file name is a weight file or index of one of ``formats``."""
     return any(name == idx or name == single or (name.startswith(SHARD_PREFIX[fmt] + "-") and name.endswith(SUFFIX[fmt]))
-               for fmt, idx, single in CHECKPOINT_KINDS)
+               for fmt, idx, single in CHECKPOINT_KINDS if fmt in formats)
 
 
 @dataclass

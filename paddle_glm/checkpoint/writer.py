@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+import shutil
+import tempfile
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..io_utils import atomic_write_text
+from ..io_utils import atomic_output_dir, atomic_write_text
 from .safe_pickle import save_pdparams
 from .safetensors_format import write_safetensors
-from .source import CHECKPOINT_KINDS, SHARD_PREFIX, SUFFIX
+from .source import CHECKPOINT_KINDS, SHARD_PREFIX, SUFFIX, is_checkpoint_file
 
 _INDEX = {fmt: index for fmt, index, _ in CHECKPOINT_KINDS}
 _SINGLE = {fmt: single for fmt, _, single in CHECKPOINT_KINDS}
@@ -128,3 +130,35 @@ class ShardedWriter:
             atomic_write_text(path, json.dumps(index, indent=2) + "\n")
             self.written.append(path)
         return self.written
+
+
+PADDLE_FORMATS = ("safetensors", "pdparams")
+
+
+def save_checkpoint_dir(dst: str, write: Callable[[str], None]) -> None:
+    """Have ``write(directory)`` produce a checkpoint, and install it in ``dst`` safely.
+
+    A new or empty ``dst`` is written as a temporary directory and renamed into place.
+    In an existing directory only checkpoint files change: the new files are staged
+    inside ``dst``; then the old Paddle-format indices are removed first (so no index
+    can ever point at a mix of old and new shards), old Paddle-format shards the new
+    checkpoint does not reuse are deleted, and the new files are renamed in, indices
+    last. Everything else in ``dst`` (tokenizer files, notes, links, a PyTorch
+    checkpoint) is left alone. A crash while staging leaves ``dst`` as it was.
+    """
+    if not os.path.isdir(dst) or not os.listdir(dst):
+        with atomic_output_dir(dst) as tmp:
+            write(tmp)
+        return
+    staging = tempfile.mkdtemp(dir=dst, prefix=".save-tmp-")
+    try:
+        write(staging)
+        new = sorted(os.listdir(staging), key=lambda name: name.endswith(".index.json"))  # indices last
+        old = [n for n in os.listdir(dst) if is_checkpoint_file(n, PADDLE_FORMATS)]
+        for name in sorted(old, key=lambda name: not name.endswith(".index.json")):  # indices first
+            if name not in new or name.endswith(".index.json"):
+                os.remove(os.path.join(dst, name))
+        for name in new:
+            os.replace(os.path.join(staging, name), os.path.join(dst, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -34,13 +34,21 @@ class GenerateOutput:
 
 
 def default_eos_token_id(config) -> Optional[int]:
-    """``<|endofpiece|>`` when the config tells it: ``eop_token_id``, or via GLM's token table
-    (``[gMASK]`` = N+9 is the config's ``bad_words_id``, ``<|endofpiece|>`` = N+7)."""
+    """``<|endofpiece|>`` when the config tells it: its ``eop_token_id``, or GLM's token table
+    when ``bad_words_id`` is the single id of ``[gMASK]`` (N+9, so ``<|endofpiece|>`` is N+7),
+    as in PaddleNLP's glm-10b/large-chinese configs."""
     if config.extra.get("eop_token_id") is not None:
         return int(config.extra["eop_token_id"])
-    if config.bad_words_id:
+    if config.bad_words_id and len(config.bad_words_id) == 1:
         return int(config.bad_words_id[0]) - 2
     return None
+
+
+def default_bad_words(config) -> List[int]:
+    """The config's ``bad_words_id`` ([gMASK]) and the embedding rows past it: GLM pads its
+    vocabulary after [gMASK], its last token (50010 tokens in 50048 rows for glm-10b-chinese)."""
+    banned = [int(t) for t in config.bad_words_id or []]
+    return banned + list(range(max(banned) + 1, config.vocab_size)) if banned else []
 
 
 def bad_words_with_tokenizer(config, tokenizer) -> List[int]:
@@ -78,7 +86,7 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *, max_le
     pad_token_id = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     settings = LogitsSettings(
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-        bad_words_ids=normalize_bad_words(config.bad_words_id if bad_words_ids is None else bad_words_ids),
+        bad_words_ids=normalize_bad_words(default_bad_words(config) if bad_words_ids is None else bad_words_ids),
         eos_token_id=eos_token_id, min_new_tokens=min_new_tokens,
     ).validate()
     inputs = prepare_inputs(input_ids, position_ids, attention_mask, new_tokens, config.num_position_embeddings,

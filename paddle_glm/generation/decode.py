@@ -37,8 +37,10 @@ class Stepper:
         end = sequences.shape[1]
         pos, mask = self.inputs.position_ids, self.inputs.mask
         if self.cache is not None:
-            out = self.model(sequences[:, start:], pos[:, :, start:end], mask[:, :, start:end], cache=self.cache,
-                             last_token_only=True)
+            # a prefill attends over its own keys, a decode step over the whole cache
+            keys = end if start == 0 else self.cache.max_length
+            out = self.model(sequences[:, start:], pos[:, :, start:end], mask[:, :, start:end, :keys],
+                             cache=self.cache, last_token_only=True)
         else:
             out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], last_token_only=True)
         return out.logits[:, -1]

@@ -51,7 +51,7 @@ def covered_new_tokens(input_len: int, position_ids) -> int:
     """How many new tokens the given ``position_ids`` lay out (GLM's ``max_gen_length``), 0 if none."""
     if position_ids is None:
         return 0
-    return max(0, position_ids.shape[-1] - input_len + 1)
+    return max(0, np.shape(position_ids)[-1] - input_len + 1)
 
 
 def prepare_inputs(input_ids, position_ids, attention_mask, new_tokens: int,

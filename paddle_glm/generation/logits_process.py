@@ -91,7 +91,7 @@ def ban_bad_words(logits: paddle.Tensor, sequences: paddle.Tensor, bad_words: Li
     singles = [w[0] for w in bad_words if len(w) == 1]
     if singles:
         logits = ban_tokens(logits, singles)
-    longer = [w for w in bad_words if len(w) > 1]
+    longer = [w for w in bad_words if len(w) > 1 and 0 <= w[-1] < logits.shape[-1]]
     if longer:
         history = sequences.numpy()
         ban = np.zeros(logits.shape, dtype=bool)

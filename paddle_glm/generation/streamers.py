@@ -51,9 +51,9 @@ class TextStreamer(BaseStreamer):
         self.tokens: List[int] = []
         self._printed = 0
 
-    def _delta(self) -> str:
+    def _delta(self, final: bool = False) -> str:
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=self.skip_special_tokens)
-        if text.endswith("\ufffd"):  # an incomplete byte sequence: wait for the rest
+        if text.endswith("\ufffd") and not final:  # an incomplete byte sequence: wait for the rest
             return ""
         delta, self._printed = text[self._printed:], len(text)
         return delta
@@ -66,7 +66,7 @@ class TextStreamer(BaseStreamer):
         self.on_text(self._delta(), end=False)
 
     def end(self) -> None:
-        self.on_text(self._delta(), end=True)
+        self.on_text(self._delta(final=True), end=True)
 
     def on_text(self, text: str, end: bool) -> None:
         out = self.file or sys.stdout
