@@ -20,8 +20,8 @@ _EXPORTS = {
     "TextStreamer": ".generation",
     "TextIteratorStreamer": ".generation",
     "fill_blanks": ".infilling",
-    "convert": ".convert",
-    "verify": ".convert",
+    "convert": ".conversion",
+    "verify": ".conversion",
     "GLMError": ".errors",
     "CheckpointError": ".errors",
 }

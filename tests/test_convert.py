@@ -15,7 +15,7 @@ from convert_helpers import (TOKENIZER_FILES, assert_bit_equal, checksums, paddl
 import paddle_glm
 from paddle_glm import CheckpointError, GLMError
 from paddle_glm.checkpoint.writer import ShardedWriter
-from paddle_glm.convert import convert, verify
+from paddle_glm.conversion import convert, verify
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -336,3 +336,10 @@ def test_converter_scripts_are_thin_entries(tmp_path, fp32_dir, monkeypatch, cap
     run("safetensors_to_pdparams.py", tmp_path / "st", tmp_path / "pd", "--quiet")
     assert_bit_equal(read_dir(tmp_path / "pd"), state)
     assert "tensors" in capsys.readouterr().out
+
+
+def test_package_level_convert_is_the_function():
+    import paddle_glm
+    import paddle_glm.conversion  # noqa: F401  (importing the module must not shadow the function)
+
+    assert paddle_glm.convert is paddle_glm.conversion.convert and callable(paddle_glm.verify)

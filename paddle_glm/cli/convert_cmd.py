@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..checkpoint.layout import LAYOUTS
-from ..convert import DTYPES, FROM_LAYOUTS, OUTPUT_FORMATS, convert
+from ..conversion import DTYPES, FROM_LAYOUTS, OUTPUT_FORMATS, convert
 
 
 def add_parser(subparsers) -> None:

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert
+    from ..conversion import convert
     from ..demo_cases import FILL_CASES, GMASK_PROMPT
     from ..generation import TokenCollector
     from ..generation.api import bad_words_with_tokenizer
