@@ -100,3 +100,14 @@ def test_help_for_every_subcommand():
         code, out, _ = run_cli(command, "--help")
         assert code == 0 and "usage: paddle-glm " + command in out
     assert paddle_glm.__version__
+
+
+def test_demo_runs_offline_and_fills_the_corpus_blanks():
+    from paddle_glm.demo_cases import DEMO_CASES
+
+    code, out, err = run_cli("demo")
+    assert code == 0, err
+    assert "converted to safetensors" in out and "verified" in out and "tokens/s" in err
+    for case in DEMO_CASES:
+        assert case.text in out
+    assert f"{len(DEMO_CASES)} of {len(DEMO_CASES)} texts filled exactly" in out
