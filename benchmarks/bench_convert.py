@@ -8,7 +8,7 @@ run). Reports wall seconds (including interpreter start-up, also timed alone as
 against the issue's bound: largest input shard + largest output shard + 0.5 GB. Targets: RSS
 within the bound, time <= 3x ``cp -r``. Exits 1 if a target is missed.
 
-    python benchmarks/bench_convert.py [--work benchmarks/_work] [--rounds 3] [--json PATH]
+    python benchmarks/bench_convert.py [--model glm-large-chinese] [--work benchmarks/_work] [--rounds 3] [--json PATH]
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ RSS_ALLOWANCE = 0.5e9  # interpreter and libraries, per the issue
 MAX_TIME_RATIO = 3.0
 
 
-def make_checkpoint(directory: str, seed: int = 0) -> None:
-    """Random fp32 weights of ``MODEL`` in PaddleNLP's 3-shard pdparams layout (kept if already there)."""
+def make_checkpoint(directory: str, model: str = MODEL, seed: int = 0) -> None:
+    """Random fp32 weights of preset ``model`` in PaddleNLP's pdparams layout, ``SHARDS`` shards when the
+    tensor sizes allow it (kept if already there)."""
     index = os.path.join(directory, "model_state.pdparams.index.json")
     if os.path.isfile(index):
         return
@@ -43,14 +44,16 @@ def make_checkpoint(directory: str, seed: int = 0) -> None:
     from paddle_glm.checkpoint.writer import ShardedWriter, plan_shards
     from paddle_glm.io_utils import atomic_output_dir
 
-    config = GLMConfig.from_name(MODEL)
+    config = GLMConfig.from_name(model)
     with paddle.LazyGuard():  # names and shapes only, no memory
         shapes = [(name, tuple(p.shape)) for name, p in GLMForConditionalGeneration(config).state_dict().items()]
     sizes = [(name, int(np.prod(shape)) * 4) for name, shape in shapes]
     total = sum(n for _, n in sizes)
-    shard_size = next(size for size in range(total // SHARDS, total, 2**20) if len(plan_shards(sizes, size)) == SHARDS)
+    step = max(1, total // 4096)
+    shard_size = next((size for size in range(total // SHARDS, total, step) if len(plan_shards(sizes, size)) == SHARDS),
+                      total // SHARDS)
     rng = np.random.default_rng(seed)
-    print(f"generating {total / 1e9:.2f} GB of {MODEL} weights in {directory} ...", file=sys.stderr)
+    print(f"generating {total / 1e9:.2f} GB of {model} weights in {directory} ...", file=sys.stderr)
     with atomic_output_dir(directory, overwrite=True) as tmp:
         writer = ShardedWriter(tmp, "pdparams", sizes, shard_size)
         for name, shape in shapes:
@@ -75,10 +78,10 @@ def _converter() -> list:
     return [script] if os.path.exists(script) else [sys.executable, "-m", "paddle_glm"]
 
 
-def run(work: str, rounds: int) -> dict:
+def run(work: str, rounds: int, model: str = MODEL) -> dict:
     """Generate the input if needed, then time cp -r and the conversion ``rounds`` times each."""
-    src = os.path.join(work, f"{MODEL}-fp32-pdparams")
-    make_checkpoint(src)
+    src = os.path.join(work, f"{model}-fp32-pdparams")
+    make_checkpoint(src, model)
     copy_dst, convert_dst = os.path.join(work, "cp-out"), os.path.join(work, "convert-out")
     for leftover in (copy_dst, convert_dst):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -103,7 +106,7 @@ def run(work: str, rounds: int) -> dict:
     bound = max(in_sizes) + max(out_sizes) + RSS_ALLOWANCE
     return {
         "benchmark": "convert pdparams->safetensors",
-        "model": MODEL, "dtype": "float32", "input_shards": len(in_sizes), "output_shards": len(out_sizes),
+        "model": model, "dtype": "float32", "input_shards": len(in_sizes), "output_shards": len(out_sizes),
         "bytes": total, "seconds": round(seconds, 3), "gb_per_s": round(total / seconds / 1e9, 3),
         "cp_seconds": round(cp_seconds, 3), "ratio_to_cp": round(seconds / cp_seconds, 2),
         "startup_seconds": round(startup, 3),
@@ -130,11 +133,12 @@ def markdown(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(HERE, "_work"), help="work directory (input is reused)")
+    parser.add_argument("--model", default=MODEL, help="preset in configs/ (the targets are for glm-large)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each of cp -r and convert")
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    result = run(args.work, args.rounds)
+    result = run(args.work, args.rounds, args.model)
     print(markdown(result))
     print(json.dumps(result))
     if args.json:

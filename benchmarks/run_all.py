@@ -1,6 +1,9 @@
 """Run the load, convert and generate benchmarks and rewrite benchmarks/RESULTS.md.
 
-    python benchmarks/run_all.py [--skip-paddlenlp]
+    python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
+
+``--model glm-tiny-test --work W --out O`` runs every script in seconds (a check that they
+work; the targets are for glm-large).
 
 Each benchmark runs in its own process and prints a markdown table (copied here
 as is) and a JSON line (kept in RESULTS.json). Absolute times on a shared
@@ -28,6 +31,8 @@ def machine() -> str:
     import paddle
     import psutil
 
+    from paddle_glm.devices import cpu_thread_count
+
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -36,16 +41,26 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; Python "
             f"{platform.python_version()}, paddlepaddle {paddle.__version__} (CPU), "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+            f"{cpu_thread_count()} CPU threads (paddle_glm's default: every usable core)")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-paddlenlp", action="store_true", help="ours only (no PaddleNLP side)")
+    parser.add_argument("--model", default="glm-large-chinese", help="preset in configs/")
+    parser.add_argument("--work", default=os.path.join(HERE, "_work"), help="generated checkpoints (reused)")
+    parser.add_argument("--out", default=HERE, help="directory for RESULTS.md and RESULTS.json")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    work, default_work = os.path.abspath(args.work), os.path.join(HERE, "_work")  # the scripts run in HERE
+    os.makedirs(work, exist_ok=True)
     sections, results, status = [], {}, 0
     for title, command in BENCHMARKS:
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] != "bench_convert.py" else []
+        if args.model != "glm-large-chinese":
+            extra += ["--model", args.model]
+        if command[0] != "bench_generate.py" and work != default_work:
+            extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])
         print(f"running {shown} ...", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, os.path.join(HERE, command[0]), *command[1:], *extra],
@@ -59,16 +74,17 @@ def main(argv=None) -> int:
         status |= proc.returncode
         results[command[0]] = json.loads(json_lines[-1])
         sections.append(f"## {title}\n\nCommand: `{shown}`\n\n{table}\n")
-    header = (f"# Benchmark results\n\nWritten by `python benchmarks/run_all.py` on "
+    header = (f"# Benchmark results\n\nWritten by `{' '.join(['python', 'benchmarks/run_all.py', *argv])}` on "
               f"{datetime.date.today().isoformat()}.\n\nMachine: {machine()}.\n\n"
               "Times are medians on a shared machine; compare the ratios, which are measured side by side "
               "in one run. Raw figures: `RESULTS.json`.\n\n")
-    with open(os.path.join(HERE, "RESULTS.md"), "w", encoding="utf-8") as f:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "RESULTS.md"), "w", encoding="utf-8") as f:
         f.write(header + "\n".join(sections))
-    with open(os.path.join(HERE, "RESULTS.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(args.out, "RESULTS.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
-    print(open(os.path.join(HERE, "RESULTS.md"), encoding="utf-8").read())
+    print(header + "\n".join(sections))
     return status
 
 

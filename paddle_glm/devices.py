@@ -1,13 +1,17 @@
-"""dtype choice and the CPU float32 rule, checked before any weights are touched."""
+"""dtype choice and the CPU float32 rule, checked before any weights are touched; CPU threads."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Optional
 
 import paddle
 
 from .checkpoint.dtypes import DTYPE_NAMES
 from .errors import GLMError
+
+THREADS_ENV = "PADDLE_GLM_NUM_THREADS"
+_threads_set = False
 
 
 def resolve_dtype(dtype: Optional[str], device: Optional[str] = None) -> str:
@@ -36,3 +40,37 @@ def default_dtype(dtype: str) -> Iterator[None]:
         yield
     finally:
         paddle.set_default_dtype(previous)
+
+
+def cpu_thread_count() -> int:
+    """How many threads Paddle's CPU kernels should use.
+
+    ``PADDLE_GLM_NUM_THREADS`` when set; else ``OMP_NUM_THREADS`` when it is above 1 (the user
+    chose it before Paddle was imported); else every core this process may run on. Paddle sets
+    ``OMP_NUM_THREADS=1`` itself when it is unset, so a 1 there says nothing about the user's wish.
+    """
+    for name, minimum in ((THREADS_ENV, 1), ("OMP_NUM_THREADS", 2)):
+        value = os.environ.get(name, "")
+        if value:
+            try:
+                count = int(value)
+            except ValueError:
+                raise GLMError(f"{name}={value!r}: expected a whole number of threads") from None
+            if count >= minimum:
+                return count
+            if name == THREADS_ENV:
+                raise GLMError(f"{THREADS_ENV}={value!r}: expected at least 1 thread")
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def use_cpu_threads() -> None:
+    """Let Paddle's CPU math use :func:`cpu_thread_count` threads (once per process).
+
+    Paddle runs CPU kernels on one thread unless ``OMP_NUM_THREADS`` was set before it was
+    imported; a batch-1 decode step is bound by reading the weights, and on this project's
+    2-core machine two threads read them about twice as fast (``benchmarks/RESULTS.md``).
+    """
+    global _threads_set
+    if not _threads_set:
+        paddle.base.core.set_num_threads(cpu_thread_count())
+        _threads_set = True

@@ -19,6 +19,7 @@ import paddle.nn.functional as F
 
 from .attention import BHSD, MATH, SDPA, PreparedMask, attend, cache_layout, device_type, prepare_mask
 from .config import GLMConfig
+from .devices import use_cpu_threads
 from .errors import GLMError
 from .generation.mixin import GenerationMixin
 from .kv_cache import KVCache
@@ -130,6 +131,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
+        use_cpu_threads()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.transformer = GLMStack(config)
