@@ -49,17 +49,14 @@ def cpu_thread_count() -> int:
     chose it before Paddle was imported); else every core this process may run on. Paddle sets
     ``OMP_NUM_THREADS=1`` itself when it is unset, so a 1 there says nothing about the user's wish.
     """
-    for name, minimum in ((THREADS_ENV, 1), ("OMP_NUM_THREADS", 2)):
-        value = os.environ.get(name, "")
-        if value:
-            try:
-                count = int(value)
-            except ValueError:
-                raise GLMError(f"{name}={value!r}: expected a whole number of threads") from None
-            if count >= minimum:
-                return count
-            if name == THREADS_ENV:
-                raise GLMError(f"{THREADS_ENV}={value!r}: expected at least 1 thread")
+    chosen = os.environ.get(THREADS_ENV, "")
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise GLMError(f"{THREADS_ENV}={chosen!r}: expected a whole number of threads, at least 1")
+        return int(chosen)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 1:
+        return int(omp)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
