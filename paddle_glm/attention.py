@@ -3,7 +3,7 @@
 Every decision the CUDA path makes lives in plain functions tested on CPU:
 which backend for a (device, dtype, head_dim, mask) case, the tensor layout each
 backend wants, and the conversion of a boolean mask into each backend's form
-(additive bias, boolean mask, or FlashMask ``startend_row_indices``). The CUDA
+(additive bias or FlashMask ``startend_row_indices``). The CUDA
 kernels themselves are thin calls to Paddle's documented APIs.
 
 Backends:
@@ -13,7 +13,7 @@ Backends:
   ``scaled_dot_product_attention``'s CPU path for one-token decode, which
   transposes the whole cache on every call.
 * ``sdpa``: ``F.scaled_dot_product_attention`` in ``[b, s, heads, d]``; on CUDA it
-  runs flash attention (no mask) or the memory-efficient kernel (boolean mask).
+  runs flash attention (no mask) or the memory-efficient kernel (additive float mask).
 * ``flashmask``: ``F.flashmask_attention`` for masks where each key column is
   visible to one contiguous range of query rows (GLM's prefix-LM generation
   mask, with right padding). CUDA, fp16/bf16, SM >= 80 only.

@@ -65,7 +65,7 @@ def use_cpu_threads() -> None:
 
     Paddle runs CPU kernels on one thread unless ``OMP_NUM_THREADS`` was set before it was
     imported; a batch-1 decode step is bound by reading the weights, and on this project's
-    2-core machine two threads read them about twice as fast (``benchmarks/RESULTS.md``).
+    2-core machine two threads decode about 1.5x as fast (``benchmarks/RESULTS.md``).
     """
     global _threads_set
     if not _threads_set:
