@@ -32,7 +32,7 @@ import numpy as np
 import paddle
 
 from paddle_glm import GLMConfig, GLMForConditionalGeneration
-from paddle_glm.devices import cpu_thread_count
+from paddle_glm.devices import cpu_thread_count, set_cpu_threads
 
 
 class StepTimer:
@@ -118,9 +118,9 @@ def roofline_seconds(model, repeats: int = 10) -> float:
 def measure_round(model, ctx: dict, tokens: int, threads: int) -> dict:
     """Our figures, measured one right after another so that they share the machine's state."""
     out = {"roofline_s": roofline_seconds(model), "ours_mid_s": ours_per_token(model, ctx["mid"], tokens)}
-    paddle.base.core.set_num_threads(1)  # Paddle's default, for comparison
+    set_cpu_threads(1)  # Paddle's default, for comparison
     out["ours_mid_1thread_s"] = ours_per_token(model, ctx["mid"], tokens)
-    paddle.base.core.set_num_threads(threads)
+    set_cpu_threads(threads)
     out["ours_short_s"] = ours_per_token(model, ctx["short"], tokens)
     out["ours_long_s"] = ours_per_token(model, ctx["long"], tokens)
     return out

@@ -69,5 +69,10 @@ def use_cpu_threads() -> None:
     """
     global _threads_set
     if not _threads_set:
-        paddle.base.core.set_num_threads(cpu_thread_count())
+        set_cpu_threads(cpu_thread_count())
         _threads_set = True
+
+
+def set_cpu_threads(count: int) -> None:
+    """Set the thread count of Paddle's CPU math now (Paddle has no public API for it)."""
+    paddle.base.core.set_num_threads(count)
