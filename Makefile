@@ -7,7 +7,7 @@ PADDLE := paddlepaddle==3.3.1
 # The CPU torch wheel (the 'torch' extra, for reading pytorch_model.bin in tests).
 TORCH := torch==2.13.0
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test test-slow bench clean-venv
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: $(VENV)/.core
 	$(VENV)/bin/paddle-glm demo
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+# The README commands that take a minute or more each (tests marked slow); CI runs them after `make test`.
+test-slow: $(VENV)/.test
+	$(PY) -m pytest -q -m slow tests
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/run_all.py

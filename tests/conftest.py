@@ -25,11 +25,29 @@ def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForC
     ``spread`` draws larger matrices, so that greedy generation does not collapse into
     repeating one token and decoding tests see varied tokens.
     """
-    transformers = pytest.importorskip("paddlenlp.transformers")
+    transformers = pytest.importorskip("paddlenlp.transformers", reason="PaddleNLP (the reference) is not installed")
     paddle.seed(seed)
     config = transformers.GLMConfig(output_predict=True, **NO_DROPOUT, **config_kwargs)
     model = getattr(transformers, cls_name)(config)
-    # Random-but-not-trivial LayerNorms and biases, so a swapped tensor cannot go unnoticed.
+    _randomize(model, seed, spread)
+    return model
+
+
+def ours_random(config_kwargs: dict, seed: int = 0, spread: bool = False, cls=None):
+    """Our GLM with random weights drawn as :func:`paddlenlp_model` draws them, without PaddleNLP:
+    for tests whose reference is not PaddleNLP (cache vs recompute, hand-built inputs, files)."""
+    import paddle_glm
+
+    cls = cls or paddle_glm.GLMForConditionalGeneration
+    paddle.seed(seed)
+    model = cls(paddle_glm.GLMConfig(**NO_DROPOUT, **config_kwargs))
+    _randomize(model, seed, spread)
+    return model
+
+
+def _randomize(model, seed: int, spread: bool) -> None:
+    """Random-but-not-trivial LayerNorms and biases, so a swapped tensor cannot go unnoticed; with
+    ``spread``, larger random matrices too. Leaves the model in eval mode."""
     rng = np.random.default_rng(seed)
     for name, p in model.state_dict().items():
         if len(p.shape) == 1:
@@ -37,7 +55,6 @@ def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForC
         elif spread:
             p.set_value(rng.normal(0.0, 0.5 if "embeddings" in name else 0.2, p.shape).astype("float32"))
     model.eval()
-    return model
 
 
 def ours_from(reference, config_kwargs: dict, cls=None):

@@ -1,11 +1,15 @@
-"""The embedded demo model is real: it fills held-out blanks of the corpus it was trained on.
+"""The embedded demo model is real: it fills blanks in sentences of the corpus it was trained on.
 
-The held-out cases below were drawn once, before the shipped model was trained, with
-``random.Random(6)`` over the lines of ``tools/corpus/zh_corpus.txt``: the lines in a
-shuffled order; in each of the first five, one span of 2-4 characters (Chinese
-characters, digits, '.' or '%'), uniformly among all such spans, replaced by ``[MASK]``;
-in the sixth, two such spans with a character between them; for ``[gMASK]``, the first
-later line holding a '，', cut after it. Nothing in the training special-cases them.
+These sentences come FROM THE TRAINING CORPUS: the model memorizes its corpus and these tests
+show that it learned it (recall), not that it generalizes. Only the choice of blanks was made
+apart from training: drawn once, before the shipped model was trained, with ``random.Random(6)``
+over the lines of ``tools/corpus/zh_corpus.txt``: the lines in a shuffled order; in each of the
+first five, one span of 2-4 characters (Chinese characters, digits, '.' or '%'), uniformly among
+all such spans, replaced by ``[MASK]``; in the sixth, two such spans with a character between
+them; for ``[gMASK]``, the first later line holding a '，', cut after it. Training corrupts random
+spans of every line, so it may well have seen these exact blanks; nothing special-cases them.
+Generalization to unseen text is out of reach for a 672k-parameter model of a 278-line corpus;
+the finetuning tests check that a LoRA adapter teaches it facts it did not know.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR
 from paddle_glm.infilling import fill_blanks
 from paddle_glm.tokenizer import GLMChineseTokenizer
 
-HELD_OUT_SINGLE = [
+CORPUS_SINGLE = [
     ("剑号[MASK]，珠称夜光。果珍李柰，菜重芥姜。", "巨阙"),
     ("周末我和爸爸去爬山，山顶[MASK]看到整个城市。", "上能"),
     ("《池上》白居易：小娃撑小艇，[MASK]白莲回。不解藏踪迹，浮萍一道开。", "偷采"),
@@ -27,9 +31,9 @@ HELD_OUT_SINGLE = [
     ("[MASK]，性本善。性相近，习相远。", "人之初"),
 ]
 REQUIRED_SINGLE = 4  # of the 5 (the issue's acceptance point 3)
-HELD_OUT_TWO = ("名与身孰亲？身与货孰多？得[MASK]？是故甚爱必[MASK]，多藏必厚亡。知足不辱，知止不殆，可以长久。",
+CORPUS_TWO = ("名与身孰亲？身与货孰多？得[MASK]？是故甚爱必[MASK]，多藏必厚亡。知足不辱，知止不殆，可以长久。",
                 ["与亡孰病", "大费"])
-HELD_OUT_GMASK = ("秋天到了，[gMASK]", "树叶变黄了，一片一片从树上落下来。")
+CORPUS_GMASK = ("秋天到了，[gMASK]", "树叶变黄了，一片一片从树上落下来。")
 GMASK_CHECKED_CHARS = 8  # the continuation must start with this much of the corpus text
 SIZE_LIMIT_BYTES = 5 * 1024 * 1024
 
@@ -49,19 +53,19 @@ def test_checkpoint_is_sharded_pdparams_under_5mb():
     assert sum(os.path.getsize(DEMO_MODEL_DIR / name) for name in files) <= SIZE_LIMIT_BYTES
 
 
-def test_fills_held_out_single_blanks(demo):
-    results = [(fill_blanks(*demo, text)[1], [expected]) for text, expected in HELD_OUT_SINGLE]
+def test_fills_single_blanks_of_corpus_sentences(demo):
+    results = [(fill_blanks(*demo, text)[1], [expected]) for text, expected in CORPUS_SINGLE]
     correct = sum(spans == expected for spans, expected in results)
     assert correct >= REQUIRED_SINGLE, results
 
 
 def test_fills_two_blanks_in_one_sentence(demo):
-    text, expected = HELD_OUT_TWO
+    text, expected = CORPUS_TWO
     assert fill_blanks(*demo, text)[1] == expected
 
 
 def test_gmask_continues_the_corpus_text(demo):
-    text, expected = HELD_OUT_GMASK
+    text, expected = CORPUS_GMASK
     continuation = fill_blanks(*demo, text)[1][0]
     assert continuation[:GMASK_CHECKED_CHARS] == expected[:GMASK_CHECKED_CHARS], continuation
 

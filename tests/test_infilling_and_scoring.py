@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import NO_DROPOUT, ours_from, paddlenlp_model
+from conftest import ours_from, ours_random, paddlenlp_model
 from tokenizer_helpers import TOKENIZER_DIR
 
 from paddle_glm import GLMError
@@ -20,9 +20,8 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
-def pair():
-    ref = paddlenlp_model(CFG, seed=21, spread=True)
-    return ref, ours_from(ref, CFG)
+def model():
+    return ours_random(CFG, seed=21, spread=True)
 
 
 def _greedy_span(model, ids, positions, blocks, part_a, eop, room):
@@ -40,8 +39,8 @@ def _greedy_span(model, ids, positions, blocks, part_a, eop, room):
     return out[:out.index(eop)] if eop in out else out
 
 
-def test_fill_blanks_fills_every_mask_in_order_feeding_spans_back(pair, tokenizer):
-    _, ours = pair
+def test_fill_blanks_fills_every_mask_in_order_feeding_spans_back(model, tokenizer):
+    ours = model
     text = "春眠不觉晓，[MASK]闻啼鸟。夜来[MASK]雨声，花落知多少[sMASK]"
     room = 6
     completed, spans = fill_blanks(ours, tokenizer, text, max_new_tokens=room, bad_words_ids=[])
@@ -63,15 +62,15 @@ def test_fill_blanks_fills_every_mask_in_order_feeding_spans_back(pair, tokenize
     assert completed == "".join(p + s for p, s in zip(pieces, spans + [""]))
 
 
-def test_fill_blanks_needs_a_blank(pair, tokenizer):
+def test_fill_blanks_needs_a_blank(model, tokenizer):
     with pytest.raises(GLMError, match="no \\[MASK\\]"):
-        fill_blanks(pair[1], tokenizer, "没有空白的句子。")
+        fill_blanks(model, tokenizer, "没有空白的句子。")
 
 
 def test_multiple_choice_matches_paddlenlp(tokenizer):
+    ref = paddlenlp_model(CFG, seed=22, cls_name="GLMForConditionalGeneration", spread=True)
     from paddlenlp.transformers import GLMForMultipleChoice as PaddleNLPChoice
 
-    ref = paddlenlp_model(CFG, seed=22, cls_name="GLMForConditionalGeneration", spread=True)
     theirs = PaddleNLPChoice(ref.config)
     theirs.set_state_dict(ref.state_dict())
     theirs.eval()
@@ -90,8 +89,8 @@ def test_multiple_choice_matches_paddlenlp(tokenizer):
     assert np.isfinite(got).all() and (got < 0).all()
 
 
-def test_multiple_choice_loads_a_checkpoint(tmp_path, pair):
-    ref, ours = pair
+def test_multiple_choice_loads_a_checkpoint(tmp_path, model):
+    ours = model
     ours.save_pretrained(str(tmp_path), max_shard_size="100KB")
     scorer = GLMForMultipleChoice.from_pretrained(str(tmp_path))
     for name, p in scorer.state_dict().items():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import ours_from, paddlenlp_model
+from conftest import ours_random
 from tokenizer_helpers import TOKENIZER_DIR
 
 from paddle_glm import GLMChineseTokenizer
@@ -15,8 +15,7 @@ TEXT = "凯旋门位于意大利米兰市古城堡旁。1807年为纪念[MASK]�
 
 @pytest.fixture(scope="module")
 def setup():
-    ref = paddlenlp_model(CFG, seed=5, spread=True)
-    model = ours_from(ref, CFG)
+    model = ours_random(CFG, seed=5, spread=True)
     model.config.bad_words_id = [1209]
     return model, GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
 

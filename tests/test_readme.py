@@ -63,26 +63,43 @@ def brief(argv, scratch):
     return [], (0,)
 
 
-def test_every_shell_command_runs(model_dir, tmp_path):
-    torch_layout = tmp_path / "torch_src"
-    convert(str(model_dir), str(torch_layout), to="safetensors", to_layout="torch", quiet=True)
-    commands = list(readme_commands())
-    assert len(commands) >= 6
-    for i, command in enumerate(commands):
-        src = torch_layout if "torch_to_paddle" in command else model_dir
-        command = (command.replace("MODEL_DIR", str(model_dir)).replace("SRC_DIR", str(src))
-                   .replace("DST_DIR", str(tmp_path / f"dst{i}"))
-                   .replace("--out paddle_glm/demo_model", f"--out {tmp_path / f'out{i}'}"))
-        argv = shlex.split(command)
-        extra, success = brief(argv, tmp_path / f"brief{i}")
-        argv += extra
-        if argv[0] == "paddle-glm":
-            argv = [sys.executable, "-m", "paddle_glm", *argv[1:]]
-        elif argv[0] == "python":
-            argv = [sys.executable, *argv[1:]]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent,
-                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        assert proc.returncode in success, f"{command}\n{proc.stderr[-2000:]}"
+# Commands that take about a minute even when run briefly: `make test-slow` runs them (CI does too).
+SLOW = ("tools/train_tiny.py", "benchmarks/run_all.py")
+
+
+def command_params():
+    for i, command in enumerate(readme_commands()):
+        marks = [pytest.mark.slow] if any(s in command for s in SLOW) else []
+        yield pytest.param(i, command, marks=marks, id=f"{i}-{command.split()[0]}-{command.split()[1]}")
+
+
+def test_readme_has_commands():
+    assert len(list(readme_commands())) >= 6
+
+
+@pytest.fixture(scope="module")
+def torch_layout(model_dir, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("readme_torch") / "torch_src"
+    convert(str(model_dir), str(directory), to="safetensors", to_layout="torch", quiet=True)
+    return directory
+
+
+@pytest.mark.parametrize("i, command", list(command_params()))
+def test_shell_command_runs(model_dir, torch_layout, tmp_path, i, command):
+    src = torch_layout if "torch_to_paddle" in command else model_dir
+    command = (command.replace("MODEL_DIR", str(model_dir)).replace("SRC_DIR", str(src))
+               .replace("DST_DIR", str(tmp_path / f"dst{i}"))
+               .replace("--out paddle_glm/demo_model", f"--out {tmp_path / f'out{i}'}"))
+    argv = shlex.split(command)
+    extra, success = brief(argv, tmp_path / f"brief{i}")
+    argv += extra
+    if argv[0] == "paddle-glm":
+        argv = [sys.executable, "-m", "paddle_glm", *argv[1:]]
+    elif argv[0] == "python":
+        argv = [sys.executable, *argv[1:]]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert proc.returncode in success, f"{command}\n{proc.stderr[-2000:]}"
 
 
 def test_benchmark_tables_are_those_of_results_md():
