@@ -110,10 +110,7 @@ def make_temp_dir(parent: str, prefix: str) -> str:
 
 
 def remove_tree(path: str) -> None:
-    """Delete a directory tree we made (a symlink: just the link), even if interrupted once by a signal."""
-    if os.path.islink(path):
-        os.unlink(path)
-        return
+    """Delete a directory tree we made, even if a signal's exception interrupts the first attempt."""
     try:
         shutil.rmtree(path, ignore_errors=True)
     finally:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import io
 import signal
 import sys
-from typing import List, Optional
+import threading
+from typing import Iterator, List, Optional
 
 from ..errors import GLMError
 
@@ -54,8 +56,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="strict")  # a non-UTF-8 line is an error, not surrogates passed on
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_terminated)
+    with _signals_raise_terminated():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _signals_raise_terminated() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` while a command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_terminated) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the subcommand; user errors and signals become one line on stderr and an exit code."""
     try:
         return int(args.run(args) or 0)
     except GLMError as e:
