@@ -526,3 +526,11 @@ def test_info_on_an_empty_config_says_what_is_defaulted(tmp_path, capsys):
     complete = _demo_copy(tmp_path / "complete")
     assert main(["info", str(complete)]) == 0
     assert "defaults" not in capsys.readouterr().out
+
+
+def test_first_save_beside_other_files_keeps_paddlenlp_names(tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "cog-pretrain.model").write_bytes(b"a tokenizer saved first")
+    tiny_model(1).save_pretrained(str(dst))
+    assert sorted(os.listdir(dst)) == ["cog-pretrain.model", "config.json", "model.safetensors"]

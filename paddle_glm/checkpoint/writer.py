@@ -145,12 +145,12 @@ def save_checkpoint_dir(dst: str, write: Callable[[str, Optional[str]], None]) -
     """Have ``write(directory, tag)`` produce a checkpoint, and install it in ``dst`` safely.
 
     ``tag`` is for ``ShardedWriter``. A new or empty ``dst`` is written as a temporary
-    directory and renamed into place (``tag`` None: PaddleNLP's plain names). In a
-    directory that already holds files, the switch is atomic for readers: the new shards
-    get names no earlier save used (``tag``) and an index; they and the other new files
-    (config.json) are moved in, then the index is renamed in, which is the switch; then
-    the old Paddle-format files are deleted, entry points (indices, single files) before
-    shards. A reader resolves every shard through one index read, so it sees the whole old
+    directory and renamed into place; a directory without a Paddle-format checkpoint gets
+    the new files moved in (``tag`` None: PaddleNLP's plain names). In a directory that
+    holds one, the switch is atomic for readers: the new shards get names no earlier save
+    used (``tag``) and an index; they and the other new files (config.json) are moved in,
+    then the index is renamed in, which is the switch; then the old Paddle-format files
+    are deleted, entry points (indices, single files) before shards. A reader resolves every shard through one index read, so it sees the whole old
     checkpoint or the whole new one; if an old shard vanishes under it, it reads the new
     index again (``load_checkpoint``). Everything else in ``dst`` (tokenizer files, notes,
     a PyTorch checkpoint) is left alone. A crash before the switch leaves ``dst`` as it
@@ -158,14 +158,15 @@ def save_checkpoint_dir(dst: str, write: Callable[[str, Optional[str]], None]) -
     """
     dst = os.path.realpath(dst)
     if not os.path.isdir(dst) or not os.listdir(dst):
-        with atomic_output_dir(dst, overwrite=True) as tmp:
+        with atomic_output_dir(dst) as tmp:
             write(tmp, None)
         return
     staging = make_temp_dir(dst, ".save-tmp-")
     try:
-        write(staging, uuid.uuid4().hex[:8])
+        old = [n for n in os.listdir(dst) if is_checkpoint_file(n, PADDLE_FORMATS)]
+        write(staging, uuid.uuid4().hex[:8] if old else None)  # no checkpoint to replace: PaddleNLP's plain names
         new = os.listdir(staging)
-        old = [n for n in os.listdir(dst) if is_checkpoint_file(n, PADDLE_FORMATS) and n not in new]
+        old = [n for n in old if n not in new]
         for name in sorted(new, key=_is_index):  # shards and config first, the index (the switch) last
             os.replace(os.path.join(staging, name), os.path.join(dst, name))
         for name in sorted(old, key=_removal_order):
