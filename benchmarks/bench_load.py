@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from bench_convert import MODEL
+from bench_convert import MODEL, preset_shapes
 
 SLACK = 300e6  # bytes allowed beyond model + largest shard, per the issue
 SHARD_FRACTIONS = (0.5, 0.3, 0.2)  # of the weight bytes, in order: deliberately uneven
@@ -59,15 +59,10 @@ def make_uneven_checkpoint(directory: str, model: str = MODEL, seed: int = 0) ->
     index = os.path.join(directory, "model_state.pdparams.index.json")
     if os.path.isfile(index):
         return
-    import paddle
-
-    from paddle_glm import GLMConfig, GLMForConditionalGeneration
     from paddle_glm.checkpoint.safe_pickle import STRUCTURED_NAME_KEY
     from paddle_glm.io_utils import atomic_output_dir
 
-    config = GLMConfig.from_name(model)
-    with paddle.LazyGuard():  # names and shapes only, no memory
-        shapes = [(name, tuple(p.shape)) for name, p in GLMForConditionalGeneration(config).state_dict().items()]
+    config, shapes = preset_shapes(model)
     total = sum(int(np.prod(shape)) * 4 for _, shape in shapes)
     groups, filled, limit = [[]], 0, SHARD_FRACTIONS[0] * total
     for name, shape in shapes:
