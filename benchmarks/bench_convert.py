@@ -32,21 +32,28 @@ RSS_ALLOWANCE = 0.5e9  # interpreter and libraries, per the issue
 MAX_TIME_RATIO = 3.0
 
 
+def preset_shapes(model: str):
+    """The config of preset ``model`` and its ``(name, shape)`` list, from a model built without memory."""
+    import paddle
+
+    from paddle_glm import GLMConfig, GLMForConditionalGeneration
+
+    config = GLMConfig.from_name(model)
+    with paddle.LazyGuard():  # names and shapes only, no memory
+        shapes = [(name, tuple(p.shape)) for name, p in GLMForConditionalGeneration(config).state_dict().items()]
+    return config, shapes
+
+
 def make_checkpoint(directory: str, model: str = MODEL, seed: int = 0) -> None:
     """Random fp32 weights of preset ``model`` in PaddleNLP's pdparams layout, ``SHARDS`` shards when the
     tensor sizes allow it (kept if already there)."""
     index = os.path.join(directory, "model_state.pdparams.index.json")
     if os.path.isfile(index):
         return
-    import paddle
-
-    from paddle_glm import GLMConfig, GLMForConditionalGeneration
     from paddle_glm.checkpoint.writer import ShardedWriter, plan_shards
     from paddle_glm.io_utils import atomic_output_dir
 
-    config = GLMConfig.from_name(model)
-    with paddle.LazyGuard():  # names and shapes only, no memory
-        shapes = [(name, tuple(p.shape)) for name, p in GLMForConditionalGeneration(config).state_dict().items()]
+    config, shapes = preset_shapes(model)
     sizes = [(name, int(np.prod(shape)) * 4) for name, shape in shapes]
     total = sum(n for _, n in sizes)
     step = max(1, total // 4096)

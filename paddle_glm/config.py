@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from .errors import GLMError
 from .io_utils import atomic_write_text, require_local_dir
@@ -65,6 +66,8 @@ class GLMConfig:
         for name, default in _DEFAULTS.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
         self.extra: Dict[str, Any] = kwargs
+        # Fields a config file left out (set by from_json_file): their values are defaults, not facts.
+        self.defaulted: Tuple[str, ...] = ()
         self.validate()
 
     # -- derived values -------------------------------------------------
@@ -83,20 +86,35 @@ class GLMConfig:
 
     # -- validation (the only place that checks the fields) --------------
     def validate(self) -> None:
-        """Raise GLMError with a precise message if the fields are inconsistent."""
+        """Raise GLMError naming the field if a value has the wrong type or is inconsistent."""
         for name in ("num_layers", "vocab_size", "hidden_size", "num_attention_heads", "max_sequence_length"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not _is_int(value) or value <= 0:
                 raise GLMError(f"GLMConfig: '{name}' must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise GLMError(
                 f"GLMConfig: hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
-        if not self.attention_scale or self.attention_scale <= 0:
-            raise GLMError(f"GLMConfig: attention_scale must be > 0, got {self.attention_scale!r}")
-        if not self.layernorm_epsilon or self.layernorm_epsilon <= 0:
-            raise GLMError(f"GLMConfig: layernorm_epsilon must be > 0, got {self.layernorm_epsilon!r}")
+        for name in ("attention_scale", "layernorm_epsilon"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 < value < math.inf:
+                raise GLMError(f"GLMConfig: '{name}' must be a number > 0, got {value!r}")
+        for name in ("embedding_dropout_prob", "attention_dropout_prob", "output_dropout_prob"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 <= value < 1:
+                raise GLMError(f"GLMConfig: '{name}' must be a number in [0, 1), got {value!r}")
+        if not _is_real(self.initializer_range) or not 0 <= self.initializer_range < math.inf:
+            raise GLMError(f"GLMConfig: 'initializer_range' must be a number >= 0, got {self.initializer_range!r}")
+        for name in ("parallel_output", "relative_encoding", "block_position_encoding", "output_predict"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise GLMError(f"GLMConfig: '{name}' must be true or false, got {value!r}")
+        bad = self.bad_words_id
+        if bad is not None and (not isinstance(bad, list) or not all(_is_int(t) and 0 <= t < self.vocab_size
+                                                                       for t in bad)):
+            raise GLMError(f"GLMConfig: 'bad_words_id' must be a list of token ids below vocab_size "
+                           f"({self.vocab_size}), got {bad!r}")
         if self.relative_encoding:
             raise GLMError("GLMConfig: relative_encoding=True (Transformer-XL style GLM) is not supported")
 
@@ -113,14 +131,26 @@ class GLMConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "GLMConfig":
+        """Read a config JSON file; errors name the file (and the field)."""
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except json.JSONDecodeError as e:
             raise GLMError(f"{path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise GLMError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                           f"{e.start}); save it as UTF-8 JSON") from None
+        except OSError as e:
+            raise GLMError(f"{path}: cannot read it ({e.strerror or e})") from None
         if not isinstance(data, dict):
             raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            config = cls.from_dict(data)
+        except GLMError as e:
+            raise GLMError(f"{path}: {e}") from None
+        config.defaulted = tuple(name for name in _DEFAULTS if name not in data and not
+                                 any(alias in data for alias, target in _ALIASES.items() if target == name))
+        return config
 
     @classmethod
     def from_pretrained(cls, path: str) -> "GLMConfig":
@@ -157,6 +187,14 @@ class GLMConfig:
         core = ", ".join(f"{k}={getattr(self, k)!r}" for k in ("num_layers", "hidden_size", "num_attention_heads",
                                                                 "vocab_size", "max_sequence_length"))
         return f"GLMConfig({core})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def available_presets() -> Dict[str, Path]:

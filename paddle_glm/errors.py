@@ -10,3 +10,7 @@ class GLMError(ValueError):
 
 class CheckpointError(GLMError):
     """A checkpoint file is missing, truncated, corrupt, unsafe or does not fit the model."""
+
+
+class MissingFileError(CheckpointError):
+    """A checkpoint file is not there; when a save replaced the checkpoint meanwhile, loading again works."""

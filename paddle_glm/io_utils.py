@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -41,7 +42,10 @@ def parse_size(size: Union[int, str]) -> int:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise GLMError(f"{directory}: cannot write in this directory ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it private; use an ordinary file's mode
@@ -61,28 +65,57 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_output_dir(dst: str, *, overwrite: bool = False) -> Iterator[str]:
     """Yield a fresh temporary directory beside ``dst``; on success it becomes ``dst``.
 
-    On any exception the temporary directory is removed and ``dst`` is left as it
-    was, so an interrupted write never leaves a half-written output.
+    On any exception (a ``KeyboardInterrupt``, or the CLI's SIGTERM handler, included) the
+    temporary directory is removed and ``dst`` is left as it was, so an interrupted write
+    never leaves a half-written output or a leftover.
+
+    Without ``overwrite``, the "is ``dst`` empty" check and the final rename are one atomic
+    step (``rename`` onto a non-empty directory fails): of concurrent writers to one new
+    ``dst``, exactly one wins and the others get a GLMError. If ``dst`` is a symlink (to a
+    directory, or dangling), the output goes to the link's target and the link stays.
 
     Args:
         dst: the final directory.
         overwrite: replace an existing non-empty ``dst`` (otherwise refuse).
     """
-    dst = os.path.abspath(dst)
+    dst = os.path.realpath(dst)
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise GLMError(f"{dst}: exists and is not a directory")
     if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
         raise GLMError(f"{dst}: directory exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(dst) + ".tmp-")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise GLMError(f"{parent}: cannot create the output's parent directory ({e.strerror or e})") from None
+    tmp = make_temp_dir(parent, "." + os.path.basename(dst) + ".tmp-")
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; DST gets an ordinary directory's mode
         yield tmp
-        _swap_in(tmp, dst)
+        if overwrite:
+            _swap_in(tmp, dst)
+        else:
+            _rename_new(tmp, dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
+
+
+def make_temp_dir(parent: str, prefix: str) -> str:
+    """A new private directory in ``parent``; a GLMError naming ``parent`` if it is not writable."""
+    try:
+        return tempfile.mkdtemp(dir=parent, prefix=prefix)
+    except OSError as e:
+        raise GLMError(f"{parent}: cannot write in this directory ({e.strerror or e})") from None
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree we made, even if a signal's exception interrupts the first attempt."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        if os.path.lexists(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -92,20 +125,34 @@ def _umask() -> int:
     return mask
 
 
-def _swap_in(tmp: str, dst: str) -> None:
-    """Rename ``tmp`` to ``dst``, moving an existing ``dst`` aside first."""
-    if not os.path.exists(dst):
-        os.rename(tmp, dst)
-        return
-    old = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix="." + os.path.basename(dst) + ".old-")
-    os.rmdir(old)
-    os.rename(dst, old)
+def _rename_new(tmp: str, dst: str) -> None:
+    """Rename ``tmp`` to ``dst``, which must be absent or empty at that instant (one atomic step)."""
     try:
         os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old, dst)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise GLMError(f"{dst}: another process filled this directory while the output was being written; "
+                           "this output was discarded and DST left as it is (pass overwrite=True / --overwrite "
+                           "to replace it)") from None
+        raise GLMError(f"{dst}: cannot create it ({e.strerror or e})") from None
+
+
+def _swap_in(tmp: str, dst: str) -> None:
+    """Rename ``tmp`` to ``dst``, moving an existing ``dst`` aside first and deleting it after."""
+    if not os.path.lexists(dst):
+        _rename_new(tmp, dst)
+        return
+    old = make_temp_dir(os.path.dirname(dst), "." + os.path.basename(dst) + ".old-")
+    os.rmdir(old)
+    try:
+        os.rename(dst, old)
+        os.rename(tmp, dst)
+    finally:  # also on a signal: restore the old DST if no new one is in place, else delete it
+        if os.path.lexists(old):
+            if os.path.lexists(dst):
+                remove_tree(old)
+            else:
+                os.rename(old, dst)
 
 
 def require_local_dir(path: str, what: str = "model") -> None:

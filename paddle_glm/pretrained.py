@@ -56,8 +56,8 @@ class PretrainedMixin:
         fmt = "safetensors" if safe_serialization else "pdparams"
         shard_size = parse_size(max_shard_size)
 
-        def write(directory: str) -> None:
-            writer = ShardedWriter(directory, fmt, sizes, shard_size)
+        def write(directory: str, tag: Optional[str]) -> None:
+            writer = ShardedWriter(directory, fmt, sizes, shard_size, tag=tag)
             for name, param in state:
                 writer.add(name, param.numpy())
             writer.finish()

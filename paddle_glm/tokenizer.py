@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 import sentencepiece as spm
 
+from .config import CONFIG_NAME
 from .errors import GLMError
 from .generation_inputs import ID_DTYPE, generation_inputs, multiple_choice_inputs, target_inputs
 from .io_utils import atomic_write_bytes, atomic_write_text, require_local_dir
@@ -89,6 +90,9 @@ class GLMChineseTokenizer:
         except (OSError, RuntimeError) as e:
             raise GLMError(f"{model_file}: cannot load the sentencepiece model ({e})") from e
         self.num_pieces = self._sp.get_piece_size()
+        if not self._model_proto or self.num_pieces == 0:
+            raise GLMError(f"{model_file}: empty sentencepiece model ({len(self._model_proto)} bytes, "
+                           f"{self.num_pieces} pieces); copy {MODEL_FILE} from the model's files again")
         self._token_to_id = {token: self.num_pieces + i for i, token in enumerate(SPECIAL_TOKENS)}
         self._token_to_id.update(_checked_added_tokens(added_tokens or {}, "added_tokens"))
         self._id_to_token: Dict[int, str] = {}
@@ -123,7 +127,12 @@ class GLMChineseTokenizer:
         added = _read_json_object(added_file) if os.path.isfile(added_file) else None
         if added is not None:
             added = _checked_added_tokens(added, added_file)
-        return cls(model_file, added_tokens=added, tokenizer_config=config)
+        tokenizer = cls(model_file, added_tokens=added, tokenizer_config=config)
+        vocab_size = _model_vocab_size(os.path.join(path, CONFIG_NAME))
+        if vocab_size is not None:
+            check_tokenizer_fits(tokenizer, vocab_size, f"the model's {CONFIG_NAME} in {path}",
+                                 added_file if added is not None else None)
+        return tokenizer
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> None:
         """Write ``cog-pretrain.model``, ``tokenizer_config.json`` and ``added_tokens.json``
@@ -507,6 +516,35 @@ def _id_list(ids: IdsLike, name: str) -> List[int]:
     if not isinstance(ids, (list, tuple)) or not all(isinstance(i, (int, np.integer)) for i in ids):
         raise GLMError(f"{name}: expected a flat list of int ids; use batch_decode for a batch")
     return [int(i) for i in ids]
+
+
+def check_tokenizer_fits(tokenizer: GLMChineseTokenizer, vocab_size: int, model: str = "the model",
+                         added_tokens_file: Optional[str] = None) -> None:
+    """Raise GLMError unless every id of ``tokenizer`` has a row in a model of ``vocab_size`` ids.
+
+    ``from_pretrained`` checks this against the ``config.json`` beside the tokenizer files;
+    call it when pairing a tokenizer with a model from elsewhere (``model.config.vocab_size``).
+    """
+    if tokenizer.num_pieces > vocab_size:
+        raise GLMError(f"the sentencepiece model has {tokenizer.num_pieces} pieces, but {model} has only "
+                       f"{vocab_size} ids (vocab_size); this tokenizer is not the model's")
+    too_big = {token: token_id for token, token_id in tokenizer.special_tokens.items() if token_id >= vocab_size}
+    if too_big:
+        token, token_id = max(too_big.items(), key=lambda item: item[1])
+        source = added_tokens_file or f"{MODEL_FILE} ({tokenizer.num_pieces} pieces, then GLM's special tokens)"
+        raise GLMError(f"{source}: token {token!r} has id {token_id}, at or above the vocab_size {vocab_size} of "
+                       f"{model}; every id must be below it ({len(too_big)} token(s) are not)")
+
+
+def _model_vocab_size(config_file: str) -> Optional[int]:
+    """``vocab_size`` of a model's config.json, or None if there is none to read (the model's own
+    loading reports a broken config)."""
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            vocab_size = json.load(f).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return vocab_size if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) else None
 
 
 def _checked_added_tokens(added: Mapping[str, Any], source: str) -> Dict[str, int]:

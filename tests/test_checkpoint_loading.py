@@ -1,6 +1,7 @@
 """Loading and saving checkpoints in PaddleNLP's formats, with PaddleNLP itself as producer and consumer."""
 import json
 import os
+import re
 import pickle
 import shutil
 import warnings
@@ -251,7 +252,9 @@ def test_save_keeps_other_files_and_drops_stale_shards(tmp_path, reference):
     ours.save_pretrained(str(target), max_shard_size="30KB")
     (target / "cog-pretrain.model").write_bytes(b"tokenizer")
     ours.save_pretrained(str(target), safe_serialization=False, max_shard_size="10GB")
-    assert sorted(os.listdir(target)) == ["cog-pretrain.model", "config.json", "model_state.pdparams"]
+    names = sorted(os.listdir(target))  # in an existing directory: a new shard name, and an index (the switch)
+    assert names[:2] == ["cog-pretrain.model", "config.json"] and names[3] == "model_state.pdparams.index.json"
+    assert re.fullmatch(r"model_state-00001-of-00001-[0-9a-f]{8}\.pdparams", names[2]), names
 
 
 @pytest.mark.parametrize("size,expected", [("60KB", 60_000), ("500MB", 500_000_000), ("2GB", 2 * 10**9),

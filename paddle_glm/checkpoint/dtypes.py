@@ -23,12 +23,6 @@ def dtype_name(array: np.ndarray) -> str:
     raise GLMError(f"unsupported tensor dtype {array.dtype} (expected float32, float16 or bfloat16)")
 
 
-def check_dtype_name(name: str) -> str:
-    if name not in STORAGE:
-        raise GLMError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_NAMES)}")
-    return name
-
-
 def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
     """Exact widening of bfloat16 bit patterns to float32."""
     return (bits.astype(np.uint32) << 16).view(np.float32)

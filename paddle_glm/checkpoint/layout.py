@@ -8,7 +8,7 @@ caller allows unknown names.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..errors import CheckpointError
 
@@ -109,7 +109,3 @@ def convert_layout(name: str, array, source: str, target: str):
     if source != target and transposes(name):
         return array.T.copy()
     return array
-
-
-def shape_in_layout(name: str, shape: Tuple[int, ...], source: str, target: str) -> Tuple[int, ...]:
-    return tuple(reversed(shape)) if source != target and transposes(name) else tuple(shape)

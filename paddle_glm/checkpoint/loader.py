@@ -7,7 +7,7 @@ from typing import Dict, List
 import paddle
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MissingFileError
 from .dtypes import STORAGE, cast_array
 from .layout import PADDLE, convert_layout, strip_prefix
 from .source import find_checkpoint
@@ -23,12 +23,29 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
 
     Returns ``{"missing": [...], "unexpected": [...]}``. Missing parameters raise
     (``strict``) or are initialised randomly with a warning; unexpected tensors
-    give a warning listing them.
+    give a warning listing them. A tensor in two shards is an error naming both.
+
+    Every shard is found through one read of the index. If a file vanishes while
+    loading (a ``save_pretrained`` replaced the checkpoint), the index is read again
+    and everything is loaded once more from the new checkpoint; if that fails the same
+    way, a ``MissingFileError`` says to load again.
     """
+    try:
+        return _load_once(model, directory, dtype, strict, show_progress)
+    except MissingFileError:
+        try:
+            return _load_once(model, directory, dtype, strict, show_progress)
+        except MissingFileError as e:
+            raise MissingFileError(f"{e} (if a save is replacing the checkpoint in {directory}, load again)") from None
+
+
+def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool,
+               show_progress: bool) -> Dict[str, List[str]]:
     source = find_checkpoint(directory)
     source_layout = PADDLE if source.format == "pdparams" else source.detect_layout()
     params = {strip_prefix(name): p for name, p in model.state_dict().items()}
     loaded, unexpected = set(), []
+    found_in: Dict[str, str] = {}  # key -> the file it came from
     bar = tqdm(source.shards, desc="Loading checkpoint", unit="shard", disable=not show_progress or None)
     for shard in bar:
         path = source.path(shard)
@@ -36,6 +53,10 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
         for name, array in source.read_shard(shard):
             names.append(name)
             key = strip_prefix(name)
+            if key in found_in:
+                raise CheckpointError(f"tensor {name!r} is in two checkpoint files, {found_in[key]} and {path}; "
+                                      "keep one copy (the index says which shard holds it)")
+            found_in[key] = path
             param = params.get(key)
             if param is None:
                 unexpected.append(name)

@@ -9,14 +9,16 @@ need and rejects every other one before anything is called.
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import mmap
 import os
 import pickle
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MissingFileError
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -87,31 +89,15 @@ class _SkippingFile:
         return nbytes
 
 
-class _FileArray:
-    """Stands in for an ndarray while unpickling; its ``array`` is built from the pickled state."""
+class _FileMap:
+    """Builds a file's arrays: large ones as read-only views of one memory map of the file, small ones
+    from the pickle's bytes. It holds no reference to the unpickler, so nothing forms a reference
+    cycle and the map is released as soon as the file is done (without waiting for the garbage collector).
+    """
 
-    def __init__(self, unpickler: "_ArrayUnpickler"):
-        self._unpickler = unpickler
-        self.array: Optional[np.ndarray] = None
-
-    def __setstate__(self, state):
-        # ndarray state: ([version,] shape, dtype, is_fortran, raw_data)
-        shape, dtype, fortran, raw = state[-4:]
-        self.array = self._unpickler.array(tuple(shape), np.dtype(dtype), bool(fortran), raw)
-
-
-class _ArrayUnpickler(_RestrictedUnpickler):
-    """Builds arrays as read-only views of a memory map of the file (small ones from the pickle's bytes)."""
-
-    def __init__(self, file, path: str):
-        self._reader = _SkippingFile(file, path)
-        super().__init__(self._reader, path)
-        self._file = file
+    def __init__(self, file, reader: _SkippingFile, path: str):
+        self._file, self._reader, self._path = file, reader, path
         self._map: Optional[mmap.mmap] = None
-
-    def find_class(self, module: str, name: str):
-        found = super().find_class(module, name)
-        return (lambda *args: _FileArray(self)) if found is _multiarray._reconstruct else found
 
     def array(self, shape: Tuple[int, ...], dtype: np.dtype, fortran: bool, raw) -> np.ndarray:
         if dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
@@ -131,27 +117,84 @@ class _ArrayUnpickler(_RestrictedUnpickler):
             raise CheckpointError(f"{self._path}: corrupt .pdparams file (a large payload is not array data)")
         return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
+    def close(self) -> None:
+        """Unmap the file now, unless an array of it is still in use (then the last one unmaps it)."""
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # BufferError: arrays still view the map
+                self._map.close()
+            self._map = None
 
-def load_pdparams(path: str) -> Dict[str, np.ndarray]:
-    """Read a ``.pdparams`` file safely; returns ``{name: array}`` without PaddleNLP's name map.
 
-    Large arrays are read-only views of a memory map of the file: reading costs no copy, and
-    the pages are the page cache's (released when the last array of the file is).
+class _FileArray:
+    """Stands in for an ndarray while unpickling; its ``array`` is built from the pickled state."""
+
+    def __init__(self, file_map: _FileMap, *_reconstruct_args):
+        self._file_map = file_map
+        self.array: Optional[np.ndarray] = None
+
+    def __setstate__(self, state):
+        # ndarray state: ([version,] shape, dtype, is_fortran, raw_data)
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = self._file_map.array(tuple(shape), np.dtype(dtype), bool(fortran), raw)
+        self._file_map = None
+
+
+class _ArrayUnpickler(_RestrictedUnpickler):
+    """Unpickles ndarrays as ``_FileArray`` stand-ins built by a ``_FileMap``."""
+
+    def __init__(self, file, path: str):
+        reader = _SkippingFile(file, path)
+        super().__init__(reader, path)
+        self.file_map = _FileMap(file, reader, path)
+        # The unpickler memoizes what find_class returns: a partial of the map, not a closure over self.
+        self._new_array = functools.partial(_FileArray, self.file_map)
+
+    def find_class(self, module: str, name: str):
+        found = super().find_class(module, name)
+        return self._new_array if found is _multiarray._reconstruct else found
+
+
+@contextlib.contextmanager
+def open_pdparams(path: str) -> Iterator[Dict[str, np.ndarray]]:
+    """Read a ``.pdparams`` file safely; yields ``{name: array}`` without PaddleNLP's name map.
+
+    Large arrays are read-only views of a memory map of the file: reading costs no copy. On
+    leaving the ``with`` block the map is closed, or, if the caller still holds arrays of it,
+    released with the last of them; either way it never waits for the garbage collector.
     """
+    file_map = None
     try:
-        with open(path, "rb") as f:
-            data = _ArrayUnpickler(f, path).load()
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except _READ_ERRORS as e:
-        raise CheckpointError(f"{path}: truncated or corrupt .pdparams file ({type(e).__name__}: {e})") from None
+        try:
+            with open(path, "rb") as f:
+                unpickler = _ArrayUnpickler(f, path)
+                file_map = unpickler.file_map
+                data = unpickler.load()
+        except CheckpointError:
+            raise
+        except FileNotFoundError:
+            raise MissingFileError(f"{path}: file not found") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+        except _READ_ERRORS as e:
+            raise CheckpointError(f"{path}: truncated or corrupt .pdparams file ({type(e).__name__}: {e})") from None
+        unpickler = None  # its memo holds every unpickled object
+        arrays = _arrays_of(data, path)
+        data = None
+        yield arrays
+    finally:
+        unpickler = data = arrays = None  # noqa: F841 (drop this frame's references before unmapping)
+        if file_map is not None:
+            file_map.close()
+
+
+def _arrays_of(data, path: str) -> Dict[str, np.ndarray]:
+    """The unpickled dict's arrays by name (PaddleNLP's name map left out)."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict of arrays, found {type(data).__name__}")
-    data.pop(STRUCTURED_NAME_KEY, None)
     arrays = {}
     for name, value in data.items():
+        if name == STRUCTURED_NAME_KEY:
+            continue
         if isinstance(value, _FileArray):
             value = value.array
         if not isinstance(value, np.ndarray):
@@ -162,7 +205,8 @@ def load_pdparams(path: str) -> Dict[str, np.ndarray]:
 
 def scan_pdparams(path: str) -> Dict[str, Tuple[np.dtype, Tuple[int, ...]]]:
     """``{name: (dtype, shape)}`` of a ``.pdparams`` file; large arrays' data is not read."""
-    return {name: (array.dtype, array.shape) for name, array in load_pdparams(path).items()}
+    with open_pdparams(path) as arrays:
+        return {name: (array.dtype, array.shape) for name, array in arrays.items()}
 
 
 def save_pdparams(path: str, tensors: Iterable[Tuple[str, np.ndarray]]) -> None:

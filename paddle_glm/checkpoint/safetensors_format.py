@@ -17,7 +17,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MissingFileError
 
 _HEADER_LIMIT = 100 * 2**20  # the safetensors library's own cap on header size
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U16": np.uint16, "F64": np.float64,
@@ -36,7 +36,9 @@ class SafetensorsFile:
         try:
             self._file = open(path, "rb")
         except FileNotFoundError:
-            raise CheckpointError(f"{path}: file not found") from None
+            raise MissingFileError(f"{path}: file not found") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
         size = os.fstat(self._file.fileno()).st_size
         raw = self._file.read(8)
         if len(raw) < 8:
@@ -67,6 +69,10 @@ class SafetensorsFile:
             self.close()
             raise CheckpointError(f"{path}: truncated safetensors file: the header needs {self._data_start + data_end} "
                                   f"bytes, the file has {size}")
+        problem = _layout_problem(header)
+        if problem:
+            self.close()
+            raise CheckpointError(f"{path}: corrupt safetensors header: {problem}")
 
     def keys(self) -> List[str]:
         return list(self.entries)
@@ -116,6 +122,29 @@ def _valid_entry(entry) -> bool:
     ints = lambda values: isinstance(values, list) and all(  # noqa: E731
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
     return ints(shape) and ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1]
+
+
+def _layout_problem(header: Dict[str, dict]) -> str:
+    """The safetensors library's checks of the data offsets: each tensor's bytes fit its shape and
+    dtype, and the tensors tile the data from 0 without gaps or overlaps ("" if all is well)."""
+    for name, entry in header.items():
+        start, end = entry["data_offsets"]
+        code = entry["dtype"]
+        if code in _NUMPY_DTYPES:
+            count = int(np.prod(entry["shape"], dtype=np.int64))
+            if end - start != count * np.dtype(_NUMPY_DTYPES[code]).itemsize:
+                return f"tensor {name!r} has {end - start} bytes of data for shape {entry['shape']} and dtype {code}"
+    previous, filled = None, 0
+    for name, entry in sorted(header.items(), key=lambda item: tuple(item[1]["data_offsets"])):
+        start, end = entry["data_offsets"]
+        if start < filled:
+            return f"tensors {previous!r} and {name!r} overlap (data_offsets {header[previous]['data_offsets']} " \
+                   f"and {[start, end]})"
+        if start > filled:
+            return f"a gap of {start - filled} bytes before tensor {name!r} (data_offsets {[start, end]})"
+        if end > start:
+            previous, filled = name, end
+    return ""
 
 
 def write_safetensors(path: str, tensors: Iterable[Tuple[str, np.ndarray]], metadata: Optional[Dict[str, str]] = None,

@@ -8,7 +8,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, MissingFileError
 from . import layout, safe_pickle
 from .safetensors_format import SafetensorsFile
 from .torch_format import iter_torch_bin
@@ -64,10 +64,10 @@ class CheckpointSource:
             with SafetensorsFile(path) as f:
                 yield from f.items()
         elif self.format == "pdparams":
-            state = safe_pickle.load_pdparams(path)
-            while state:  # hand tensors over one by one so the caller can free them
-                name = next(iter(state))
-                yield name, state.pop(name)
+            with safe_pickle.open_pdparams(path) as state:  # the file's map is released when the shard is done
+                while state:  # hand tensors over one by one so the caller can free them
+                    name = next(iter(state))
+                    yield name, state.pop(name)
         else:
             yield from iter_torch_bin(path)
 
@@ -121,8 +121,18 @@ def find_checkpoint(directory: str, formats: Tuple[str, ...] = ("safetensors", "
     """The checkpoint in ``directory``: an index with its shards, or a single weight file.
 
     Raises CheckpointError naming the directory if none is there, and naming the
-    file if the index is unreadable or lists a shard that does not exist.
+    file if the index is unreadable; MissingFileError if the index lists a shard that
+    does not exist (or vanished: a save replaced the checkpoint meanwhile).
     """
+    for _ in range(2):  # a second look, in case a save swapped the entry points while the first one looked
+        source = _look_for_checkpoint(directory, formats)
+        if source is not None:
+            return source
+    wanted = ", ".join(f"{idx} or {single}" for fmt, idx, single in CHECKPOINT_KINDS if fmt in formats)
+    raise CheckpointError(f"{directory}: no checkpoint found (looked for {wanted})")
+
+
+def _look_for_checkpoint(directory: str, formats: Tuple[str, ...]) -> Optional[CheckpointSource]:
     for fmt, index_name, single_name in CHECKPOINT_KINDS:
         if fmt not in formats:
             continue
@@ -132,12 +142,11 @@ def find_checkpoint(directory: str, formats: Tuple[str, ...] = ("safetensors", "
             shards = list(dict.fromkeys(weight_map.values()))
             for shard in shards:
                 if not os.path.isfile(os.path.join(directory, shard)):
-                    raise CheckpointError(f"{os.path.join(directory, shard)}: shard listed in {index_path} is missing")
+                    raise MissingFileError(f"{os.path.join(directory, shard)}: shard listed in {index_path} is missing")
             return CheckpointSource(directory, fmt, shards, weight_map, index_path)
         if os.path.isfile(os.path.join(directory, single_name)):
             return CheckpointSource(directory, fmt, [single_name])
-    wanted = ", ".join(f"{idx} or {single}" for fmt, idx, single in CHECKPOINT_KINDS if fmt in formats)
-    raise CheckpointError(f"{directory}: no checkpoint found (looked for {wanted})")
+    return None
 
 
 def _read_index(path: str) -> Dict[str, str]:
@@ -145,10 +154,18 @@ def _read_index(path: str) -> Dict[str, str]:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
         weight_map = index["weight_map"]
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: file not found") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     except (KeyError, TypeError):
         raise CheckpointError(f"{path}: index has no 'weight_map'") from None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{path}: 'weight_map' must be a non-empty object of tensor name -> file")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or os.path.basename(shard) != shard:
+            raise CheckpointError(f"{path}: 'weight_map' gives tensor {name!r} the file {shard!r}; expected the "
+                                  "name of a shard file in the same directory")
     return weight_map

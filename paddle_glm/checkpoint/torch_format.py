@@ -5,7 +5,7 @@ from typing import Iterator, Tuple
 
 import numpy as np
 
-from ..errors import CheckpointError, GLMError
+from ..errors import CheckpointError, GLMError, MissingFileError
 
 
 def _torch():
@@ -30,7 +30,7 @@ def iter_torch_bin(path: str) -> Iterator[Tuple[str, np.ndarray]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
+        raise MissingFileError(f"{path}: file not found") from None
     except Exception as e:  # torch raises RuntimeError/UnpicklingError/... for bad files
         raise CheckpointError(f"{path}: cannot read PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict):

@@ -1,16 +1,17 @@
 """Writing a checkpoint in PaddleNLP's sharded layout, one output shard in memory at a time."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..io_utils import atomic_output_dir, atomic_write_text
+from ..io_utils import atomic_output_dir, atomic_write_text, make_temp_dir
 from .safe_pickle import save_pdparams
 from .safetensors_format import write_safetensors
 from .source import CHECKPOINT_KINDS, SHARD_PREFIX, SUFFIX, is_checkpoint_file
@@ -33,11 +34,14 @@ def plan_shards(sizes: Sequence[Tuple[str, int]], max_shard_size: int) -> List[L
     return shards
 
 
-def shard_names(fmt: str, count: int) -> List[str]:
-    """PaddleNLP's file names: ``model_state-00001-of-00003.pdparams``, ``model-00001-of-00003.safetensors``."""
-    if count == 1:
+def shard_names(fmt: str, count: int, tag: Optional[str] = None) -> List[str]:
+    """PaddleNLP's file names: ``model_state-00001-of-00003.pdparams``, ``model-00001-of-00003.safetensors``
+    (``model.safetensors`` for one shard). With ``tag``, every shard is named ``model-00001-of-00001-TAG.safetensors``
+    (a name no earlier save used, so a reader never opens a file of another save by its name)."""
+    if count == 1 and tag is None:
         return [_SINGLE[fmt]]
-    return [f"{SHARD_PREFIX[fmt]}-{i:05d}-of-{count:05d}{SUFFIX[fmt]}" for i in range(1, count + 1)]
+    suffix = f"-{tag}{SUFFIX[fmt]}" if tag else SUFFIX[fmt]
+    return [f"{SHARD_PREFIX[fmt]}-{i:05d}-of-{count:05d}{suffix}" for i in range(1, count + 1)]
 
 
 class ShardedWriter:
@@ -53,16 +57,18 @@ class ShardedWriter:
         max_shard_size: bytes per shard.
         layout: "paddle" (safetensors metadata ``np``, bfloat16 as ``U16``, as PaddleNLP
             writes) or "torch" (metadata ``pt``, ``BF16``, as PyTorch/HF write).
+        tag: name the shards with this tag (see ``shard_names``) and always write an index,
+            even for one shard (saving into a directory that already holds a checkpoint).
     """
 
     def __init__(self, directory: str, fmt: str, sizes: Optional[Sequence[Tuple[str, int]]], max_shard_size: int,
-                 layout: str = "paddle"):
+                 layout: str = "paddle", tag: Optional[str] = None):
         if fmt not in ("pdparams", "safetensors"):
             raise CheckpointError(f"cannot write checkpoint format {fmt!r} (use pdparams or safetensors)")
         self.directory, self.fmt, self.layout = directory, fmt, layout
-        self.max_shard_size = max_shard_size
+        self.max_shard_size, self.tag = max_shard_size, tag
         self._plan = None if sizes is None else plan_shards(sizes, max_shard_size)
-        self._files = [] if self._plan is None else shard_names(fmt, len(self._plan))
+        self._files = [] if self._plan is None else shard_names(fmt, len(self._plan), tag)
         self._shards: List[List[str]] = []  # names in each written shard
         self._pending: Dict[str, np.ndarray] = {}
         self._filled = 0
@@ -113,7 +119,7 @@ class ShardedWriter:
         if self._plan is None:
             if self._pending or not self._shards:
                 self._write_pending()
-            self._files = shard_names(self.fmt, len(self._shards))
+            self._files = shard_names(self.fmt, len(self._shards), self.tag)
             final = [os.path.join(self.directory, name) for name in self._files]
             for provisional, path in zip(self.written, final):
                 os.replace(provisional, path)
@@ -121,7 +127,7 @@ class ShardedWriter:
         elif len(self._shards) != len(self._plan):
             missing = [n for shard in self._plan[len(self._shards):] for n in shard if n not in self._pending]
             raise CheckpointError(f"internal: tensors never written: {', '.join(missing[:10])}")
-        if len(self._files) > 1:
+        if len(self._files) > 1 or self.tag:
             index = {
                 "metadata": {"total_size": int(self.total_bytes)},
                 "weight_map": {n: f for names, f in zip(self._shards, self._files) for n in names},
@@ -135,30 +141,46 @@ class ShardedWriter:
 PADDLE_FORMATS = ("safetensors", "pdparams")
 
 
-def save_checkpoint_dir(dst: str, write: Callable[[str], None]) -> None:
-    """Have ``write(directory)`` produce a checkpoint, and install it in ``dst`` safely.
+def save_checkpoint_dir(dst: str, write: Callable[[str, Optional[str]], None]) -> None:
+    """Have ``write(directory, tag)`` produce a checkpoint, and install it in ``dst`` safely.
 
-    A new or empty ``dst`` is written as a temporary directory and renamed into place.
-    In an existing directory only checkpoint files change: the new files are staged
-    inside ``dst``; then the old Paddle-format indices are removed first (so no index
-    can ever point at a mix of old and new shards), old Paddle-format shards the new
-    checkpoint does not reuse are deleted, and the new files are renamed in, indices
-    last. Everything else in ``dst`` (tokenizer files, notes, links, a PyTorch
-    checkpoint) is left alone. A crash while staging leaves ``dst`` as it was.
+    ``tag`` is for ``ShardedWriter``. A new or empty ``dst`` is written as a temporary
+    directory and renamed into place; a directory without a Paddle-format checkpoint gets
+    the new files moved in (``tag`` None: PaddleNLP's plain names). In a directory that
+    holds one, the switch is atomic for readers: the new shards get names no earlier save
+    used (``tag``) and an index; they and the other new files (config.json) are moved in,
+    then the index is renamed in, which is the switch; then the old Paddle-format files
+    are deleted, entry points (indices, single files) before shards. A reader resolves every shard through one index read, so it sees the whole old
+    checkpoint or the whole new one; if an old shard vanishes under it, it reads the new
+    index again (``load_checkpoint``). Everything else in ``dst`` (tokenizer files, notes,
+    a PyTorch checkpoint) is left alone. A crash before the switch leaves ``dst`` as it
+    was. If ``dst`` is a symlink, the checkpoint goes into its target. One writer at a time.
     """
+    dst = os.path.realpath(dst)
     if not os.path.isdir(dst) or not os.listdir(dst):
         with atomic_output_dir(dst) as tmp:
-            write(tmp)
+            write(tmp, None)
         return
-    staging = tempfile.mkdtemp(dir=dst, prefix=".save-tmp-")
+    staging = make_temp_dir(dst, ".save-tmp-")
     try:
-        write(staging)
-        new = sorted(os.listdir(staging), key=lambda name: name.endswith(".index.json"))  # indices last
         old = [n for n in os.listdir(dst) if is_checkpoint_file(n, PADDLE_FORMATS)]
-        for name in sorted(old, key=lambda name: not name.endswith(".index.json")):  # indices first
-            if name not in new or name.endswith(".index.json"):
-                os.remove(os.path.join(dst, name))
-        for name in new:
+        write(staging, uuid.uuid4().hex[:8] if old else None)  # no checkpoint to replace: PaddleNLP's plain names
+        new = os.listdir(staging)
+        old = [n for n in old if n not in new]
+        for name in sorted(new, key=_is_index):  # shards and config first, the index (the switch) last
             os.replace(os.path.join(staging, name), os.path.join(dst, name))
+        for name in sorted(old, key=_removal_order):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(dst, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _is_index(name: str) -> bool:
+    return name.endswith(".index.json")
+
+
+def _removal_order(name: str) -> Tuple[int, int]:
+    """Old files go entry points first, in the order readers look for them, then shards."""
+    entry_points = [n for _, index, single in CHECKPOINT_KINDS for n in (index, single)]
+    return (0, entry_points.index(name)) if name in entry_points else (1, 0)

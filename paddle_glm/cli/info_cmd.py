@@ -10,6 +10,7 @@ import numpy as np
 from ..checkpoint.dtypes import STORAGE, dtype_name
 from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
+from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
 
 GB = 1e9
@@ -41,7 +42,12 @@ def checkpoint_dtype(source) -> str:
     if source.format == "torch":
         return "unknown (PyTorch .bin; convert to read it without torch)"
     shard = min(source.shards, key=lambda s: os.path.getsize(source.path(s)))
-    found = Counter(dtype_name(np.empty(0, dtype=spec.dtype)) for spec in source.specs(shard).values())
+    found = Counter()
+    for name, spec in source.specs(shard).items():
+        try:
+            found[dtype_name(np.empty(0, dtype=spec.dtype))] += 1
+        except GLMError as e:
+            raise CheckpointError(f"{source.path(shard)}: tensor {name!r}: {e}") from None
     return ", ".join(sorted(found))
 
 
@@ -53,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"config: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads "
           f"(head_dim {config.head_dim}), vocab {config.vocab_size}, {config.max_sequence_length} positions, "
           f"block positions {'on' if config.block_position_encoding else 'off'}")
+    shown = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_sequence_length",
+             "block_position_encoding")
+    defaulted = [name for name in shown if name in config.defaulted]
+    if defaulted:
+        print(f"  WARNING: the config file does not set {', '.join(defaulted)}: those values (and the counts "
+              "below) are PaddleNLP's defaults, not facts about this model")
     print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
     source = find_checkpoint(args.model_dir)
     print(f"checkpoint: {source.format}, {len(source.shards)} file(s)"
