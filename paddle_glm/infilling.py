@@ -69,7 +69,8 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
     eop = config.eos_token_id
     filled: List[Tuple[int, List[int]]] = []
     for position in blanks:
-        prompt, positions, mask = part_b_inputs(context, position, filled, tokenizer.sop_token_id, tokenizer.eop_token_id)
+        prompt, positions, mask = part_b_inputs(context, position, filled, tokenizer.sop_token_id,
+                                                tokenizer.eop_token_id)
         out = model.generate(prompt, positions, mask, generation_config=config,
                              streamer=_WithoutEnd(streamer) if streamer else None).numpy()[0, prompt.shape[1]:]
         out = out.tolist()

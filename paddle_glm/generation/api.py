@@ -62,11 +62,13 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
     if cfg.num_beams > 1 and streamer is not None:
         raise GLMError("streaming is not supported with beam search (num_beams > 1)")
     eos_token_id = cfg.eos_token_id
-    pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else \
+        (eos_token_id if eos_token_id is not None else 0)
     settings = LogitsSettings(
         temperature=float(cfg.temperature), top_k=cfg.top_k, top_p=float(cfg.top_p),
         repetition_penalty=float(cfg.repetition_penalty),
-        bad_words_ids=normalize_bad_words(default_bad_words(config) if cfg.bad_words_ids is None else cfg.bad_words_ids),
+        bad_words_ids=normalize_bad_words(default_bad_words(config) if cfg.bad_words_ids is None
+                                          else cfg.bad_words_ids),
         eos_token_id=eos_token_id, min_new_tokens=cfg.min_new_tokens,
     )
     inputs = prepare_inputs(input_ids, position_ids, attention_mask, new_tokens, config.num_position_embeddings,

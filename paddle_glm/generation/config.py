@@ -21,6 +21,7 @@ from ..io_utils import atomic_write_text, require_local_dir
 GENERATION_CONFIG_NAME = "generation_config.json"
 # Keys HF and PaddleNLP write into generation_config.json that are bookkeeping, not settings.
 _METADATA_KEYS = ("_from_model_config", "transformers_version", "paddlenlp_version")
+_DERIVED_MARK = "_from_model_config"  # true: written from config.json by save_pretrained, no user setting
 DEFAULT_NEW_TOKENS = 20  # HF's default when nothing says how long to generate
 
 
@@ -85,15 +86,18 @@ class GenerationConfig:
         """``generation_config.json`` of a local directory, over the model's defaults.
 
         Without the file: :meth:`from_model_config` when ``model_config`` is given, else the
-        defaults. When neither gives ``eos_token_id`` and the directory holds the GLM tokenizer,
+        defaults. A file marked ``"_from_model_config": true`` is ignored: PaddleNLP's and HF's
+        ``save_pretrained`` derive it from ``config.json`` with their own defaults (PaddleNLP 2.8.1
+        writes ``max_length: 20`` and ``use_cache: false`` for GLM), not from a user's choice. When neither gives ``eos_token_id`` and the directory holds the GLM tokenizer,
         it is the tokenizer's ``<|endofpiece|>`` (GLM's special-token table).
         """
         require_local_dir(path, what="generation config")
         config = cls.from_model_config(model_config) if model_config is not None else cls()
         file = os.path.join(path, GENERATION_CONFIG_NAME)
         if os.path.isfile(file):
-            values = {**dataclasses.asdict(config), **_read_settings(file)}
-            config = cls.from_dict(values, source=file)
+            config = cls.from_dict({**dataclasses.asdict(config), **_read_settings(file)}, source=file)
+            for name, message in config.problems():
+                raise GLMError(f"{file}: {name}: {message}")
         if config.eos_token_id is None:
             from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
@@ -211,6 +215,7 @@ def _valid_bad_words(bad_words) -> bool:
 
 
 def _read_settings(path: str) -> Dict[str, Any]:
+    """The settings of a ``generation_config.json`` (none from a file derived from ``config.json``)."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -218,4 +223,6 @@ def _read_settings(path: str) -> Dict[str, Any]:
         raise GLMError(f"{path}: cannot read it as JSON ({e})") from None
     if not isinstance(data, dict):
         raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get(_DERIVED_MARK) is True:
+        return {}
     return {key: value for key, value in data.items() if key not in _METADATA_KEYS}
