@@ -1,4 +1,4 @@
-"""GLMChineseTokenizer: sentencepiece pieces plus GLM's special tokens, and GLM's model inputs.
+"""GLMChineseTokenizer: sentencepiece pieces plus GLM's special tokens; GLM's model inputs come from ``glm_layout``.
 
 The special-token table is the original GLM ``ChineseSPTokenizer``'s: with ``N`` the
 sentencepiece size, ``<|endoftext|>`` is ``N``, ``[SEP]`` ``N+1``, ... ``[gMASK]``

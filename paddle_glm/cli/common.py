@@ -35,9 +35,8 @@ def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: in
         elif setting.default is False:
             group.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
-            kind = int if setting.name in ("top_k", "num_beams", "seed") else float
-            default = "" if setting.default is None else f" (default {setting.default})"
-            group.add_argument(flag, type=kind, help=help_text + default)
+            kind = int if "int" in str(setting.type) else float  # the annotation: "int", "Optional[int]", "float"
+            group.add_argument(flag, type=kind, help=help_text)
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:
