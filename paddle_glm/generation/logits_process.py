@@ -46,15 +46,14 @@ def process_logits(logits: paddle.Tensor, sequences: paddle.Tensor, generated: i
         GLMError: a row of ``logits`` is not finite, or the processors ban every token of a row.
     """
     logits = logits.astype("float32")
-    _check_finite(logits, generated)
+    non_finite = paddle.logical_not(paddle.isfinite(logits).all(axis=-1))  # [rows]: the model's own logits
     if settings.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, sequences, settings.repetition_penalty)
     if settings.bad_words_ids:
         logits = ban_bad_words(logits, sequences, settings.bad_words_ids)
     if settings.eos_token_id is not None and generated < settings.min_new_tokens:
         logits = ban_tokens(logits, [settings.eos_token_id])
-    if settings.bad_words_ids or generated < settings.min_new_tokens:
-        _check_some_allowed(logits, generated)
+    _check_rows(non_finite, (logits == NEG_INF).all(axis=-1), generated)
     if sampling:
         if settings.temperature != 1.0:
             # shifted so that the best logit is 0: a small temperature cannot overflow to inf
@@ -66,20 +65,15 @@ def process_logits(logits: paddle.Tensor, sequences: paddle.Tensor, generated: i
     return logits
 
 
-def _check_finite(logits: paddle.Tensor, step: int) -> None:
-    bad_rows = paddle.logical_not(paddle.isfinite(logits).all(axis=-1))  # [rows]
-    if bool(bad_rows.any()):
-        row = int(paddle.argmax(bad_rows.astype("int32")))
-        raise GLMError(f"step {step}: the model's next-token logits of row {row} are not finite (NaN or inf); "
-                       "the weights or the inputs hold NaN/inf values")
-
-
-def _check_some_allowed(logits: paddle.Tensor, step: int) -> None:
-    banned_rows = (logits == NEG_INF).all(axis=-1)  # [rows]
-    if bool(banned_rows.any()):
-        row = int(paddle.argmax(banned_rows.astype("int32")))
-        raise GLMError(f"step {step}: every token is banned for row {row} (bad_words_ids, and eos while "
-                       "min_new_tokens is not reached): allow at least one token")
+def _check_rows(non_finite: paddle.Tensor, nothing_allowed: paddle.Tensor, step: int) -> None:
+    """Raise GLMError for a row of non-finite logits or a row whose every token is banned (one host sync)."""
+    flags = paddle.stack([non_finite, nothing_allowed]).numpy()  # [2, rows]
+    if flags[0].any():
+        raise GLMError(f"step {step}: the model's next-token logits of row {int(flags[0].argmax())} are not finite "
+                       "(NaN or inf); the weights or the inputs hold NaN/inf values")
+    if flags[1].any():
+        raise GLMError(f"step {step}: every token is banned for row {int(flags[1].argmax())} (bad_words_ids, and eos "
+                       "while min_new_tokens is not reached): allow at least one token")
 
 
 def repetition_penalty(logits: paddle.Tensor, sequences: paddle.Tensor, penalty: float) -> paddle.Tensor:
