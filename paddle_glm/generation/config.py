@@ -36,7 +36,7 @@ class GenerationConfig:
 
     ``GenerationConfig.from_pretrained(dir)`` reads ``generation_config.json`` (defaults when the
     file is absent); ``save_pretrained(dir)`` writes the fields that differ from the defaults.
-    Unknown keys are an error naming them. Every field's help text is in ``fields_help()``.
+    Unknown keys are an error naming them. Each field's ``metadata["help"]`` documents it.
     """
 
     max_length: Optional[int] = _setting(None, "length of the whole returned sequence (prompt included)")
@@ -183,10 +183,6 @@ class GenerationConfig:
         for name, message in self.problems():
             raise GLMError(f"{name}: {message}")
         return self
-
-    @classmethod
-    def fields_help(cls) -> Dict[str, str]:
-        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
     @classmethod
     def flag_fields(cls) -> List[dataclasses.Field]:
