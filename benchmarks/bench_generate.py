@@ -33,6 +33,7 @@ import paddle
 
 from paddle_glm import GLMConfig, GLMForConditionalGeneration
 from paddle_glm.devices import cpu_thread_count, set_cpu_threads
+from paddle_glm.glm_layout import blank_infilling_mask, blank_infilling_positions
 
 
 class StepTimer:
@@ -56,15 +57,8 @@ def glm_inputs(batch: int, context: int, gen: int, vocab: int, seed: int = 0):
     """GLM generation inputs: ``context`` tokens ending in a mask token, then sop; positions/mask for ``gen``."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(100, vocab - 100, (batch, context + 1)).astype("int64")
-    mask_pos = context - 1
-    total = context + gen
-    pos = np.zeros((batch, 2, total), "int64")
-    pos[:, 0, :context] = np.arange(context)
-    pos[:, 0, context:] = mask_pos
-    pos[:, 1, context:] = np.arange(1, gen + 1)
-    mask = np.zeros((batch, 1, total, total), "int64")
-    mask[:, :, :, :context] = 1
-    mask[:, :, context:, context:] = np.tril(np.ones((gen, gen), "int64"))
+    pos = blank_infilling_positions(np.full([batch], context - 1), context, gen)
+    mask = blank_infilling_mask(np.ones([batch, context], dtype="int64"), gen)
     return ids, pos, mask
 
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "GLMChineseTokenizer": ".tokenizer",
     "BatchEncoding": ".tokenizer",
     "GenerateOutput": ".generation",
+    "GenerationConfig": ".generation",
     "TextStreamer": ".generation",
     "TextIteratorStreamer": ".generation",
     "fill_blanks": ".infilling",

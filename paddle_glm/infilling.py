@@ -8,71 +8,73 @@ already generated for blanks 1..k-1, so each span sees the previous ones.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Tuple
 
-import numpy as np
-
 from .errors import GLMError
-from .generation.api import bad_words_with_tokenizer
+from .generation.config import GenerationConfig
+from .glm_layout import part_a_b_mask, part_b_sequence
 
 DEFAULT_SPAN_TOKENS = 64
 
 
 def part_b_inputs(context: List[int], mask_position: int, previous: List[Tuple[int, List[int]]], sop: int,
-                  span_tokens: int):
-    """Prompt, positions ``[1, 2, T]`` and mask ``[1, 1, T, T]`` to generate the span of one blank.
+                  eop: int):
+    """Prompt ``[1, n0]``, positions ``[1, 2, n0]`` and mask ``[1, 1, n0, n0]`` to generate the span of one blank.
+
+    The prompt is Part A, the spans already filled (each ``<|startofpiece|> span``) and the
+    new blank's ``<|startofpiece|>``; ``generate`` extends positions and mask over the new
+    span with GLM's pattern after checking them against the position table.
 
     Args:
         context: Part A ids (the whole text with its blanks).
         mask_position: index in ``context`` of the blank to fill now.
         previous: ``(mask_position, span_ids)`` of the blanks already filled, in order.
-        sop: the ``<|startofpiece|>`` id.
-        span_tokens: room to lay out for the new span.
+        sop, eop: the ``<|startofpiece|>`` and ``<|endofpiece|>`` ids.
     """
-    ids = list(context)
-    positions, blocks = list(range(len(context))), [0] * len(context)
-    for position, span in previous + [(mask_position, [])]:
-        piece = [sop] + list(span)  # <|startofpiece|> then the span (its <|endofpiece|> is only a target)
-        ids += piece
-        positions += [position] * len(piece)
-        blocks += list(range(1, len(piece) + 1))
-    n0, part_a = len(ids), len(context)
-    total = n0 + span_tokens - 1
-    positions += [mask_position] * (total - n0)
-    blocks += list(range(blocks[-1] + 1, blocks[-1] + 1 + total - n0))
-    mask = np.tril(np.ones((total, total), dtype="int64"))  # Part B is causal
-    mask[:, :part_a] = 1  # Part A is visible to every token
-    prompt = np.array([ids], dtype="int64")  # [1, n0]
-    return prompt, np.array([[positions, blocks]], dtype="int64"), mask[None, None]
+    sequence = part_b_sequence(context, previous + [(mask_position, [])], sop, eop)
+    total = len(sequence["input_ids"])
+    mask = part_a_b_mask(len(context), total)
+    return sequence["input_ids"][None], sequence["position_ids"][None], mask[None, None]
 
 
 def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, List[str]]:
     """Fill every blank of ``text`` in order; returns the completed text and the list of spans.
 
     Each span is generated with ``model.generate`` (greedy unless ``generate_kwargs`` say
-    otherwise; ``max_new_tokens`` defaults to 64 per blank) and stops at ``<|endofpiece|>``.
-    The spans are fed back (as GLM's Part B) before the next blank is generated.
-    ``max_length`` is not accepted: a blank has no whole-sequence length. A ``streamer``
-    receives every blank's tokens in turn and ``end()`` once, after the last blank.
+    otherwise, as fields of :class:`~paddle_glm.generation.GenerationConfig` or a
+    ``generation_config``; ``max_new_tokens`` defaults to 64 per blank) and stops at
+    ``<|endofpiece|>``. The spans are fed back (as GLM's Part B) before the next blank is
+    generated. ``max_length`` is not accepted (a blank has no whole-sequence length), nor
+    ``return_dict_in_generate`` (the result is text). A ``streamer`` receives every blank's
+    tokens in turn and ``end()`` once, after the last blank. One text per call.
     """
-    if "max_length" in generate_kwargs:
-        raise GLMError("fill_blanks: give max_new_tokens (per blank), not max_length")
+    if not isinstance(text, str):
+        raise GLMError(f"fill_blanks: expected one text (a str), got {type(text).__name__}; call it once per text")
+    for name, why in (("max_length", "give max_new_tokens (per blank), not max_length"),
+                      ("return_dict_in_generate", "it returns the completed text and the spans; call "
+                                                  "model.generate for per-step logits")):
+        if generate_kwargs.get(name):
+            raise GLMError(f"fill_blanks: {name} is not supported: {why}")
+    streamer = generate_kwargs.pop("streamer", None)
+    base = generate_kwargs.pop("generation_config", None) or getattr(model, "generation_config", None) or \
+        GenerationConfig.from_model_config(model.config)
+    config = base.updated(**generate_kwargs).with_tokenizer(tokenizer, model.config)
+    config = dataclasses.replace(config, max_length=None, return_dict_in_generate=False,
+                                 max_new_tokens=config.max_new_tokens or DEFAULT_SPAN_TOKENS).validate()
     context = tokenizer(text)["input_ids"]
     blanks = [i for i, token in enumerate(context) if token in tokenizer.mask_token_ids]
     if not blanks:
         raise GLMError("fill_blanks: the text has no [MASK], [sMASK] or [gMASK] to fill")
-    if generate_kwargs.get("max_new_tokens") is None:
-        generate_kwargs["max_new_tokens"] = DEFAULT_SPAN_TOKENS
-    streamer = generate_kwargs.pop("streamer", None)
-    generate_kwargs.setdefault("eos_token_id", tokenizer.eop_token_id)
-    generate_kwargs.setdefault("bad_words_ids", bad_words_with_tokenizer(model.config, tokenizer))
-    span_tokens = generate_kwargs["max_new_tokens"]
+    eop = config.eos_token_id
     filled: List[Tuple[int, List[int]]] = []
     for position in blanks:
-        prompt, positions, mask = part_b_inputs(context, position, filled, tokenizer.sop_token_id, span_tokens)
-        out = model.generate(prompt, positions, mask, streamer=_WithoutEnd(streamer) if streamer else None,
-                             **generate_kwargs).numpy()[0, prompt.shape[1]:].tolist()
-        span = out[:out.index(tokenizer.eop_token_id)] if tokenizer.eop_token_id in out else out
+        prompt, positions, mask = part_b_inputs(context, position, filled, tokenizer.sop_token_id,
+                                                tokenizer.eop_token_id)
+        out = model.generate(prompt, positions, mask, generation_config=config,
+                             streamer=_WithoutEnd(streamer) if streamer else None).numpy()[0, prompt.shape[1]:]
+        out = out.tolist()
+        span = out[:out.index(eop)] if eop in out else out
         filled.append((position, span))
     if streamer is not None:
         streamer.end()

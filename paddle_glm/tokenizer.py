@@ -1,4 +1,4 @@
-"""GLMChineseTokenizer: sentencepiece pieces plus GLM's special tokens, and GLM's model inputs.
+"""GLMChineseTokenizer: sentencepiece pieces plus GLM's special tokens; GLM's model inputs come from ``glm_layout``.
 
 The special-token table is the original GLM ``ChineseSPTokenizer``'s: with ``N`` the
 sentencepiece size, ``<|endoftext|>`` is ``N``, ``[SEP]`` ``N+1``, ... ``[gMASK]``
@@ -17,7 +17,7 @@ import sentencepiece as spm
 
 from .config import CONFIG_NAME
 from .errors import GLMError
-from .generation_inputs import ID_DTYPE, generation_inputs, multiple_choice_inputs, target_inputs
+from .glm_layout import ID_DTYPE, generation_inputs, multiple_choice_inputs, target_inputs
 from .io_utils import atomic_write_bytes, atomic_write_text, require_local_dir
 
 MODEL_FILE = "cog-pretrain.model"
@@ -435,7 +435,7 @@ class GLMChineseTokenizer:
             ``input_ids`` ``[b, S]``, ``position_ids`` ``[b, 2, S]``, ``attention_mask``
             ``[b, 1, S, S]``, and per row lists ``choice_ids`` (each choice's ids, ``[c]``)
             and ``choice_indices`` (the positions ``[c]`` whose logits score those ids).
-            See :func:`paddle_glm.generation_inputs.multiple_choice_inputs`.
+            See :func:`paddle_glm.glm_layout.multiple_choice_inputs`.
         """
         input_ids, attention_mask, to_output = _context_arrays(batch)
         if isinstance(choices, str) or any(isinstance(row, str) for row in choices):

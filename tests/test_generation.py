@@ -190,7 +190,7 @@ def test_temperature_and_repetition_penalty_match_hand_computation():
     expected = logits.copy()
     expected[0, 1] = -1.0 * 1.5  # negative: multiplied
     expected[0, 2] = 0.5 / 1.5  # positive: divided
-    expected /= 0.7
+    expected = (expected - expected.max()) / 0.7  # shifted to a best logit of 0, then scaled
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     probs = F.softmax(paddle.to_tensor(got), axis=-1).numpy()
     hand = np.exp(expected - expected.max())

@@ -1,4 +1,5 @@
-"""GLM's autoregressive blank-infilling objective, in the layout ``paddle_glm.infilling`` generates with.
+"""GLM's autoregressive blank-infilling objective, in the layout ``paddle_glm.infilling`` generates with
+(both laid out by ``paddle_glm.glm_layout``).
 
 A training sample is one corpus line with some blanks:
 
@@ -27,6 +28,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from paddle_glm.glm_layout import part_a_b_mask, part_b_sequence
 from paddle_glm.tokenizer import GLMChineseTokenizer, GMASK_TOKEN, MASK_TOKEN, SMASK_TOKEN
 
 SPAN_LENGTH_MEAN = 3  # GLM's Poisson lambda for span lengths
@@ -104,15 +106,11 @@ def build_sample(tokenizer: GLMChineseTokenizer, line: str, blanks: Sequence[Bla
     part_a = tokenizer("".join(pieces) + line[previous_end:])["input_ids"]
     mask_positions = [i for i, token_id in enumerate(part_a) if token_id in tokenizer.mask_token_ids]
     assert len(mask_positions) == len(blanks), (line, blanks)
-    ids, positions = list(part_a), list(range(len(part_a)))
-    blocks, labels = [0] * len(part_a), [0] * len(part_a)
-    for position, (start, end, _) in zip(mask_positions, blanks):
-        span = tokenizer.encode(line[start:end], add_special_tokens=False)
-        ids += [tokenizer.sop_token_id] + span
-        labels += span + [tokenizer.eop_token_id]
-        positions += [position] * (len(span) + 1)
-        blocks += list(range(1, len(span) + 2))
-    return Sample(ids, positions, blocks, labels, len(part_a))
+    spans = [(position, tokenizer.encode(line[start:end], add_special_tokens=False))
+             for position, (start, end, _) in zip(mask_positions, blanks)]
+    sequence = part_b_sequence(part_a, spans, tokenizer.sop_token_id, tokenizer.eop_token_id)
+    positions, block_positions = sequence["position_ids"].tolist()
+    return Sample(sequence["input_ids"].tolist(), positions, block_positions, sequence["labels"].tolist(), len(part_a))
 
 
 def collate(samples: Sequence[Sample], pad_token_id: int, eop_token_id: int) -> dict:
@@ -130,8 +128,7 @@ def collate(samples: Sequence[Sample], pad_token_id: int, eop_token_id: int) -> 
         input_ids[row, :n] = sample.input_ids
         position_ids[row, 0, :n] = sample.positions
         position_ids[row, 1, :n] = sample.block_positions
-        attention_mask[row, 0, :n, :a] = 1  # everyone sees Part A
-        attention_mask[row, 0, a:n, a:n] = np.tril(np.ones([n - a, n - a], dtype="int64"))  # Part B is causal
+        attention_mask[row, 0, :n, :n] = part_a_b_mask(a, n)
         labels[row, :n] = sample.labels
         loss_mask[row, a:n] = np.where(labels[row, a:n] == eop_token_id, EOP_LOSS_WEIGHT, 1.0)
     return dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,

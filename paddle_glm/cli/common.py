@@ -20,22 +20,45 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
+    """One flag per :class:`GenerationConfig` field marked as a flag (``max_new_tokens`` -> ``--max-new-tokens``).
+
+    A flag that is not given leaves the model's setting (its ``generation_config.json``) alone.
+    """
+    from ..generation.config import GenerationConfig
+
     group = parser.add_argument_group("generation")
-    group.add_argument("--max-new-tokens", type=int, default=default_new_tokens,
-                       help=f"new tokens per blank (default {default_new_tokens})")
-    group.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    group.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
-    group.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = off)")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL repetition penalty (1.0 = off)")
-    group.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    parser.set_defaults(default_new_tokens=default_new_tokens)
+    for setting in GenerationConfig.flag_fields():
+        flag, help_text = _flag(setting.name), setting.metadata["help"]
+        if setting.name == "max_new_tokens":
+            group.add_argument(flag, type=int, help=f"new tokens per blank (default {default_new_tokens})")
+        elif setting.default is False:
+            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            kind = int if "int" in str(setting.type) else float  # the annotation: "int", "Optional[int]", "float"
+            group.add_argument(flag, type=kind, help=help_text)
 
 
-def generation_kwargs(args: argparse.Namespace) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-                top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
+def generation_overrides(args: argparse.Namespace) -> dict:
+    """The generation settings given as flags, checked; an invalid value is a GLMError naming its flag."""
+    from ..generation.config import GenerationConfig
+
+    given = {f.name: getattr(args, f.name) for f in GenerationConfig.flag_fields() if getattr(args, f.name) is not None}
+    for name, message in GenerationConfig().updated(**given).problems():
+        raise GLMError(f"{_flag(name)}: {message}")
+    return given
+
+
+def generation_config(model, args: argparse.Namespace, overrides: dict):
+    """The model's generation config with the flags applied (and the command's default length)."""
+    config = model.generation_config.updated(**overrides)
+    if config.max_new_tokens is None and config.max_length is None:
+        config = config.updated(max_new_tokens=args.default_new_tokens)
+    return config
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
-    speed_line
+from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
+    load_model_and_tokenizer, speed_line
 
 
 def add_parser(subparsers) -> None:
@@ -23,11 +23,12 @@ def run(args: argparse.Namespace) -> int:
     from ..generation import TokenCollector
     from ..infilling import fill_blanks
 
+    overrides = generation_overrides(args)
     model, tokenizer = load_model_and_tokenizer(args)
-    kwargs = generation_kwargs(args)
-    counter = TokenCollector() if args.num_beams == 1 else None  # streamers do not run with beam search
+    config = generation_config(model, args, overrides)
+    counter = TokenCollector() if config.num_beams == 1 else None  # streamers do not run with beam search
     start = time.perf_counter()
-    completed, spans = fill_blanks(model, tokenizer, args.text, streamer=counter, **kwargs)
+    completed, spans = fill_blanks(model, tokenizer, args.text, streamer=counter, generation_config=config)
     seconds = time.perf_counter() - start
     print(completed)
     for i, span in enumerate(spans, 1):

@@ -6,8 +6,8 @@ import sys
 import time
 
 from ..errors import GLMError
-from .common import add_generation_flags, add_model_flags, generation_kwargs, info, load_model_and_tokenizer, \
-    speed_line
+from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
+    load_model_and_tokenizer, speed_line
 
 GMASK = "[gMASK]"
 
@@ -34,25 +34,26 @@ def with_mask(prompt: str, tokenizer) -> str:
     return prompt + GMASK
 
 
-def generate_one(model, tokenizer, prompt: str, args: argparse.Namespace) -> None:
+def generate_one(model, tokenizer, prompt: str, config, stream: bool) -> None:
     from ..generation import TextStreamer
-    from ..generation.api import bad_words_with_tokenizer
 
     prompt = with_mask(prompt, tokenizer)
     inputs = tokenizer(prompt, return_tensors="pd")
-    inputs = tokenizer.build_inputs_for_generation(inputs, max_gen_length=args.max_new_tokens)
-    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if args.stream else None
+    # laid out for the prompt only: generate extends the span once it fits the position table
+    inputs = tokenizer.build_inputs_for_generation(inputs, max_gen_length=1)
+    streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     start = time.perf_counter()
-    out = model.generate(**inputs, eos_token_id=tokenizer.eop_token_id, streamer=streamer,
-                         bad_words_ids=bad_words_with_tokenizer(model.config, tokenizer), **generation_kwargs(args))
+    out = model.generate(**inputs, generation_config=config.with_tokenizer(tokenizer, model.config),
+                         streamer=streamer)
     seconds = time.perf_counter() - start
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
-    if not args.stream:
+    if not stream:
         print(tokenizer.decode(new, skip_special_tokens=True), flush=True)
     info(speed_line(len(new), seconds))
 
 
 def run(args: argparse.Namespace) -> int:
+    overrides = generation_overrides(args)
     if args.prompt is not None and args.file:
         raise GLMError("give the prompt as an argument or with --file, not both")
     if args.file:
@@ -62,11 +63,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise GLMError(f"--file {args.file}: {e.strerror}") from None
     model, tokenizer = load_model_and_tokenizer(args)
+    config = generation_config(model, args, overrides)
     if args.prompt is not None:
-        generate_one(model, tokenizer, args.prompt, args)
+        generate_one(model, tokenizer, args.prompt, config, args.stream)
         return 0
     info("enter a prompt per line (Ctrl-D to quit)")
-    for line in sys.stdin:
+    failed = 0
+    for number, line in enumerate(sys.stdin, 1):
         if line.strip():
-            generate_one(model, tokenizer, line.strip(), args)
-    return 0
+            try:
+                generate_one(model, tokenizer, line.strip(), config, args.stream)
+            except GLMError as e:  # report it and go on with the next prompt
+                failed += 1
+                info(f"paddle-glm generate: error: line {number}: {e}")
+    return 1 if failed else 0

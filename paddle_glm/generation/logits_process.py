@@ -25,19 +25,6 @@ class LogitsSettings:
     eos_token_id: Optional[int] = None
     min_new_tokens: int = 0
 
-    def validate(self) -> "LogitsSettings":
-        if not self.temperature > 0:
-            raise GLMError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise GLMError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise GLMError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0:
-            raise GLMError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.min_new_tokens < 0:
-            raise GLMError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
-        return self
-
 
 def normalize_bad_words(bad_words_ids) -> List[List[int]]:
     """Accept ``[id, ...]`` (single tokens) or ``[[id, ...], ...]`` (token sequences)."""
@@ -53,23 +40,40 @@ def process_logits(logits: paddle.Tensor, sequences: paddle.Tensor, generated: i
     Args:
         logits: float ``[rows, vocab]`` for the next token.
         sequences: int64 ``[rows, length]``, every token so far (prompt included).
-        generated: new tokens generated so far (for ``min_new_tokens``).
+        generated: new tokens generated so far (for ``min_new_tokens``; errors name it as the step).
+
+    Raises:
+        GLMError: a row of ``logits`` is not finite, or the processors ban every token of a row.
     """
     logits = logits.astype("float32")
+    non_finite = paddle.logical_not(paddle.isfinite(logits).all(axis=-1))  # [rows]: the model's own logits
     if settings.repetition_penalty != 1.0:
         logits = repetition_penalty(logits, sequences, settings.repetition_penalty)
     if settings.bad_words_ids:
         logits = ban_bad_words(logits, sequences, settings.bad_words_ids)
     if settings.eos_token_id is not None and generated < settings.min_new_tokens:
         logits = ban_tokens(logits, [settings.eos_token_id])
+    _check_rows(non_finite, (logits == NEG_INF).all(axis=-1), generated)
     if sampling:
         if settings.temperature != 1.0:
-            logits = logits / settings.temperature
+            # shifted so that the best logit is 0: a small temperature cannot overflow to inf
+            logits = (logits - logits.max(axis=-1, keepdim=True)) / settings.temperature
         if settings.top_k:
             logits = top_k_filter(logits, settings.top_k)
         if settings.top_p < 1.0:
             logits = top_p_filter(logits, settings.top_p)
     return logits
+
+
+def _check_rows(non_finite: paddle.Tensor, nothing_allowed: paddle.Tensor, step: int) -> None:
+    """Raise GLMError for a row of non-finite logits or a row whose every token is banned (one host sync)."""
+    flags = paddle.stack([non_finite, nothing_allowed]).numpy()  # [2, rows]
+    if flags[0].any():
+        raise GLMError(f"step {step}: the model's next-token logits of row {int(flags[0].argmax())} are not finite "
+                       "(NaN or inf); the weights or the inputs hold NaN/inf values")
+    if flags[1].any():
+        raise GLMError(f"step {step}: every token is banned for row {int(flags[1].argmax())} (bad_words_ids, and eos "
+                       "while min_new_tokens is not reached): allow at least one token")
 
 
 def repetition_penalty(logits: paddle.Tensor, sequences: paddle.Tensor, penalty: float) -> paddle.Tensor:

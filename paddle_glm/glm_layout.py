@@ -1,23 +1,36 @@
-"""GLM model inputs for blank infilling, built from token ids with numpy.
+"""GLM's Part A / Part B layout: the one place that writes positions, block positions and the infilling mask.
 
-GLM fills a blank (``[MASK]``, ``[sMASK]`` or ``[gMASK]``) by appending a span
-that starts with ``<|startofpiece|>`` after the context. The span's tokens take
-the blank's position in row 0 of ``position_ids`` and count ``1, 2, ...`` in row
-1 (block positions). Every token sees the whole (unpadded) context; span tokens
-see their own span causally. These functions build exactly the arrays of
-PaddleNLP 2.8.1's ``GLMTokenizerMixin`` (and the original GLM) for generation,
-teacher-forced targets and multiple-choice scoring. ``GLMChineseTokenizer``
-wraps them and converts to and from paddle tensors.
+GLM fills a blank (``[MASK]``, ``[sMASK]`` or ``[gMASK]``) of a text (Part A) by
+appending a span (Part B) that starts with ``<|startofpiece|>``. The span's tokens
+take the blank's position in row 0 of ``position_ids`` and count ``1, 2, ...`` in
+row 1 (block positions). Every token sees the whole (unpadded) Part A; Part B
+tokens see Part B causally (a span sees the spans before it); Part A never sees
+Part B.
+
+Everything that lays out GLM inputs calls this module: the tokenizer's builders
+(generation, teacher-forced targets and multiple-choice scoring, exactly the arrays
+of PaddleNLP 2.8.1's ``GLMTokenizerMixin``), multi-blank infilling, training
+samples (``tools/blank_infilling.py``), the benchmarks, and ``generate``, which
+extends a layout to the tokens it decodes (:func:`extend_positions`,
+:func:`generation_mask`) after checking it against the position table
+(:func:`largest_position`, :func:`check_position_table`) before allocating anything.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import paddle
 
 from .errors import GLMError
+from .masks import build_attention_mask
 
 ID_DTYPE = "int64"
+
+
+def causal_mask(length: int, dtype=ID_DTYPE) -> np.ndarray:
+    """``[n, n]`` lower-triangular ones: token i of a span sees the span's tokens 0..i."""
+    return np.tril(np.ones([length, length], dtype=dtype))
 
 
 def first_mask_positions(input_ids: np.ndarray, mask_token_ids: Sequence[int]) -> np.ndarray:
@@ -47,7 +60,7 @@ def blank_infilling_mask(context_mask: np.ndarray, span_length: int) -> np.ndarr
     total = context_length + span_length
     mask = np.zeros([batch, total, total], dtype=context_mask.dtype)
     mask[:, :, :context_length] = context_mask[:, None, :]
-    mask[:, context_length:, context_length:] = np.tril(np.ones([span_length, span_length], context_mask.dtype))
+    mask[:, context_length:, context_length:] = causal_mask(span_length, context_mask.dtype)
     return mask[:, None]  # [b, 1, L+G, L+G]
 
 
@@ -62,6 +75,42 @@ def blank_infilling_positions(mask_positions: np.ndarray, context_length: int, s
         [np.zeros([batch, context_length], dtype=ID_DTYPE),
          np.broadcast_to(np.arange(1, span_length + 1), [batch, span_length])], axis=1)  # [b, L+G]
     return np.stack([positions, block_positions], axis=1).astype(ID_DTYPE)  # [b, 2, L+G]
+
+
+def part_b_sequence(part_a: Sequence[int], spans: Sequence[Tuple[int, Sequence[int]]], sop_token_id: int,
+                    eop_token_id: int) -> Dict[str, np.ndarray]:
+    """One sequence with several blanks: Part A, then ``<|startofpiece|> + span`` per blank, in order.
+
+    Args:
+        part_a: the text's ids, blanks included.
+        spans: ``(mask position in part_a, span ids)`` per blank, in the order they are generated.
+        sop_token_id, eop_token_id: ``<|startofpiece|>`` and ``<|endofpiece|>``.
+
+    Returns:
+        ``input_ids`` ``[T]``; ``position_ids`` ``[2, T]`` (each piece at its blank's position,
+        block positions ``1..n+1``); ``labels`` ``[T]``: 0 over Part A, over each piece its
+        next token (the span ids, then ``<|endofpiece|>``). Pair with :func:`part_a_b_mask`.
+    """
+    part_a = np.asarray(part_a, dtype=ID_DTYPE)
+    zeros = np.zeros(len(part_a), dtype=ID_DTYPE)
+    ids, positions, blocks, labels = [part_a], [np.arange(len(part_a))], [zeros], [zeros]
+    for mask_position, span in spans:
+        span = np.asarray(span, dtype=ID_DTYPE)
+        ids.append(np.concatenate([[sop_token_id], span]))
+        positions.append(np.full(len(span) + 1, mask_position))
+        blocks.append(np.arange(1, len(span) + 2))
+        labels.append(np.concatenate([span, [eop_token_id]]))
+    return {
+        "input_ids": np.concatenate(ids).astype(ID_DTYPE),
+        "position_ids": np.stack([np.concatenate(positions), np.concatenate(blocks)]).astype(ID_DTYPE),  # [2, T]
+        "labels": np.concatenate(labels).astype(ID_DTYPE),
+    }
+
+
+def part_a_b_mask(part_a_length: int, total: int, dtype=ID_DTYPE) -> np.ndarray:
+    """The 0/1 mask ``[T, T]`` of one unpadded sequence: Part A (the first ``part_a_length``
+    tokens) visible to all, Part B causal, Part A blind to Part B."""
+    return blank_infilling_mask(np.ones([1, part_a_length], dtype=dtype), total - part_a_length)[0, 0]
 
 
 def generation_inputs(input_ids: np.ndarray, attention_mask: np.ndarray, mask_token_ids: Sequence[int],
@@ -203,7 +252,7 @@ def _choice_sample(context: np.ndarray, context_mask: np.ndarray, choices: List[
     mask[:, :context_length] = context_mask[None, :]
     for indices in choice_indices:
         first, end = indices[0], indices[-1] + 1
-        mask[first:end, first:end] = np.tril(np.ones([end - first, end - first], dtype=context_mask.dtype))
+        mask[first:end, first:end] = causal_mask(end - first, context_mask.dtype)
     return {
         "input_ids": np.concatenate(tokens).astype(ID_DTYPE),
         "position_ids": np.stack([np.concatenate(positions), np.concatenate(block_positions)]).astype(ID_DTYPE),
@@ -211,3 +260,80 @@ def _choice_sample(context: np.ndarray, context_mask: np.ndarray, choices: List[
         "choice_ids": choice_ids,
         "choice_indices": choice_indices,
     }
+
+
+# ----- generate: the layout of a whole run, checked against the position table first
+
+
+def largest_position(position_ids: Optional[paddle.Tensor], total: int) -> int:
+    """The largest position or block position a run of ``total`` tokens needs, computed from the
+    given ``position_ids`` ``[b, 2, n]`` (None: ``0..total-1``) without building the extension."""
+    if position_ids is None:
+        return total - 1
+    given = position_ids.shape[2]
+    if given >= total:
+        return int(position_ids[:, :, :total].max())
+    # the extension repeats row 0's last value and counts row 1 on from its last value
+    return max(int(position_ids.max()), int(position_ids[:, 1, -1].max()) + total - given)
+
+
+def check_position_table(largest: int, table_rows: int, what: str) -> None:
+    """Raise GLMError when position ``largest`` is past a position table of ``table_rows`` rows."""
+    if largest >= table_rows:
+        raise GLMError(f"{what} needs position {largest}, but the model's position table has {table_rows} rows: "
+                       "shorten the text or ask for fewer tokens")
+
+
+def extend_positions(position_ids: Optional[paddle.Tensor], batch: int, total: int) -> paddle.Tensor:
+    """``[b, 2, total]`` positions: the given ones, extended with GLM's pattern (row 0 repeats its
+    last value, the blank's position; block positions keep counting), or ``0..total-1`` and zeros."""
+    if position_ids is None:
+        positions = paddle.arange(total, dtype="int64").expand([batch, total])
+        return paddle.stack([positions, paddle.zeros_like(positions)], axis=1)  # [b, 2, total]
+    given = position_ids.shape[2]
+    if given >= total:
+        return position_ids[:, :, :total]
+    extra = paddle.arange(1, total - given + 1, dtype="int64").reshape([1, total - given])  # [1, k]
+    row0 = position_ids[:, 0, -1:].expand([batch, total - given])  # the mask position, repeated
+    row1 = position_ids[:, 1, -1:] + extra  # block positions keep counting
+    return paddle.concat([position_ids, paddle.stack([row0, row1], axis=1)], axis=2)  # [b, 2, total]
+
+
+def generation_mask(attention_mask, batch: int, prompt_length: int, total: int) -> paddle.Tensor:
+    """Boolean ``[b, 1, total, total]`` mask for a whole ``generate`` run.
+
+    A 4-D 0/1 mask shorter than the run is extended: new rows see what its last row saw;
+    a generated column ``j`` is visible exactly to rows ``i >= j`` (later tokens, never the
+    prompt). A 1-D sep mask or None (causal) is defined for any length.
+    """
+    if attention_mask is None or np.ndim(attention_mask) <= 1:
+        if attention_mask is not None and _is_float(attention_mask):
+            raise GLMError("attention_mask: a 1-D (sep) mask holds integer positions, got floats")
+        mask = build_attention_mask(attention_mask, batch, total, total)
+    else:
+        given = attention_mask if isinstance(attention_mask, paddle.Tensor) else \
+            paddle.to_tensor(np.asarray(attention_mask))
+        if given.ndim != 4 or given.shape[0] != batch or given.shape[1] != 1 or given.shape[2] != given.shape[3] \
+                or given.shape[2] < prompt_length:
+            raise GLMError(f"attention_mask: expected a square [{batch}, 1, L, L] mask with L >= {prompt_length} "
+                           f"(the prompt length), got {list(given.shape)}")
+        if given.dtype != paddle.bool and bool(paddle.logical_and(given != 0, given != 1).any()):
+            raise GLMError("attention_mask: a 4-D mask must hold only 0 and 1 (1 = may attend), not values such as "
+                           "0.5 or additive 0/-10000")
+        given = given.astype("bool")
+        m = given.shape[2]
+        if m >= total:
+            mask = given[:, :, :total, :total]
+        else:
+            rows = paddle.concat([given, given[:, :, -1:].expand([batch, 1, total - m, m])], axis=2)  # [b, 1, total, m]
+            mask = paddle.concat([rows, paddle.zeros([batch, 1, total, total - m], dtype="bool")], axis=3)
+    i = paddle.arange(total, dtype="int64").reshape([total, 1])
+    j = paddle.arange(total, dtype="int64").reshape([1, total])
+    generated_col = paddle.logical_and(j >= prompt_length, i >= j)  # [total, total]
+    return paddle.where((j >= prompt_length).expand([total, total]), generated_col, mask)
+
+
+def _is_float(value) -> bool:
+    if isinstance(value, paddle.Tensor):
+        return value.is_floating_point()
+    return np.asarray(value).dtype.kind == "f"
