@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import paddle
 from tqdm.auto import tqdm
@@ -14,7 +14,7 @@ from .source import find_checkpoint
 
 
 def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool = True,
-                    show_progress: bool = True) -> Dict[str, List[str]]:
+                    show_progress: bool = True, select: Optional[Callable] = None) -> Dict[str, List[str]]:
     """Assign every tensor of the checkpoint in ``directory`` to ``model``'s parameters.
 
     Names may carry the ``glm.`` prefix or not; torch-layout files are transposed
@@ -23,7 +23,9 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
 
     Returns ``{"missing": [...], "unexpected": [...]}``. Missing parameters raise
     (``strict``) or are initialised randomly with a warning; unexpected tensors
-    give a warning listing them.
+    give a warning listing them. ``select(name, array)``, when given, returns the part of each
+    tensor (in the Paddle layout) the model holds, before the shape check and the cast
+    (tensor parallelism: a rank's slice).
     """
     source = find_checkpoint(directory)
     source_layout = PADDLE if source.format == "pdparams" else source.detect_layout()
@@ -43,6 +45,8 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
             if array.dtype not in STORAGE.values():
                 raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}; expected a float tensor")
             array = convert_layout(name, array, source_layout, PADDLE)
+            if select is not None:
+                array = select(name, array)
             if tuple(array.shape) != tuple(param.shape):
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(array.shape)} but the model expects "
                                       f"{list(param.shape)} (does config.json match the checkpoint?)")
