@@ -95,8 +95,8 @@ def check_split(config, world: int) -> None:
     if world < 1:
         raise GLMError(f"tensor-parallel size must be at least 1, got {world}")
     if world > heads:
-        raise GLMError(f"tensor-parallel size {world} exceeds the model's {heads} attention heads: every rank needs "
-                       f"at least one head; use at most {heads} ranks ({_divisors(heads)})")
+        raise GLMError(f"tensor-parallel size {world} exceeds the model's {heads} attention heads (every rank needs "
+                       f"at least one): use one of {_divisors(heads)}")
     if heads % world:
         raise GLMError(f"tensor-parallel size {world} does not divide the {heads} attention heads: "
                        f"use one of {_divisors(heads)}")
@@ -107,6 +107,16 @@ def check_split(config, world: int) -> None:
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def parameters_per_rank(config, world: int) -> int:
+    """Parameters one rank holds when ``GLMForConditionalGeneration(config)`` is split over ``world`` ranks."""
+    from .model import GLMForConditionalGeneration
+
+    check_split(config, world)
+    with paddle.LazyGuard():  # shapes only, no memory
+        model = GLMForConditionalGeneration(config)
+    return sum(int(np.prod(p.shape)) // (world if split_kind(name) else 1) for name, p in model.state_dict().items())
 
 
 def in_launched_job() -> bool:

@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from ..errors import GLMError
+from .launch import run_command
 
 # subcommand -> module (relative to this package) defining add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {
@@ -31,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return int(run_command(args, sys.argv[1:] if argv is None else argv) or 0)
     except GLMError as e:
         print(f"paddle-glm {args.command}: error: {e}", file=sys.stderr)
         return 2
