@@ -4,6 +4,7 @@ One launch of ``tests/tp_worker.py`` covers the library (logits, greedy, beam an
 generation, parameter share, gathered save, errors inside a job); the CLI tests launch
 ``paddle-glm ... --tensor-parallel 2`` and compare with the single-process output.
 """
+import json
 import os
 import pickle
 import subprocess
@@ -195,3 +196,39 @@ def test_info_prints_the_memory_per_rank(cli_model, capsys):
     split = vocab * h + layers * (3 * h * h + 3 * h + h * h + 4 * h * h + 4 * h + 4 * h * h)
     replicated = 2 * positions * h + layers * (2 * h + h + 2 * h + h) + 2 * h  # LayerNorms, row-parallel biases
     assert line.startswith(f"tensor parallel over 2 ranks: {split // 2 + replicated:,} parameters per rank;")
+
+
+def write_random_checkpoint(directory: Path, config: GLMConfig, shard: str) -> None:
+    """Random fp32 weights for ``config`` in sharded pdparams, written tensor by tensor."""
+    from paddle_glm.checkpoint.writer import ShardedWriter
+    from paddle_glm.io_utils import parse_size
+
+    with paddle.LazyGuard():
+        shapes = [(n, tuple(p.shape)) for n, p in GLMForConditionalGeneration(config).state_dict().items()]
+    rng = np.random.default_rng(0)
+    writer = ShardedWriter(str(directory), "pdparams", [(n, int(np.prod(s)) * 4) for n, s in shapes], parse_size(shard))
+    for name, shape in shapes:
+        writer.add(name, rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02))
+    writer.finish()
+    config.save_pretrained(str(directory))
+
+
+@pytest.mark.slow
+def test_ranks_never_hold_the_full_model_while_loading(tmp_path):
+    """Per-rank peak RSS of a ~0.5 GB fp32 model (100 MB pdparams shards) against the single process's."""
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    model_dir.mkdir()
+    out.mkdir()
+    config = GLMConfig(num_layers=12, hidden_size=768, num_attention_heads=12, vocab_size=50048,
+                       max_sequence_length=512)
+    write_random_checkpoint(model_dir, config, "100MB")
+    worker = str(TESTS / "tp_memory_worker.py")
+    subprocess.run([sys.executable, worker, str(out), str(model_dir)], check=True, env=ENV, timeout=600)
+    launch(tmp_path, worker, str(out), str(model_dir))
+    single = json.loads((out / "single.json").read_text())
+    ranks = [json.loads((out / f"{r}.json").read_text()) for r in range(2)]
+    single_growth = single["peak"] - single["after_setup"]
+    assert single_growth > single["param_bytes"]  # the single process does hold the whole model
+    for rank in ranks:
+        assert rank["param_bytes"] <= 0.6 * single["param_bytes"]
+        assert rank["peak"] - rank["after_setup"] < 0.7 * single_growth, (rank, single)
