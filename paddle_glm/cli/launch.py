@@ -71,16 +71,21 @@ def _check_before_launch(args: argparse.Namespace) -> None:
     from ..io_utils import require_local_dir
     from ..parallel import check_split
 
-    if getattr(args, "command", None) == "generate" and args.prompt is None and not args.file:
-        raise GLMError("--tensor-parallel needs the prompt as an argument or --file (the ranks cannot share the "
-                       "interactive input)")
+    _refuse_interactive(args)
     require_local_dir(args.model_dir)
     check_split(GLMConfig.from_pretrained(args.model_dir), args.tensor_parallel)
+
+
+def _refuse_interactive(args: argparse.Namespace) -> None:
+    if getattr(args, "command", None) == "generate" and args.prompt is None and not args.file:
+        raise GLMError("tensor parallelism needs the prompt as an argument or --file (the ranks cannot share the "
+                       "interactive input)")
 
 
 def _run_as_rank(args: argparse.Namespace) -> int:
     from ..parallel import job_world
 
+    _refuse_interactive(args)
     rank, world = job_world()  # before any redirection: Paddle prints its set-up notes here
     if args.tensor_parallel not in (1, world):
         raise GLMError(f"--tensor-parallel {args.tensor_parallel} in a job of {world} processes: give the job's size "
