@@ -159,25 +159,24 @@ def _lazy_parameter(layer: nn.Layer, shape: List[int], dtype, is_bias: bool = Fa
         return layer.create_parameter(shape, dtype=dtype, is_bias=is_bias)
 
 
-class ColumnParallelLinear(nn.Layer):
-    """``x @ W[:, cols] + b[cols]``: this rank's output columns; no communication."""
+class _LocalLinear(nn.Layer):
+    """The rank's part of a Linear: ``weight`` ``[in, out]`` and ``bias`` ``[out]``, loaded later."""
 
     def __init__(self, in_features: int, out_features: int, dtype):
         super().__init__()
         self.weight = _lazy_parameter(self, [in_features, out_features], dtype)
         self.bias = _lazy_parameter(self, [out_features], dtype, is_bias=True)
+
+
+class ColumnParallelLinear(_LocalLinear):
+    """``x @ W[:, cols] + b[cols]``: this rank's output columns; no communication."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return F.linear(x, self.weight, self.bias)
 
 
-class RowParallelLinear(nn.Layer):
+class RowParallelLinear(_LocalLinear):
     """``x[..., rows] @ W[rows, :]`` summed over the ranks, then the (whole) bias, added once."""
-
-    def __init__(self, in_features: int, out_features: int, dtype):
-        super().__init__()
-        self.weight = _lazy_parameter(self, [in_features, out_features], dtype)
-        self.bias = _lazy_parameter(self, [out_features], dtype, is_bias=True)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return all_reduce_sum(paddle.matmul(x, self.weight)) + self.bias
