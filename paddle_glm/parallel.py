@@ -39,8 +39,10 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .checkpoint.layout import table_key
+from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .devices import THREADS_ENV, cpu_thread_count, set_cpu_threads
 from .errors import GLMError
+from .io_utils import parse_size
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -248,9 +250,6 @@ class TensorParallelModel:
 
         Every rank must call it (the gathers are collectives); it returns once the files are in place.
         """
-        from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
-        from .io_utils import parse_size
-
         tp = self.tensor_parallel
         state = list(self.state_dict().items())
         fmt = "safetensors" if safe_serialization else "pdparams"
