@@ -1,4 +1,4 @@
-"""Run the load, convert and generate benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate and tensor-parallel benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
 
@@ -24,7 +24,9 @@ BENCHMARKS = [
     ("Loading", ["bench_load.py"]),
     ("Conversion", ["bench_convert.py"]),
     ("Generation", ["bench_generate.py"]),
+    ("Tensor parallelism", ["bench_tp.py"]),
 ]
+NO_PADDLENLP_SIDE = ("bench_convert.py", "bench_tp.py")
 
 
 def machine() -> str:
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     sections, results, status = [], {}, 0
     for title, command in BENCHMARKS:
-        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] != "bench_convert.py" else []
+        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] not in NO_PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
         if command[0] != "bench_generate.py" and work != default_work:

@@ -20,7 +20,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
-                        show_progress: bool = True):
+                        show_progress: bool = True, tensor_parallel: bool = False):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -31,6 +31,8 @@ class PretrainedMixin:
                 Tensors are cast while loading.
             strict: raise if the checkpoint lacks a model tensor (else initialise it randomly).
             show_progress: a progress bar per shard on stderr (when it is a terminal).
+            tensor_parallel: split the model over the processes of a ``paddle.distributed.launch``
+                job, each reading only its slices (see ``paddle_glm/parallel.py``).
         """
         require_local_dir(path)
         config = GLMConfig.from_pretrained(path)
@@ -38,7 +40,12 @@ class PretrainedMixin:
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():
             model = cls(config)
-        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress)
+        select = None
+        if tensor_parallel:
+            from .parallel import parallelize  # paddle.distributed only when asked for
+
+            select = parallelize(model).select
+        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select)
         model.eval()
         return model
 

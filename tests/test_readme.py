@@ -88,7 +88,7 @@ def torch_layout(model_dir, tmp_path_factory):
 def test_shell_command_runs(model_dir, torch_layout, tmp_path, i, command):
     src = torch_layout if "torch_to_paddle" in command else model_dir
     command = (command.replace("MODEL_DIR", str(model_dir)).replace("SRC_DIR", str(src))
-               .replace("DST_DIR", str(tmp_path / f"dst{i}"))
+               .replace("DST_DIR", str(tmp_path / f"dst{i}")).replace("LOG_DIR", str(tmp_path / f"log{i}"))
                .replace("--out paddle_glm/demo_model", f"--out {tmp_path / f'out{i}'}"))
     argv = shlex.split(command)
     extra, success = brief(argv, tmp_path / f"brief{i}")
@@ -97,8 +97,9 @@ def test_shell_command_runs(model_dir, torch_layout, tmp_path, i, command):
         argv = [sys.executable, "-m", "paddle_glm", *argv[1:]]
     elif argv[0] == "python":
         argv = [sys.executable, *argv[1:]]
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # paddle-glm, for the launcher
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                          env=dict(os.environ, PYTHONWARNINGS="ignore", PATH=path))
     assert proc.returncode in success, f"{command}\n{proc.stderr[-2000:]}"
 
 

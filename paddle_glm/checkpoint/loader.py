@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import paddle
 from tqdm.auto import tqdm
@@ -14,7 +14,7 @@ from .source import find_checkpoint
 
 
 def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool = True,
-                    show_progress: bool = True) -> Dict[str, List[str]]:
+                    show_progress: bool = True, select: Optional[Callable] = None) -> Dict[str, List[str]]:
     """Assign every tensor of the checkpoint in ``directory`` to ``model``'s parameters.
 
     Names may carry the ``glm.`` prefix or not; torch-layout files are transposed
@@ -29,18 +29,22 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
     loading (a ``save_pretrained`` replaced the checkpoint), the index is read again
     and everything is loaded once more from the new checkpoint; if that fails the same
     way, a ``MissingFileError`` says to load again.
+
+    ``select(name, array)``, when given, returns the part of each tensor (in the Paddle
+    layout) the model holds, before the shape check and the cast (tensor parallelism: a
+    rank's slice).
     """
     try:
-        return _load_once(model, directory, dtype, strict, show_progress)
+        return _load_once(model, directory, dtype, strict, show_progress, select)
     except MissingFileError:
         try:
-            return _load_once(model, directory, dtype, strict, show_progress)
+            return _load_once(model, directory, dtype, strict, show_progress, select)
         except MissingFileError as e:
             raise MissingFileError(f"{e} (if a save is replacing the checkpoint in {directory}, load again)") from None
 
 
-def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool,
-               show_progress: bool) -> Dict[str, List[str]]:
+def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool, show_progress: bool,
+               select: Optional[Callable]) -> Dict[str, List[str]]:
     source = find_checkpoint(directory)
     source_layout = PADDLE if source.format == "pdparams" else source.detect_layout()
     params = {strip_prefix(name): p for name, p in model.state_dict().items()}
@@ -64,6 +68,8 @@ def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool,
             if array.dtype not in STORAGE.values():
                 raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}; expected a float tensor")
             array = convert_layout(name, array, source_layout, PADDLE)
+            if select is not None:
+                array = select(name, array)
             if tuple(array.shape) != tuple(param.shape):
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(array.shape)} but the model expects "
                                       f"{list(param.shape)} (does config.json match the checkpoint?)")

@@ -11,6 +11,7 @@ import threading
 from typing import Iterator, List, Optional
 
 from ..errors import GLMError
+from .launch import run_command
 
 # subcommand -> module (relative to this package) defining add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {
@@ -77,7 +78,7 @@ def _signals_raise_terminated() -> Iterator[None]:
 def _run(args: argparse.Namespace) -> int:
     """Run the subcommand; user errors and signals become one line on stderr and an exit code."""
     try:
-        return int(args.run(args) or 0)
+        return int(run_command(args, sys.argv[1:] if argv is None else argv) or 0)
     except GLMError as e:
         print(f"paddle-glm {args.command}: error: {e}", file=sys.stderr)
         return 2

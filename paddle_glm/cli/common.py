@@ -78,7 +78,8 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
     start = time.perf_counter()
-    model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype)
+    model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
+                                                        tensor_parallel=getattr(args, "tensor_parallel", 1) > 1)
     info(f"loaded {args.model_dir} ({args.dtype}) in {time.perf_counter() - start:.1f} s")
     return model, tokenizer
 

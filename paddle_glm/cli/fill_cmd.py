@@ -6,6 +6,7 @@ import time
 
 from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
     load_model_and_tokenizer, speed_line
+from .launch import add_tensor_parallel_flag
 
 
 def add_parser(subparsers) -> None:
@@ -16,6 +17,7 @@ def add_parser(subparsers) -> None:
     add_model_flags(parser)
     parser.add_argument("text", metavar="TEXT", help="text with one or more [MASK], [sMASK] or [gMASK]")
     add_generation_flags(parser, default_new_tokens=64)
+    add_tensor_parallel_flag(parser)
     parser.set_defaults(run=run)
 
 

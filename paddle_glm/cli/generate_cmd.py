@@ -8,6 +8,7 @@ import time
 from ..errors import GLMError
 from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
     load_model_and_tokenizer, speed_line
+from .launch import add_tensor_parallel_flag
 
 GMASK = "[gMASK]"
 
@@ -23,6 +24,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--file", help="read the prompt from this UTF-8 file")
     parser.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     add_generation_flags(parser, default_new_tokens=128)
+    add_tensor_parallel_flag(parser)
     parser.set_defaults(run=run)
 
 

@@ -12,6 +12,7 @@ from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
+from .launch import print_memory_per_rank
 
 GB = 1e9
 
@@ -23,6 +24,8 @@ def add_parser(subparsers) -> None:
                     "and the memory the weights need in each dtype. Reads config.json, the index and file headers "
                     "only.")
     parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
+                        help="also print the memory per rank when the model is split over N processes")
     parser.set_defaults(run=run)
 
 
@@ -78,4 +81,6 @@ def run(args: argparse.Namespace) -> int:
     kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size
     print(f"KV cache per sequence at {config.max_sequence_length} tokens: float32 {kv * 4 / GB:.3f} GB, "
           f"float16/bfloat16 {kv * 2 / GB:.3f} GB")
+    if args.tensor_parallel > 1:
+        print_memory_per_rank(config, args.tensor_parallel)
     return 0
