@@ -39,10 +39,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .checkpoint.layout import table_key
-from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .devices import THREADS_ENV, cpu_thread_count, set_cpu_threads
 from .errors import GLMError
-from .io_utils import parse_size
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -252,21 +250,11 @@ class TensorParallelModel:
         """
         tp = self.tensor_parallel
         state = list(self.state_dict().items())
-        fmt = "safetensors" if safe_serialization else "pdparams"
-        shard_size = parse_size(max_shard_size)
         sizes = [(name, int(np.prod(p.shape)) * p.element_size() * (tp.world if split_kind(name) else 1))
                  for name, p in state]
         full = ((name, tp.gather(name, p)) for name, p in state)
-
-        def write(directory: str) -> None:
-            writer = ShardedWriter(directory, fmt, sizes, shard_size)
-            for name, array in full:
-                writer.add(name, array)
-            writer.finish()
-            self.config.save_pretrained(directory)
-
         if tp.rank == 0:
-            save_checkpoint_dir(path, write)
+            self._write_checkpoint(path, sizes, full, safe_serialization, max_shard_size)
         else:
             for _ in full:  # take part in the gathers
                 pass

@@ -1,7 +1,7 @@
 """``from_pretrained`` / ``save_pretrained`` for the GLM model classes."""
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -60,13 +60,20 @@ class PretrainedMixin:
         """
         state = list(self.state_dict().items())
         sizes = [(name, int(np.prod(p.shape)) * p.element_size()) for name, p in state]
+        self._write_checkpoint(path, sizes, ((name, p.numpy()) for name, p in state), safe_serialization,
+                               max_shard_size)
+
+    def _write_checkpoint(self, path: str, sizes, arrays: Iterable[Tuple[str, np.ndarray]],
+                          safe_serialization: bool, max_shard_size: Union[int, str]) -> None:
+        """Write ``arrays`` (``(name, array)`` in the order of ``sizes``, ``(name, bytes)``) and
+        ``config.json`` into ``path``, atomically for readers (see ``save_checkpoint_dir``)."""
         fmt = "safetensors" if safe_serialization else "pdparams"
         shard_size = parse_size(max_shard_size)
 
         def write(directory: str, tag: Optional[str]) -> None:
             writer = ShardedWriter(directory, fmt, sizes, shard_size, tag=tag)
-            for name, param in state:
-                writer.add(name, param.numpy())
+            for name, array in arrays:
+                writer.add(name, array)
             writer.finish()
             self.config.save_pretrained(directory)
 

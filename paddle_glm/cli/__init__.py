@@ -58,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="strict")  # a non-UTF-8 line is an error, not surrogates passed on
     with _signals_raise_terminated():
-        return _run(args)
+        return _run(args, argv)
 
 
 @contextlib.contextmanager
@@ -75,10 +75,10 @@ def _signals_raise_terminated() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: List[str]) -> int:
     """Run the subcommand; user errors and signals become one line on stderr and an exit code."""
     try:
-        return int(run_command(args, sys.argv[1:] if argv is None else argv) or 0)
+        return int(run_command(args, argv) or 0)
     except GLMError as e:
         print(f"paddle-glm {args.command}: error: {e}", file=sys.stderr)
         return 2
