@@ -21,6 +21,7 @@ from .scheduler import FillJob, QueueFull, Scheduler
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
+CLIENT_GONE = 499  # nginx's "client closed request": the status of a response nobody will read
 DEFAULT_MAX_BODY = 1 << 20
 
 
@@ -101,9 +102,10 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
             return StreamingResponse(_events(rows, channel, request_id, model_name, include_usage),
                                      media_type="text/event-stream")
         texts, reasons, tokens = [""] * len(rows), [None] * len(rows), [0] * len(rows)
+        events = _events_while_connected(channel, request)
         try:
             while None in reasons:
-                event = await _next_event(channel, request)
+                event = await events.__anext__()
                 if event[0] == "error":
                     raise APIError(event[1], event[2], type="server_error" if event[1] >= 500 else
                                    "invalid_request_error")
@@ -125,7 +127,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         job = FillJob(body.text, body.max_tokens, body.sampling(), channel.fill_done)
         _submit(scheduler, [job])
         try:
-            _, result, error = await _next_event(channel, request)
+            _, result, error = await _events_while_connected(channel, request).__anext__()
         finally:
             job.cancelled.set()
         if error is not None:
@@ -163,14 +165,19 @@ def _submit(scheduler: Scheduler, jobs: list) -> None:
         raise APIError(429, str(e), type="rate_limit_error", code="queue_full") from None
 
 
-async def _next_event(channel: Channel, request: Request) -> tuple:
-    """The next event for a non-streaming request; raises CancelledError if the client went away."""
+async def _events_while_connected(channel: Channel, request: Request):
+    """A non-streaming request's events; checks every ``DISCONNECT_POLL`` s that the client is still there
+    (if not, the request ends with a response nobody reads, and its rows are dropped by the caller)."""
+    checked = time.monotonic()
     while True:
-        try:
-            return await asyncio.wait_for(channel.queue.get(), DISCONNECT_POLL)
-        except asyncio.TimeoutError:
+        if time.monotonic() - checked > DISCONNECT_POLL:
             if await request.is_disconnected():
-                raise asyncio.CancelledError("the client disconnected") from None
+                raise APIError(CLIENT_GONE, "the client closed the connection")
+            checked = time.monotonic()
+        try:
+            yield await asyncio.wait_for(channel.queue.get(), DISCONNECT_POLL)
+        except asyncio.TimeoutError:
+            continue
 
 
 async def _events(rows: List[Row], channel: Channel, request_id: str, model_name: str, include_usage: bool):
