@@ -73,11 +73,28 @@ class ServerProcess:
         self.proc.wait(30)
 
 
+def readme_section() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8").split("## Serving", 1)[1].split("\n## ", 1)[0]
+
+
+def readme_commands(program: str):
+    blocks = re.findall(r"```bash\n(.*?)```", readme_section(), flags=re.S)
+    return [shlex.split(line.split("  #")[0]) for block in blocks for line in block.splitlines()
+            if line.startswith(program)]
+
+
+def readme_serve_flags():
+    """The flags of the README's ``paddle-glm serve MODEL_DIR ...`` (its port replaced by a free one)."""
+    argv = readme_commands("paddle-glm serve")[0]
+    assert argv[:3] == ["paddle-glm", "serve", "MODEL_DIR"] and argv[3:5] == ["--port", "8000"]
+    return argv[5:]
+
+
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """The plain server and one with an API key, started side by side."""
+    """The README's server (with a small body limit) and one with an API key, started side by side."""
     logs = tmp_path_factory.mktemp("serve_logs")
-    plain = ServerProcess(logs / "plain.log", "--max-batch", "8", "--max-body-bytes", str(MAX_BODY))
+    plain = ServerProcess(logs / "plain.log", *readme_serve_flags(), "--max-body-bytes", str(MAX_BODY))
     keyed = ServerProcess(logs / "keyed.log", "--api-key", API_KEY)
     try:
         plain.wait_ready()
@@ -233,14 +250,12 @@ def test_fill_endpoint_fills_every_blank(server):
     assert response.json()["text"] == case.text.replace("[MASK]", case.expected[0], 1).replace("[MASK]", case.expected[1])
 
 
-def test_readme_serving_commands_run(server):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
-    commands = [line for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S) for line in block.splitlines()
-                if line.startswith("curl ")]
+def test_readme_requests_run(server):
+    """The README's curl commands, against the README's server (on another port)."""
+    commands = readme_commands("curl ")
     assert len(commands) >= 3
-    for command in commands:
-        argv = shlex.split(command.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"))
+    for argv in commands:
+        argv = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}") for arg in argv]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().endswith("data: [DONE]") or "error" not in json.loads(out.stdout), out.stdout

@@ -21,8 +21,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="most prompts per batched decode (default 8)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="most prompts waiting; more get HTTP 429 (default 64)")
-    parser.add_argument("--batch-window-ms", type=float, default=10.0,
-                        help="how long a new request waits for others to share its batch (default 10)")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
+                        help="a batch starts once no request has arrived for this long (at most 4 times this after "
+                             "the oldest waiting request arrived; default 20)")
     parser.add_argument("--api-key", default=os.environ.get("PADDLE_GLM_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/ (default: $PADDLE_GLM_API_KEY, else none)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20,

@@ -18,6 +18,7 @@ from ..errors import GLMError
 from .rows import Row, Sampling
 
 log = logging.getLogger("paddle_glm.serve")
+MAX_WINDOWS = 4  # the longest a waiting row is held for others: this many batching windows
 
 
 class QueueFull(Exception):
@@ -49,11 +50,12 @@ class Scheduler:
         runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
         max_batch: most rows per ``generate`` call.
         max_queue: most rows waiting (a request with a list of prompts counts each).
-        window: seconds the model thread waits after a row arrives for more to join its
-            batch (only while fewer than ``max_batch`` rows wait).
+        window: while fewer than ``max_batch`` rows wait, the model thread waits until no row has
+            arrived for this many seconds (at most ``MAX_WINDOWS`` windows after the oldest row
+            arrived) before it starts a batch.
     """
 
-    def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.01):
+    def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.02):
         if max_batch < 1 or max_queue < 1 or window < 0:
             raise GLMError(f"max_batch and max_queue must be >= 1 and the window >= 0, got {max_batch}, "
                            f"{max_queue}, {window}")
@@ -108,7 +110,11 @@ class Scheduler:
                 if not self._pending:
                     self._cond.wait()
                     continue
-                wait = self._pending[0].arrived + self.window - time.monotonic()
+                # gather while requests keep arriving (clients of the last batch come back one by one),
+                # at most MAX_WINDOWS windows after the oldest
+                deadline = min(self._pending[0].arrived + MAX_WINDOWS * self.window,
+                               self._pending[-1].arrived + self.window)
+                wait = deadline - time.monotonic()
                 if len(self._pending) < self.max_batch and wait > 0:
                     self._cond.wait(wait)
                     continue
