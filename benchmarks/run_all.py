@@ -1,4 +1,4 @@
-"""Run the load, convert and generate benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate and serve benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
 
@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("Loading", ["bench_load.py"]),
     ("Conversion", ["bench_convert.py"]),
     ("Generation", ["bench_generate.py"]),
+    ("Serving", ["bench_serve.py"]),
 ]
 
 
@@ -56,10 +57,11 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     sections, results, status = [], {}, 0
     for title, command in BENCHMARKS:
-        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] != "bench_convert.py" else []
+        has_paddlenlp_side = command[0] in ("bench_load.py", "bench_generate.py")
+        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and has_paddlenlp_side else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
-        if command[0] != "bench_generate.py" and work != default_work:
+        if command[0] in ("bench_load.py", "bench_convert.py") and work != default_work:
             extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])
         print(f"running {shown} ...", file=sys.stderr, flush=True)

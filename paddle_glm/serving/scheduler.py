@@ -50,9 +50,10 @@ class Scheduler:
         runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
         max_batch: most rows per ``generate`` call.
         max_queue: most rows waiting (a request with a list of prompts counts each).
-        window: while fewer than ``max_batch`` rows wait, the model thread waits until no row has
-            arrived for this many seconds (at most ``MAX_WINDOWS`` windows after the oldest row
-            arrived) before it starts a batch.
+        window: while fewer than ``max_batch`` rows wait, the model thread starts a batch only once
+            no row has arrived for this many seconds (or one decode step of the last batch, if
+            longer) since it became free, and at most ``MAX_WINDOWS`` windows after it became free
+            or the oldest row arrived.
     """
 
     def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.02):
@@ -67,6 +68,8 @@ class Scheduler:
         self._pending: Deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._free_since = 0.0  # when the model thread last finished a batch
+        self._last_step = 0.0  # seconds per decode step of the last batch
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -98,6 +101,7 @@ class Scheduler:
                 self._run_fill(batch[0])
             else:
                 self._run_rows(batch)
+            self._free_since = time.monotonic()
 
     def _next_batch(self) -> Optional[List[Job]]:
         """The oldest job and the waiting rows that may share its batch (None: stopping)."""
@@ -110,10 +114,14 @@ class Scheduler:
                 if not self._pending:
                     self._cond.wait()
                     continue
-                # gather while requests keep arriving (clients of the last batch come back one by one),
-                # at most MAX_WINDOWS windows after the oldest
-                deadline = min(self._pending[0].arrived + MAX_WINDOWS * self.window,
-                               self._pending[-1].arrived + self.window)
+                # Gather while requests keep arriving, counting from when the model became free: the
+                # clients of the batch that just ended come back one by one, and a request that waited
+                # through that batch should not leave without them (the clients would split into
+                # batches that alternate for good). A window of one decode step costs little next to
+                # the steps of a whole request.
+                window = max(self.window, self._last_step)
+                since = max(self._free_since, self._pending[0].arrived)
+                deadline = min(since + MAX_WINDOWS * window, max(self._free_since, self._pending[-1].arrived) + window)
                 wait = deadline - time.monotonic()
                 if len(self._pending) < self.max_batch and wait > 0:
                     self._cond.wait(wait)
@@ -144,6 +152,7 @@ class Scheduler:
                 row.sink.fail(400 if isinstance(e, GLMError) else 500, str(e) or type(e).__name__)
             return
         self.history.append(stats)
+        self._last_step = stats.step_seconds or 0.0
         kind = "greedy" if rows[0].sampling.greedy else "sampling"
         step = f", {stats.step_seconds * 1000:.1f} ms per decode step" if stats.step_seconds else ""
         dropped = f", {stats.cancelled} rows dropped (client gone)" if stats.cancelled else ""
