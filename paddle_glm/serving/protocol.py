@@ -6,11 +6,12 @@ import time
 import uuid
 from typing import List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, conlist
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, conlist, field_validator
 
 from .rows import Sampling
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+DEFAULT_MAX_TOKENS = 16  # OpenAI's completions default
 
 
 class APIError(Exception):
@@ -46,7 +47,7 @@ class CompletionRequest(SamplingFields):
 
     model: Optional[str] = None
     prompt: Union[StrictStr, conlist(StrictStr, min_length=1)]
-    max_tokens: Optional[int] = Field(16, ge=1)
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
     stop: Union[None, StrictStr, conlist(StrictStr, max_length=MAX_STOP_STRINGS)] = None
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
@@ -55,6 +56,11 @@ class CompletionRequest(SamplingFields):
     echo: Literal[False] = False
     logprobs: None = None
     suffix: None = None
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _null_is_default(cls, value):
+        return DEFAULT_MAX_TOKENS if value is None else value
 
     def prompts(self) -> List[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
