@@ -136,13 +136,34 @@ def test_scheduler_groups_compatible_rows_and_bounds_the_queue():
     assert runner.batches == [["g0", "g1", "g3"], ["s0", "s1"], ["seeded"], ["fill"]]
 
 
-def test_a_cancelled_row_stops_the_real_decode_loop(tokenizer):
-    model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False)
+SPRING = "《春晓》孟浩然：春眠不觉晓，[gMASK]"  # the demo model continues it with 18 tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False)
+
+
+def test_a_cancelled_row_stops_the_real_decode_loop(tokenizer, model):
     runner = ModelRunner(model, tokenizer)
-    prompt = "《春晓》孟浩然：春眠不觉晓，[gMASK]"
+    prompt = SPRING
     whole = make_row(prompt, max_tokens=64)
     full = runner.complete([whole])
     assert whole.sink.texts[0] == "处处闻啼鸟。夜来风雨声，花落知多少。" and full.steps >= 15
     leaving = make_row(prompt, max_tokens=64, sink=Recorder(cancel_after=2))
     stats = runner.complete([leaving])
     assert stats.steps == 2 and stats.cancelled == 1 and not leaving.sink.finished
+
+
+@pytest.mark.xfail(strict=True, reason="the decode loop does not drop rows yet: it runs every row to the end of "
+                                       "the batch (BatchStreamer.active_rows is the hook)")
+def test_a_cancelled_row_is_dropped_from_a_running_batch(tokenizer, model):
+    leaving = make_row(SPRING, max_tokens=64, sink=Recorder(cancel_after=2), index=0)
+    staying = make_row(SPRING, max_tokens=64, index=1)
+    batch = tokenizer([SPRING, SPRING], padding=True, return_tensors="pd")
+    inputs = tokenizer.build_inputs_for_generation(batch, max_gen_length=64)
+    streamer = BatchStreamer([leaving, staying], tokenizer)
+    with pytest.raises(BatchFinished):
+        model.generate(**inputs, max_new_tokens=64, eos_token_id=tokenizer.eop_token_id, streamer=streamer)
+    assert staying.sink.texts[1] == "处处闻啼鸟。夜来风雨声，花落知多少。"
+    assert streamer.live == [1]  # the loop dropped row 0 and fed only row 1 afterwards
