@@ -23,7 +23,6 @@ uvicorn = pytest.importorskip("uvicorn")
 from paddle_glm import GLMChineseTokenizer, GLMForConditionalGeneration  # noqa: E402
 from paddle_glm.cli import main as cli_main  # noqa: E402
 from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR  # noqa: E402
-from paddle_glm.generation.api import bad_words_with_tokenizer  # noqa: E402
 from paddle_glm.serving.app import create_app  # noqa: E402
 from paddle_glm.serving.rows import BatchFinished, BatchStreamer  # noqa: E402
 from paddle_glm.serving.runner import BatchStats, ModelRunner  # noqa: E402
@@ -121,8 +120,9 @@ def alone(model, tokenizer, prompt: str, max_tokens: int) -> str:
     """The greedy span of one prompt run by itself with ``generate`` (as ``paddle-glm generate`` runs it)."""
     prompt = prompt if re.search(r"\[(s|g)?MASK\]", prompt) else prompt + "[gMASK]"
     inputs = tokenizer.build_inputs_for_generation(tokenizer(prompt, return_tensors="pd"), max_gen_length=max_tokens)
+    banned = list(model.config.bad_words_id) + list(range(tokenizer.vocab_size, model.config.vocab_size))
     out = model.generate(**inputs, max_new_tokens=max_tokens, eos_token_id=tokenizer.eop_token_id,
-                         bad_words_ids=bad_words_with_tokenizer(model.config, tokenizer))
+                         bad_words_ids=banned)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     new = new[:new.index(tokenizer.eop_token_id)] if tokenizer.eop_token_id in new else new
     return tokenizer.decode(new, skip_special_tokens=True)
