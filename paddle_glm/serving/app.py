@@ -52,8 +52,15 @@ class Channel(Sink):
 
 
 def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
-    """The server around a started-on-demand :class:`Scheduler` (started and stopped with the app)."""
+               max_body_bytes: int = DEFAULT_MAX_BODY):
+    """The ASGI app (for uvicorn) in front of ``scheduler``, whose model thread starts and stops with the app.
+
+    Args:
+        scheduler: the queue and model thread; its ``runner`` also validates prompt lengths.
+        model_name: the id ``/v1/models`` shows.
+        api_key: if given, ``/v1/`` needs ``Authorization: Bearer api_key``.
+        max_body_bytes: larger request bodies get 413.
+    """
     runner = scheduler.runner
 
     @asynccontextmanager
@@ -107,8 +114,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
             while None in reasons:
                 event = await events.__anext__()
                 if event[0] == "error":
-                    raise APIError(event[1], event[2], type="server_error" if event[1] >= 500 else
-                                   "invalid_request_error")
+                    raise _failure(event[1], event[2])
                 if event[0] == "text":
                     texts[event[1]] += event[2]
                 else:
@@ -131,8 +137,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         finally:
             job.cancelled.set()
         if error is not None:
-            raise APIError(error[0], error[1], param="text" if error[0] == 400 else None,
-                           type="invalid_request_error" if error[0] == 400 else "server_error")
+            raise _failure(*error, param="text")
         completed, spans, tokens = result
         return {"object": "fill", "model": model_name, "text": completed, "spans": spans,
                 "usage": {"completion_tokens": tokens}}
@@ -156,6 +161,13 @@ def _check_lengths(runner, prompt_tokens: int, max_tokens: int, param: str) -> N
     if max_tokens > rows - 1:
         raise APIError(400, f"max_tokens: at most {rows - 1} for this model (its position table), got {max_tokens}",
                        "max_tokens")
+
+
+def _failure(status: int, message: str, param: Optional[str] = None) -> APIError:
+    """The error of a failed batch or fill: the request's fault (400) or the server's (500)."""
+    if status < 500:
+        return APIError(status, message, param)
+    return APIError(status, message, type="server_error")
 
 
 def _submit(scheduler: Scheduler, jobs: list) -> None:
@@ -187,7 +199,7 @@ async def _events(rows: List[Row], channel: Channel, request_id: str, model_name
         while not all(finished):
             event = await channel.queue.get()
             if event[0] == "error":
-                yield _sse(APIError(event[1], event[2], type="server_error").body())
+                yield _sse(_failure(event[1], event[2]).body())
                 break
             if event[0] == "text":
                 yield _sse(completion_body(request_id, model_name, [choice(event[1], event[2], None)], None, True))

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional, Sequence, Union
 
 from ..errors import GLMError
@@ -33,11 +33,8 @@ class FillJob:
     max_tokens: int
     sampling: Sampling
     done: Callable[[Optional[tuple], Optional[tuple]], None]  # (result, None) or (None, (status, message))
-    arrived: float = 0.0
-
-    def __post_init__(self):
-        self.arrived = time.monotonic()
-        self.cancelled = threading.Event()
+    arrived: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 Job = Union[Row, FillJob]
