@@ -24,7 +24,7 @@ $(VENV)/.test: $(VENV)/.core
 # The serving page's browser test drives Debian's chromium through Selenium (installed only when missing).
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update && apt-get install -y chromium chromium-driver)
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 demo: $(VENV)/.core
 	$(VENV)/bin/paddle-glm demo
