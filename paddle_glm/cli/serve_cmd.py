@@ -44,13 +44,23 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise GLMError(f"--port: expected 1..65535, got {args.port}")
-    scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)
+    scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)  # checks the flags
     model, tokenizer = load_model_and_tokenizer(args)
     scheduler.runner = ModelRunner(model, tokenizer)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    _log_batches()
     info(f"serving {name} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}"
          f"{', API key required' if args.api_key else ''})")
     uvicorn.run(create_app(scheduler, name, args.api_key, args.max_body_bytes), host=args.host, port=args.port,
                 log_level="info")
     return 0
+
+
+def _log_batches() -> None:
+    """The scheduler's lines (one per batch) on stderr, like uvicorn's, whatever the root logger is set to."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log = logging.getLogger("paddle_glm.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
