@@ -104,7 +104,8 @@ def run_clients(url: str, prompts, clients: int, requests: int, tokens: int) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="glm-large-chinese", help="preset in configs/ (the targets are for glm-large)")
+    parser.add_argument("--model", default="glm-large-chinese",
+                        help="preset in configs/ (the targets are for glm-large)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
     parser.add_argument("--requests", type=int, default=3, help="requests per client, one after another")
     parser.add_argument("--json", help="write the results here")

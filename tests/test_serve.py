@@ -247,7 +247,8 @@ def test_fill_endpoint_fills_every_blank(server):
     response = httpx.post(server.url + "/v1/fill", json={"text": case.text}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["spans"] == list(case.expected)
-    assert response.json()["text"] == case.text.replace("[MASK]", case.expected[0], 1).replace("[MASK]", case.expected[1])
+    first, second = case.expected
+    assert response.json()["text"] == case.text.replace("[MASK]", first, 1).replace("[MASK]", second)
 
 
 def test_readme_requests_run(server):
@@ -350,3 +351,11 @@ def test_a_client_that_disconnects_stops_costing_compute(demo):
             httpx.post(url + "/v1/completions", json={"prompt": "x[MASK]", "max_tokens": 250}, timeout=0.5)
         assert wait_for(lambda: len(runner.steps) == 2)
     assert all(steps < 60 for steps in runner.steps), runner.steps  # of 250 (5 s)
+
+
+def test_bad_serve_flags_are_one_line_errors(tmp_path):
+    from test_cli import assert_one_line_error, run_cli
+
+    assert_one_line_error(*run_cli("serve", str(tmp_path / "missing"))[::2], "missing")
+    assert_one_line_error(*run_cli("serve", str(DEMO_MODEL_DIR), "--max-batch", "0")[::2], "--max-batch")
+    assert_one_line_error(*run_cli("serve", str(DEMO_MODEL_DIR), "--port", "70000")[::2], "--port")

@@ -65,7 +65,8 @@ def test_row_text_ends_at_endofpiece_or_max_tokens(tokenizer):
     assert text.add(tokenizer.eop_token_id) == "" and text.finish_reason == "stop_token"
     assert text.completion_tokens == len(ids(tokenizer, "黄河")) + 1
     short = RowText(tokenizer, max_tokens=2, stop=[])
-    assert "".join(short.add(t) for t in ids(tokenizer, "黄河入海")[:2]) == tokenizer.decode(ids(tokenizer, "黄河入海")[:2])
+    two = ids(tokenizer, "黄河入海")[:2]
+    assert "".join(short.add(t) for t in two) == tokenizer.decode(two)
     assert short.finish_reason == "length"
 
 

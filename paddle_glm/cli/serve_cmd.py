@@ -38,13 +38,19 @@ def run(args: argparse.Namespace) -> int:
 
         from ..serving.app import create_app
     except ImportError as e:
-        raise GLMError(f"serve needs the 'serve' extra ({e.name} is missing): pip install 'paddle-glm[serve]'") from None
+        raise GLMError(f"serve needs the 'serve' extra ({e.name} is missing): "
+                       "pip install 'paddle-glm[serve]'") from None
     from ..serving.runner import ModelRunner
     from ..serving.scheduler import Scheduler
 
     if not 0 < args.port < 65536:
         raise GLMError(f"--port: expected 1..65535, got {args.port}")
-    scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)  # checks the flags
+    for flag, value, least in (("--max-batch", args.max_batch, 1), ("--max-queue", args.max_queue, 1),
+                               ("--batch-window-ms", args.batch_window_ms, 0),
+                               ("--max-body-bytes", args.max_body_bytes, 1)):
+        if value < least:
+            raise GLMError(f"{flag}: expected at least {least}, got {value}")
+    scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)
     model, tokenizer = load_model_and_tokenizer(args)
     scheduler.runner = ModelRunner(model, tokenizer)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir))
