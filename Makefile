@@ -7,7 +7,7 @@ PADDLE := paddlepaddle==3.3.1
 # The CPU torch wheel (the 'torch' extra, for reading pytorch_model.bin in tests).
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-slow bench clean-venv
+.PHONY: demo test test-slow bench browser clean-venv
 
 $(VENV)/.core: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,17 +18,22 @@ $(VENV)/.core: setup.cfg pyproject.toml
 
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test,interop]"
+	$(PIP) install -q -e ".[test,interop,serve]"
 	touch $@
+
+# The serving page's browser test drives Debian's chromium through Selenium (installed only when missing).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 demo: $(VENV)/.core
 	$(VENV)/bin/paddle-glm demo
 
-test: $(VENV)/.test
+test: $(VENV)/.test browser
 	$(PY) -m pytest -q -m "not slow" tests
 
 # The README commands that take a minute or more each (tests marked slow); CI runs them after `make test`.
-test-slow: $(VENV)/.test
+test-slow: $(VENV)/.test browser
 	$(PY) -m pytest -q -m slow tests
 
 bench: $(VENV)/.test

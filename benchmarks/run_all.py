@@ -1,4 +1,4 @@
-"""Run the load, convert, generate and tensor-parallel benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate, tensor-parallel and serve benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
 
@@ -25,8 +25,9 @@ BENCHMARKS = [
     ("Conversion", ["bench_convert.py"]),
     ("Generation", ["bench_generate.py"]),
     ("Tensor parallelism", ["bench_tp.py"]),
+    ("Serving", ["bench_serve.py"]),
 ]
-NO_PADDLENLP_SIDE = ("bench_convert.py", "bench_tp.py")
+PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py")  # the scripts that also measure PaddleNLP
 
 
 def machine() -> str:
@@ -58,10 +59,10 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     sections, results, status = [], {}, 0
     for title, command in BENCHMARKS:
-        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] not in NO_PADDLENLP_SIDE else []
+        extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
-        if command[0] != "bench_generate.py" and work != default_work:
+        if command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py") and work != default_work:
             extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])
         print(f"running {shown} ...", file=sys.stderr, flush=True)

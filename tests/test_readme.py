@@ -16,8 +16,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 CFG = dict(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=1210, max_sequence_length=1024,
            bad_words_id=[1209])
 # Exercised elsewhere: the setup commands by CI and `make demo` / `make test` themselves, the demo by
-# `make demo` and tests/test_cli.py.
-ELSEWHERE = ("make ", "pip install", "paddle-glm demo")
+# `make demo` and tests/test_cli.py, the server and the requests to it by tests/test_serve.py.
+ELSEWHERE = ("make ", "pip install", "paddle-glm demo", "paddle-glm serve", "curl ")
 
 
 def blocks(language):

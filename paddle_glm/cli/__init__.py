@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "convert": ".convert_cmd",
     "info": ".info_cmd",
     "demo": ".demo_cmd",
+    "serve": ".serve_cmd",
 }
 
 

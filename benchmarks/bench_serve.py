@@ -1,0 +1,206 @@
+"""Serving throughput on the glm-large-chinese shape (random fp32 weights, CPU): 1, 4 and 8 concurrent clients.
+
+The real server (``paddle_glm.serving``: the app, the batching scheduler, the model
+thread) runs in this process on a free local port; each client is a thread that
+sends greedy ``/v1/completions`` requests of ``--tokens`` new tokens one after
+another over HTTP. Per client count: tokens/s over the phase and p50/p95 request
+latency. In the same run: a batch-1 and a batch-8 matmul pass over every weight
+matrix and the output projection (the rooflines of a decode step, as
+``bench_generate.py`` measures batch 1), and the server's own batch-8 decode step
+(median time between steps of its batches of 8). Each roofline is measured right after
+the phase with that many clients, so that a step and its roofline see the same load;
+figures are medians of ``--rounds`` rounds and the ratios are taken within each round.
+
+Targets: 8 clients get >= 2x the tokens/s of one; the batched decode step runs at
+>= 75% of the batch-8 roofline. On CPU, Paddle's small-batch GEMM is compute-bound,
+so a batch-8 pass costs several batch-1 passes and the batching gain is capped at
+8 x roofline1 / roofline8 (printed); on a GPU a batch-8 step costs about what a
+batch-1 step does and the same batching approaches 8x.
+
+The prompts are corpus lines of the demo model's tokenizer (the weights are random,
+so the text is noise; ``--model glm-tiny-test`` checks this script in seconds).
+
+Usage: python benchmarks/bench_serve.py [--model glm-large-chinese] [--tokens 32] [--requests 2] [--rounds 2]
+                                       [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import paddle
+import uvicorn
+
+from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMForConditionalGeneration
+from paddle_glm.demo_cases import DEMO_MODEL_DIR
+from paddle_glm.devices import cpu_thread_count
+from paddle_glm.serving.app import create_app
+from paddle_glm.serving.runner import ModelRunner
+from paddle_glm.serving.scheduler import Scheduler
+
+CLIENTS = (1, 4, 8)
+CORPUS = Path(__file__).resolve().parent.parent / "tools" / "corpus" / "zh_corpus.txt"
+
+
+def roofline_seconds(model, batch: int, repeats: int = 10) -> float:
+    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (median)."""
+    h = model.config.hidden_size
+    weights = [p for n, p in model.named_parameters() if len(p.shape) == 2 and "position" not in n
+               and "word_embeddings" not in n]
+    embedding = model.glm.word_embeddings.weight
+    x = {h: paddle.randn([batch, 1, h]), 4 * h: paddle.randn([batch, 1, 4 * h])}
+
+    def one_pass():
+        for w in weights:
+            paddle.matmul(x[w.shape[0]], w)
+        paddle.matmul(x[h], embedding, transpose_y=True)
+
+    one_pass()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one_pass()
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_clients(url: str, prompts, clients: int, requests: int, tokens: int) -> dict:
+    """``clients`` threads, each sending ``requests`` greedy completions one after another."""
+    latencies, new_tokens, start = [], [], threading.Barrier(clients)
+
+    def client(i):
+        with httpx.Client(timeout=600) as http:
+            start.wait()
+            for r in range(requests):
+                body = {"prompt": prompts[(i * requests + r) % len(prompts)], "max_tokens": tokens, "temperature": 0}
+                began = time.perf_counter()
+                answer = http.post(url + "/v1/completions", json=body)
+                answer.raise_for_status()
+                latencies.append(time.perf_counter() - began)
+                new_tokens.append(answer.json()["usage"]["completion_tokens"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"tokens_per_s": sum(new_tokens) / (time.perf_counter() - began), "latencies_s": latencies}
+
+
+def measure_round(url: str, scheduler: Scheduler, model, prompts, requests: int, tokens: int) -> dict:
+    """One phase per client count, each followed by the roofline at that batch size (same machine state)."""
+    out = {}
+    for clients in CLIENTS:
+        time.sleep(0.2)  # the model thread records a batch just after its last answer: let it finish
+        scheduler.history.clear()
+        phase = run_clients(url, prompts, clients, requests, tokens)
+        phase["batch_sizes"] = [s.rows for s in scheduler.history]
+        phase["step_s"] = [s.step_seconds for s in scheduler.history if s.rows == clients and s.step_seconds]
+        phase["roofline_s"] = roofline_seconds(model, clients)
+        out[clients] = phase
+    # the ceiling of the batching gain: batch-1 and batch-8 passes interleaved, so that they share the load
+    pairs = [(roofline_seconds(model, 1, repeats=3), roofline_seconds(model, 8, repeats=3)) for _ in range(3)]
+    out["ceiling"] = statistics.median(8 * one / eight for one, eight in pairs)
+    return out
+
+
+def summary(rounds: list) -> dict:
+    """Medians over rounds; the ratios are taken within each round (phases measured one after another)."""
+    r = {}
+    for clients in CLIENTS:
+        phases = [one[clients] for one in rounds]
+        latencies = [t for p in phases for t in p["latencies_s"]]
+        steps = [t for p in phases for t in p["step_s"]]
+        r[f"clients_{clients}"] = {
+            "tokens_per_s": statistics.median(p["tokens_per_s"] for p in phases),
+            "p50_s": float(np.percentile(latencies, 50)), "p95_s": float(np.percentile(latencies, 95)),
+            "requests": len(latencies), "batch_sizes": [p["batch_sizes"] for p in phases],
+            "decode_step_s": statistics.median(steps) if steps else None,
+            "roofline_s": statistics.median(p["roofline_s"] for p in phases)}
+    r["roofline_batch1_s"] = r["clients_1"]["roofline_s"]
+    r["roofline_batch8_s"] = r["clients_8"]["roofline_s"]
+    r["speedup_8_vs_1"] = statistics.median(one[8]["tokens_per_s"] / one[1]["tokens_per_s"] for one in rounds)
+    fractions = [one[8]["roofline_s"] / statistics.median(one[8]["step_s"]) for one in rounds if one[8]["step_s"]]
+    r["step8_roofline_fraction"] = statistics.median(fractions) if fractions else None
+    r["batching_ceiling"] = statistics.median(one["ceiling"] for one in rounds)
+    return r
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="glm-large-chinese",
+                        help="preset in configs/ (the targets are for glm-large)")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
+    parser.add_argument("--requests", type=int, default=2, help="requests per client and round, one after another")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all phases (medians are reported)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    paddle.set_device("cpu")
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(DEMO_MODEL_DIR))
+    preset = GLMConfig.from_name(args.model)
+    config = GLMConfig.from_name(args.model, embedding_dropout_prob=0.0, attention_dropout_prob=0.0,
+                                 output_dropout_prob=0.0, vocab_size=max(preset.vocab_size, len(tokenizer)))
+    paddle.seed(0)
+    model = GLMForConditionalGeneration(config)
+    model.eval()
+    lines = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if len(line.strip()) > 20]
+    prompts = [line[:40] + "[gMASK]" for line in lines]
+
+    scheduler = Scheduler(ModelRunner(model, tokenizer), max_batch=max(CLIENTS))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, args.model), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run_clients(url, prompts, 1, 1, 4)  # warm-up
+        rounds = [measure_round(url, scheduler, model, prompts, args.requests, args.tokens)
+                  for _ in range(args.rounds)]
+    finally:
+        server.should_exit = True
+        thread.join()
+    r = {"config": args.model, "dtype": "float32", "device": "cpu", "threads": cpu_thread_count(),
+         "new_tokens": args.tokens, "requests_per_client": args.requests, "rounds": args.rounds, **summary(rounds)}
+    step8 = r["step8_roofline_fraction"]
+
+    print(f"| serve ({args.model} shape, fp32, CPU, greedy, {args.tokens} new tokens per request) | 1 client | "
+          "4 clients | 8 clients |\n|---|---|---|---|")
+    phases = [r[f"clients_{c}"] for c in CLIENTS]
+    print("| tokens/s | " + " | ".join(f"{p['tokens_per_s']:.1f}" for p in phases) + " |")
+    print("| p50 / p95 latency, s | " + " | ".join(f"{p['p50_s']:.2f} / {p['p95_s']:.2f}" for p in phases) + " |")
+    print("| server decode step, s (batches of that size) | " + " | ".join(
+        f"{p['decode_step_s']:.4f}" if p["decode_step_s"] else "-" for p in phases) + " |")
+    print(f"| 8 clients / 1 client tokens/s (target >= 2) | | | {r['speedup_8_vs_1']:.2f}x |")
+    print("| matmul roofline at that batch size, s | " + " | ".join(f"{p['roofline_s']:.4f}" for p in phases) + " |")
+    fraction = f"{step8:.2f}" if step8 else "-"
+    print(f"| batch-8 decode step at this fraction of the batch-8 roofline (target >= 0.75) | | | {fraction} |")
+    print("| ceiling of that gain here, where Paddle's small-batch CPU GEMM costs several batch-1 passes: "
+          f"8 x roofline(1) / roofline(8) | | | {r['batching_ceiling']:.2f}x |")
+    print(json.dumps(r))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    met = r["speedup_8_vs_1"] >= 2 and (step8 or 0) >= 0.75
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

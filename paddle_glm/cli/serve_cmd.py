@@ -1,0 +1,72 @@
+"""``paddle-glm serve``: an OpenAI-compatible completions server with batching, and a blank-filling page."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ..errors import GLMError
+from .common import add_model_flags, info, load_model_and_tokenizer
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve a model over HTTP (OpenAI completions subset, /v1/fill, a web page)",
+        description="Serve MODEL_DIR over HTTP: POST /v1/completions (the OpenAI completions subset, streaming "
+                    "with server-sent events), POST /v1/fill, GET /v1/models, GET /health and a page at /. Requests "
+                    "that wait together run as one batch. Needs the 'serve' extra: pip install 'paddle-glm[serve]'.")
+    add_model_flags(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-batch", type=int, default=8, help="most prompts per batched decode (default 8)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="most prompts waiting; more get HTTP 429 (default 64)")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0,
+                        help="a batch starts once no request has arrived for this long (at most 4 times this after "
+                             "the oldest waiting request arrived; default 20)")
+    parser.add_argument("--api-key", default=os.environ.get("PADDLE_GLM_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1/ (default: $PADDLE_GLM_API_KEY, else none)")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                        help="largest request body; larger ones get HTTP 413 (default 1 MiB)")
+    parser.add_argument("--model-name", default=None, help="the model id in /v1/models (default: MODEL_DIR's name)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..serving.app import create_app
+    except ImportError as e:
+        raise GLMError(f"serve needs the 'serve' extra ({e.name} is missing): "
+                       "pip install 'paddle-glm[serve]'") from None
+    from ..serving.runner import ModelRunner
+    from ..serving.scheduler import Scheduler
+
+    if not 0 < args.port < 65536:
+        raise GLMError(f"--port: expected 1..65535, got {args.port}")
+    for flag, value, least in (("--max-batch", args.max_batch, 1), ("--max-queue", args.max_queue, 1),
+                               ("--batch-window-ms", args.batch_window_ms, 0),
+                               ("--max-body-bytes", args.max_body_bytes, 1)):
+        if value < least:
+            raise GLMError(f"{flag}: expected at least {least}, got {value}")
+    scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)
+    model, tokenizer = load_model_and_tokenizer(args)
+    scheduler.runner = ModelRunner(model, tokenizer)
+    name = args.model_name or os.path.basename(os.path.normpath(args.model_dir))
+    _log_batches()
+    info(f"serving {name} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}"
+         f"{', API key required' if args.api_key else ''})")
+    uvicorn.run(create_app(scheduler, name, args.api_key, args.max_body_bytes), host=args.host, port=args.port,
+                log_level="info")
+    return 0
+
+
+def _log_batches() -> None:
+    """The scheduler's lines (one per batch) on stderr, like uvicorn's, whatever the root logger is set to."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    log = logging.getLogger("paddle_glm.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False

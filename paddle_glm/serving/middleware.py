@@ -1,0 +1,72 @@
+"""ASGI middleware in front of the routes: the request-body size limit and the API key."""
+from __future__ import annotations
+
+import hmac
+from typing import Optional
+
+from starlette.responses import JSONResponse
+
+from .protocol import APIError
+
+
+async def _answer(error: APIError, scope, receive, send) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+    await JSONResponse(error.body(), status_code=error.status, headers=headers)(scope, receive, send)
+
+
+class BodyLimit:
+    """Answers 413 to a request whose body is over ``max_bytes``, before any route reads it.
+
+    The body is read here (up to the limit) and replayed to the app; later
+    ``receive`` calls (a client disconnect) pass through.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = APIError(413, f"the request body is over the server's limit of {self.max_bytes} bytes")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _answer(too_big, scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await _answer(too_big, scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class APIKey:
+    """With a key, every ``/v1/`` route needs ``Authorization: Bearer KEY`` (else 401); the page and
+    ``/health`` stay open."""
+
+    def __init__(self, app, key: Optional[str]):
+        self.app = app
+        self.expected = f"Bearer {key}".encode("utf-8") if key else None
+
+    async def __call__(self, scope, receive, send):
+        if self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key the "
+                                      "server was started with", code="invalid_api_key")
+                return await _answer(error, scope, receive, send)
+        await self.app(scope, receive, send)

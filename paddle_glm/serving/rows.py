@@ -1,0 +1,199 @@
+"""Completion rows: a request's prompt and settings, its text as tokens arrive, and the batch streamer."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..generation.streamers import BaseStreamer
+
+GREEDY = "greedy"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a row chooses tokens: ``temperature == 0`` is greedy (``top_p``/``top_k``/``seed`` unused)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def batch_key(self):
+        """Rows with equal keys may share a batch; ``None``: the row runs alone.
+
+        Greedy rows batch with every greedy row (a greedy row's tokens do not depend on
+        the others). Unseeded sampling rows batch with rows of identical settings (one
+        generator draws for the whole batch). A seeded row runs alone, so that the same
+        seed gives the same text whatever else is waiting.
+        """
+        if self.greedy:
+            return (GREEDY,)
+        if self.seed is not None:
+            return None
+        return ("sample", self.temperature, self.top_p, self.top_k)
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return dict(do_sample=False)
+        return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+
+
+class Sink:
+    """Where a row's results go (the server's per-request channel); the model thread calls these."""
+
+    def text(self, index: int, delta: str) -> None:
+        raise NotImplementedError
+
+    def finish(self, index: int, reason: str, completion_tokens: int) -> None:
+        raise NotImplementedError
+
+    def fail(self, status: int, message: str) -> None:
+        raise NotImplementedError
+
+
+class Row:
+    """One prompt of a completion request, waiting in the queue or running in a batch.
+
+    ``cancelled`` is set by the server when the client goes away; the batch then
+    stops feeding the row (and the whole batch stops once no row is left).
+    """
+
+    def __init__(self, prompt: str, prompt_tokens: int, max_tokens: int, stop: Sequence[str], sampling: Sampling,
+                 sink: Sink, index: int = 0):
+        self.prompt = prompt
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.stop = tuple(stop)
+        self.sampling = sampling
+        self.sink = sink
+        self.index = index
+        self.arrived = time.monotonic()
+        self.cancelled = threading.Event()
+
+
+class RowText:
+    """A row's generated text as tokens arrive, cut at ``<|endofpiece|>``, a stop string or ``max_tokens``.
+
+    ``add`` returns the new text that is safe to send: text that could still turn
+    out to be the start of a stop string, or an incomplete multi-byte character,
+    is held back until the next token decides.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, stop: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.stop = [s for s in stop if s]
+        self.tokens: List[int] = []
+        self.sent = 0  # characters of the text already returned
+        self.finish_reason: Optional[str] = None
+
+    @property
+    def completion_tokens(self) -> int:
+        """Tokens generated for this row (the closing ``<|endofpiece|>`` included)."""
+        return len(self.tokens) + (1 if self.finish_reason == "stop_token" else 0)
+
+    def add(self, token: int) -> str:
+        if token == self.tokenizer.eop_token_id:
+            self.finish_reason = "stop_token"
+            return self._release(self._text())
+        self.tokens.append(token)
+        text = self._text()
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            self.finish_reason = "stop"
+            return self._release(text[:min(cuts)])
+        if len(self.tokens) >= self.max_tokens:
+            self.finish_reason = "length"
+            return self._release(text)
+        if text.endswith("\ufffd"):  # an incomplete byte sequence: wait for the rest
+            return ""
+        return self._release(text[:len(text) - self._held(text)])
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+
+    def _held(self, text: str) -> int:
+        """Length of the longest end of ``text`` that begins a stop string."""
+        return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+    def _release(self, text: str) -> str:
+        delta = text[self.sent:]
+        self.sent = max(self.sent, len(text))
+        return delta
+
+
+class BatchFinished(Exception):
+    """Raised from ``BatchStreamer.put`` to end ``generate`` once no row of the batch needs more tokens."""
+
+
+class BatchStreamer(BaseStreamer):
+    """Routes each decode step's tokens ``[batch]`` to the rows of a batch.
+
+    A row is done when it finished (``<|endofpiece|>``, a stop string, its own
+    ``max_tokens``) or its client went away. ``active_rows()`` tells the decode loop
+    which rows still need tokens (one bool per row it is running); a loop that
+    drops the False rows passes only the kept rows, in order, to later ``put``
+    calls. When no row is left, ``put`` raises :class:`BatchFinished`.
+    """
+
+    def __init__(self, rows: Sequence[Row], tokenizer):
+        self.rows = list(rows)
+        self.texts = [RowText(tokenizer, row.max_tokens, row.stop) for row in self.rows]
+        self.live = list(range(len(self.rows)))  # the rows the decode loop is running, by index in self.rows
+        self._last_active: Optional[List[bool]] = None
+        self.step_times: List[float] = []
+
+    def done(self, i: int) -> bool:
+        return self.texts[i].finish_reason is not None or self.rows[i].cancelled.is_set()
+
+    def active_rows(self) -> List[bool]:
+        self._last_active = [not self.done(i) for i in self.live]
+        return self._last_active
+
+    def put(self, value) -> None:
+        self.step_times.append(time.perf_counter())
+        tokens = np.asarray(value.numpy() if hasattr(value, "numpy") else value).reshape(-1).tolist()
+        if len(tokens) != len(self.live):  # the loop dropped the rows active_rows() marked False
+            if self._last_active is None or sum(self._last_active) != len(tokens):
+                raise RuntimeError(f"BatchStreamer: got {len(tokens)} tokens for {len(self.live)} running rows")
+            self.live = [i for i, keep in zip(self.live, self._last_active) if keep]
+        for i, token in zip(self.live, tokens):
+            if not self.done(i):
+                self._add(i, int(token))
+        if all(self.done(i) for i in self.live):
+            raise BatchFinished
+
+    def end(self) -> None:
+        for i, text in enumerate(self.texts):
+            if not self.done(i):  # the loop ran out of steps (every row's max_tokens is covered: a safety net)
+                text.finish_reason = "length"
+                self._finish(i)
+
+    def _add(self, i: int, token: int) -> None:
+        delta = self.texts[i].add(token)
+        if delta:
+            self.rows[i].sink.text(self.rows[i].index, delta)
+        if self.texts[i].finish_reason is not None:
+            self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        text, row = self.texts[i], self.rows[i]
+        reason = "stop" if text.finish_reason == "stop_token" else text.finish_reason
+        row.sink.finish(row.index, reason, text.completion_tokens)
+
+    def cancelled(self) -> int:
+        """Rows dropped because their client went away before they finished."""
+        return sum(text.finish_reason is None and row.cancelled.is_set() for row, text in zip(self.rows, self.texts))
+
+    def step_seconds(self) -> Optional[float]:
+        """Median time between consecutive steps (decode steps, prefill excluded), None before two steps."""
+        gaps = np.diff(self.step_times)
+        return float(np.median(gaps)) if len(gaps) else None

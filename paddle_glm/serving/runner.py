@@ -1,0 +1,65 @@
+"""The model side of the server: a batch of rows through ``generate``, a fill job through ``fill_blanks``.
+
+Only the scheduler's model thread calls ``complete`` and ``fill``; ``prompt_tokens``
+(validation) runs in the server's thread and only uses the tokenizer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ..generation import GenerationConfig, TokenCollector
+from ..infilling import fill_blanks
+from .rows import BatchFinished, BatchStreamer, Row, Sampling
+
+@dataclass
+class BatchStats:
+    """What one ``generate`` call did: rows, steps run, median seconds per decode step, rows whose client left."""
+
+    rows: int
+    steps: int
+    step_seconds: Optional[float]
+    cancelled: int
+
+
+class ModelRunner:
+    """Runs rows and fill jobs on one model and tokenizer."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.position_rows = model.config.num_position_embeddings
+        self.vocab_size = model.config.vocab_size
+        defaults = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
+        self.bad_words = defaults.with_tokenizer(tokenizer, model.config).bad_words_ids
+
+    def prompt_tokens(self, text: str) -> int:
+        """Context tokens of ``text`` (``[CLS]`` and ``<|endoftext|>`` included)."""
+        return len(self.tokenizer(text)["input_ids"])
+
+    def complete(self, rows: Sequence[Row]) -> BatchStats:
+        """Generate every row's span in one right-padded batch; results go to each row's sink.
+
+        The batch runs to the largest ``max_tokens``; each row is cut at its own limit,
+        stop string or ``<|endofpiece|>``, and ``generate`` is stopped once no row needs
+        more tokens. All rows share ``rows[0].sampling`` (the scheduler groups them so).
+        """
+        tokenizer = self.tokenizer
+        new_tokens = max(row.max_tokens for row in rows)
+        batch = tokenizer([row.prompt for row in rows], padding=True, return_tensors="pd")
+        inputs = tokenizer.build_inputs_for_generation(batch, max_gen_length=new_tokens)
+        streamer = BatchStreamer(rows, tokenizer)
+        try:
+            self.model.generate(**inputs, max_new_tokens=new_tokens, eos_token_id=tokenizer.eop_token_id,
+                                bad_words_ids=self.bad_words, streamer=streamer, **rows[0].sampling.generate_kwargs())
+        except BatchFinished:
+            pass
+        return BatchStats(len(rows), len(streamer.step_times), streamer.step_seconds(), streamer.cancelled())
+
+    def fill(self, text: str, max_tokens: int, sampling: Sampling) -> Tuple[str, List[str], int]:
+        """``fill_blanks`` on one text: the completed text, the spans and the tokens generated."""
+        counter = TokenCollector()
+        completed, spans = fill_blanks(self.model, self.tokenizer, text, streamer=counter, max_new_tokens=max_tokens,
+                                       bad_words_ids=self.bad_words, **sampling.generate_kwargs())
+        return completed, spans, len(counter.steps)
+

@@ -1,0 +1,171 @@
+"""The request queue and the model thread: waiting rows are run together, up to ``max_batch`` per batch.
+
+Paddle runs one forward at a time, so a single worker thread owns the model; the
+server's event loop only enqueues and reads results (through each row's sink).
+The queue is bounded: ``submit`` raises :class:`QueueFull` when it holds
+``max_queue`` rows (the server answers 429).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional, Sequence, Union
+
+from ..errors import GLMError
+from .rows import Row, Sampling
+
+log = logging.getLogger("paddle_glm.serve")
+MAX_WINDOWS = 4  # the longest a waiting row is held for others: this many batching windows
+
+
+class QueueFull(Exception):
+    """The queue has no room for the request's rows."""
+
+
+@dataclass
+class FillJob:
+    """A ``/v1/fill`` request: runs alone (its blanks are filled one after another)."""
+
+    text: str
+    max_tokens: int
+    sampling: Sampling
+    done: Callable[[Optional[tuple], Optional[tuple]], None]  # (result, None) or (None, (status, message))
+    arrived: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+Job = Union[Row, FillJob]
+
+
+class Scheduler:
+    """Batches waiting rows onto a runner (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
+
+    Args:
+        runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
+        max_batch: most rows per ``generate`` call.
+        max_queue: most rows waiting (a request with a list of prompts counts each).
+        window: while fewer than ``max_batch`` rows wait, the model thread starts a batch only once
+            no row has arrived for this many seconds (or one decode step of the last batch, if
+            longer) since it became free, and at most ``MAX_WINDOWS`` windows after it became free
+            or the oldest row arrived.
+    """
+
+    def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.02):
+        if max_batch < 1 or max_queue < 1 or window < 0:
+            raise GLMError(f"max_batch and max_queue must be >= 1 and the window >= 0, got {max_batch}, "
+                           f"{max_queue}, {window}")
+        self.runner = runner
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.window = window
+        self.history: Deque = deque(maxlen=1000)  # BatchStats of the latest batches
+        self._pending: Deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._free_since = 0.0  # when the model thread last finished a batch
+        self._last_step = 0.0  # seconds per decode step of the last batch
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="paddle-glm-model", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue a request's rows (or one fill job) together, or raise :class:`QueueFull`."""
+        with self._cond:
+            if len(self._pending) + len(jobs) > self.max_queue:
+                raise QueueFull(f"the server's queue is full ({len(self._pending)} of {self.max_queue} rows waiting): "
+                                "retry later")
+            self._pending.extend(jobs)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if isinstance(batch[0], FillJob):
+                self._run_fill(batch[0])
+            else:
+                self._run_rows(batch)
+            self._free_since = time.monotonic()
+
+    def _next_batch(self) -> Optional[List[Job]]:
+        """The oldest job and the waiting rows that may share its batch (None: stopping)."""
+        with self._cond:
+            while True:
+                while self._pending and self._pending[0].cancelled.is_set():
+                    self._pending.popleft()  # its client went away while it waited
+                if self._stopping:
+                    return None
+                if not self._pending:
+                    self._cond.wait()
+                    continue
+                # Gather while requests keep arriving, counting from when the model became free: the
+                # clients of the batch that just ended come back one by one, and a request that waited
+                # through that batch should not leave without them (the clients would split into
+                # batches that alternate for good). A window of one decode step costs little next to
+                # the steps of a whole request.
+                window = max(self.window, self._last_step)
+                since = max(self._free_since, self._pending[0].arrived)
+                deadline = min(since + MAX_WINDOWS * window, max(self._free_since, self._pending[-1].arrived) + window)
+                wait = deadline - time.monotonic()
+                if len(self._pending) < self.max_batch and wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                return self._take()
+
+    def _take(self) -> List[Job]:
+        first = self._pending.popleft()
+        key = None if isinstance(first, FillJob) else first.sampling.batch_key()
+        batch, rest = [first], deque()
+        while self._pending and key is not None and len(batch) < self.max_batch:
+            job = self._pending.popleft()
+            if isinstance(job, Row) and job.sampling.batch_key() == key and not job.cancelled.is_set():
+                batch.append(job)
+            elif not job.cancelled.is_set():
+                rest.append(job)
+        rest.extend(self._pending)
+        self._pending = rest
+        return batch
+
+    def _run_rows(self, rows: List[Row]) -> None:
+        start = time.perf_counter()
+        try:
+            stats = self.runner.complete(rows)
+        except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, never the server
+            log.exception("batch of %d rows failed", len(rows))
+            for row in rows:
+                row.sink.fail(400 if isinstance(e, GLMError) else 500, str(e) or type(e).__name__)
+            return
+        self.history.append(stats)
+        self._last_step = stats.step_seconds or 0.0
+        kind = "greedy" if rows[0].sampling.greedy else "sampling"
+        step = f", {stats.step_seconds * 1000:.1f} ms per decode step" if stats.step_seconds else ""
+        dropped = f", {stats.cancelled} rows dropped (client gone)" if stats.cancelled else ""
+        log.info("batch of %d rows (%s): %d steps in %.2f s%s%s", len(rows), kind, stats.steps,
+                 time.perf_counter() - start, step, dropped)
+
+    def _run_fill(self, job: FillJob) -> None:
+        start = time.perf_counter()
+        try:
+            result = self.runner.fill(job.text, job.max_tokens, job.sampling)
+        except GLMError as e:
+            job.done(None, (400, str(e)))
+            return
+        except Exception as e:  # noqa: BLE001
+            log.exception("fill failed")
+            job.done(None, (500, str(e) or type(e).__name__))
+            return
+        log.info("fill of %d blanks: %d tokens in %.2f s", len(result[1]), result[2], time.perf_counter() - start)
+        job.done(result, None)
