@@ -1,21 +1,28 @@
 """A preallocated key/value cache: static shapes, written by index."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import paddle
 
 from .attention import BHSD, BSHD
+from .errors import GLMError
 
 
 class KVCache:
-    """Keys and values of every layer for ``batch`` rows and up to ``max_length`` tokens.
+    """Keys and values of every layer for ``batch`` rows and up to ``max_length`` tokens, and
+    which of those slots a decode step may attend to.
 
     Buffers are allocated once, in the model's dtype and in the layout the
     attention backend reads without copying (``bhsd`` = ``[b, heads, t, d]`` for the
     CPU math path, ``bshd`` = ``[b, t, heads, d]`` for the fused CUDA kernels).
-    Every row shares the write position ``length``: GLM inputs are right-padded,
-    and padding columns are masked, not skipped.
+    Every row writes at the same slot: GLM inputs are right-padded, and padding
+    columns are masked by ``key_bias``, not skipped.
+
+    ``key_bias`` ``[b, 1, 1, max_length]`` is the additive mask of a decode step's query
+    (0 = visible, the dtype's minimum = hidden): set once after the prefill, then each
+    decode step reveals the slot it writes. Nothing here tracks a length in Python, so a
+    decode step is a function of tensors only.
     """
 
     def __init__(self, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int,
@@ -28,30 +35,33 @@ class KVCache:
         shape = [batch, num_heads, max_length, head_dim] if layout == BHSD else [batch, max_length, num_heads, head_dim]
         self.keys: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
         self.values: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.length = 0  # tokens written so far
+        self.key_bias = paddle.full([batch, 1, 1, max_length], paddle.finfo(dtype).min, dtype=dtype)
 
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0]
+    def write(self, layer: int, k: paddle.Tensor, v: paddle.Tensor,
+              start: Union[int, paddle.Tensor]) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at slot ``start``; return the full buffers.
 
-    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at ``length``; return the full buffers."""
-        start, end = self.length, self.length + k.shape[self.seq_axis]
-        if end > self.max_length:
-            raise ValueError(f"KV cache overflow: {end} tokens > max_length {self.max_length}")
+        ``start`` is an int (checked against ``max_length``) or an int64 tensor ``[1]`` (a decode
+        step: not checked, which would cost a host synchronisation; the caller keeps it in range).
+        """
+        count = k.shape[self.seq_axis]
+        if isinstance(start, int) and start + count > self.max_length:
+            raise GLMError(f"KV cache overflow: writing {count} tokens at slot {start} of a cache of "
+                           f"max_length {self.max_length}")
         if self.seq_axis == 2:
-            self.keys[layer][:, :, start:end] = k
-            self.values[layer][:, :, start:end] = v
+            self.keys[layer][:, :, start:start + count] = k
+            self.values[layer][:, :, start:start + count] = v
         else:
-            self.keys[layer][:, start:end] = k
-            self.values[layer][:, start:end] = v
+            self.keys[layer][:, start:start + count] = k
+            self.values[layer][:, start:start + count] = v
         return self.keys[layer], self.values[layer]
 
-    def advance(self, count: int) -> None:
-        """Mark ``count`` more tokens as written (called once per forward, after every layer)."""
-        self.length += count
+    def reveal(self, index: paddle.Tensor) -> None:
+        """Make slot ``index`` (int64 ``[1]``) visible to every row's decode query."""
+        self.key_bias[:, :, :, index:index + 1] = 0
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Keep rows ``index`` (beam search): row i becomes old row ``index[i]``."""
         self.keys = [paddle.index_select(k, index, axis=0) for k in self.keys]
         self.values = [paddle.index_select(v, index, axis=0) for v in self.values]
+        self.key_bias = paddle.index_select(self.key_bias, index, axis=0)

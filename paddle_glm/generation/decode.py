@@ -7,6 +7,8 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
+from ..attention import additive_bias, dtype_str
+from ..errors import GLMError
 from .inputs import GenerationInputs
 from .logits_process import LogitsSettings, greedy_choice, process_logits, sample_choice
 
@@ -22,33 +24,56 @@ class StepRecord:
 class Stepper:
     """Runs the model on the next token(s) at sequence index ``start``, with or without a KV cache.
 
-    With the cache, ``prefill`` writes the prompt's keys/values and ``step`` feeds one
-    token per row; without it (``use_cache=False``, the reference path) every call
-    recomputes the whole sequence so far.
+    With the cache, the first call prefills it with the prompt and every later call is one
+    :meth:`~paddle_glm.GLMModel.decode_step` (``step``: eager, or its ``paddle.jit.to_static``
+    wrapper); without it (``use_cache=False``, the reference path) every call recomputes the
+    whole sequence so far.
     """
 
-    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool):
+    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool, step=None):
         self.model = model
         self.inputs = inputs
         self.cache = model.new_cache(batch, inputs.total) if use_cache else None
+        self.step = step or model.decode_step
 
     def logits(self, sequences: paddle.Tensor, start: int) -> paddle.Tensor:
         """Next-token logits ``[rows, vocab]`` after feeding ``sequences[:, start:]``."""
         end = sequences.shape[1]
         pos, mask = self.inputs.position_ids, self.inputs.mask
-        if self.cache is not None:
-            # a prefill attends over its own keys, a decode step over the whole cache
-            keys = end if start == 0 else self.cache.max_length
-            out = self.model(sequences[:, start:], pos[:, :, start:end], mask[:, :, start:end, :keys],
-                             cache=self.cache, last_token_only=True)
-        else:
+        if self.cache is None:
             out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], last_token_only=True)
+        elif start == 0:
+            out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], cache=self.cache,
+                             last_token_only=True)
+            if end < self.inputs.total:
+                self.cache.key_bias = decode_key_bias(mask, end, self.cache.max_length, self.cache.key_bias.dtype)
+        else:  # one token per row; its sequence index is its cache slot
+            index = paddle.full([1], start, dtype="int64")
+            return self.step(sequences[:, start:], pos[:, :, start:end], index, self.cache)
         return out.logits[:, -1]
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Beam search: row i continues old row ``index[i]``."""
         if self.cache is not None:
             self.cache.reorder(index)
+
+
+def decode_key_bias(mask: paddle.Tensor, prompt: int, max_length: int, dtype) -> paddle.Tensor:
+    """The additive ``[b, 1, 1, max_length]`` bias of the cache slots a generated token sees
+    before it writes its own: the context columns the generation mask's rows give it.
+
+    Generated column j is visible to rows ``i >= j`` only (``prepare_inputs`` makes it so), and
+    a decode step reveals its own slot, so one vector per row serves every step, provided that
+    the generated rows agree on the context columns, which GLM's layout does.
+    """
+    b = mask.shape[0]
+    context = mask[:, :, prompt:, :prompt]  # [b, 1, generated, prompt]
+    first = context[:, :, :1]  # [b, 1, 1, prompt]
+    if not bool((context == first).all()):
+        raise GLMError("attention_mask: the generated tokens' rows see different prompt columns; the KV cache "
+                       "keeps one visibility vector per row (GLM's layout), so use use_cache=False for this mask")
+    visible = paddle.concat([first, paddle.zeros([b, 1, 1, max_length - prompt], dtype="bool")], axis=-1)
+    return additive_bias(visible, dtype_str(dtype))
 
 
 def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSettings, *, sampling: bool,
