@@ -25,17 +25,24 @@ class KVCache:
     decode step is a function of tensors only.
     """
 
-    def __init__(self, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int,
-                 dtype, layout: str):
+    def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,
+                 layout: str):
         if layout not in (BHSD, BSHD):
             raise ValueError(f"unknown cache layout {layout!r}")
-        self.layout = layout
-        self.max_length = max_length
+        self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
         self.seq_axis = 2 if layout == BHSD else 1
+        self.max_length = keys[0].shape[self.seq_axis]
+
+    @classmethod
+    def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
+                 layout: str) -> "KVCache":
+        """Zeroed buffers and every slot hidden."""
+        if layout not in (BHSD, BSHD):
+            raise ValueError(f"unknown cache layout {layout!r}")
         shape = [batch, num_heads, max_length, head_dim] if layout == BHSD else [batch, max_length, num_heads, head_dim]
-        self.keys: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.key_bias = paddle.full([batch, 1, 1, max_length], paddle.finfo(dtype).min, dtype=dtype)
+        return cls([paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)],
+                   [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)],
+                   paddle.full([batch, 1, 1, max_length], paddle.finfo(dtype).min, dtype=dtype), layout)
 
     def write(self, layer: int, k: paddle.Tensor, v: paddle.Tensor,
               start: Union[int, paddle.Tensor]) -> Tuple[paddle.Tensor, paddle.Tensor]:

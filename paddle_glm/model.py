@@ -219,7 +219,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads."""
         backend = attention_backend or (SDPA if device_type() == "gpu" else MATH)
         max_length = -(-max_length // CACHE_ALIGN) * CACHE_ALIGN  # fused kernels want aligned key lengths
-        return KVCache(self.config.num_layers, batch, max_length, self.config.num_attention_heads,
+        return KVCache.allocate(self.config.num_layers, batch, max_length, self.config.num_attention_heads,
                        self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
 
 

@@ -28,8 +28,21 @@ def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForC
     transformers = pytest.importorskip("paddlenlp.transformers")
     paddle.seed(seed)
     config = transformers.GLMConfig(output_predict=True, **NO_DROPOUT, **config_kwargs)
-    model = getattr(transformers, cls_name)(config)
-    # Random-but-not-trivial LayerNorms and biases, so a swapped tensor cannot go unnoticed.
+    return randomized(getattr(transformers, cls_name)(config), seed, spread)
+
+
+def random_model(config_kwargs: dict, seed: int = 0, spread: bool = False):
+    """Our GLMForConditionalGeneration with the random weights of :func:`paddlenlp_model` (no reference needed)."""
+    import paddle_glm
+
+    paddle.seed(seed)
+    return randomized(paddle_glm.GLMForConditionalGeneration(paddle_glm.GLMConfig(**NO_DROPOUT, **config_kwargs)),
+                      seed, spread)
+
+
+def randomized(model, seed: int, spread: bool):
+    """``model`` with random-but-not-trivial LayerNorms and biases (so a swapped tensor cannot go
+    unnoticed), larger matrices when ``spread``, in eval mode."""
     rng = np.random.default_rng(seed)
     for name, p in model.state_dict().items():
         if len(p.shape) == 1:

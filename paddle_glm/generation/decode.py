@@ -9,6 +9,7 @@ import paddle
 
 from ..attention import additive_bias, dtype_str
 from ..errors import GLMError
+from ..kv_cache import KVCache
 from .inputs import GenerationInputs
 from .logits_process import LogitsSettings, greedy_choice, process_logits, sample_choice
 
@@ -76,17 +77,37 @@ def decode_key_bias(mask: paddle.Tensor, prompt: int, max_length: int, dtype) ->
     return additive_bias(visible, dtype_str(dtype))
 
 
+def static_decode_step(model):
+    """``model.decode_step`` under ``paddle.jit.to_static`` (traced at its first call, per input shape).
+
+    The cache goes in as its tensors: an object argument would be traced once per object, with
+    its tensors frozen in. The eager step is the default: on CPU it measured slower than the eager
+    one (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as ``step``
+    to :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
+    """
+    def on_buffers(input_ids, position_ids, write_index, keys, values, key_bias, layout):
+        return model.decode_step(input_ids, position_ids, write_index, KVCache(keys, values, key_bias, layout))
+
+    compiled = paddle.jit.to_static(on_buffers, full_graph=True)
+
+    def step(input_ids, position_ids, write_index, cache: KVCache) -> paddle.Tensor:
+        return compiled(input_ids, position_ids, write_index, cache.keys, cache.values, cache.key_bias, cache.layout)
+
+    return step
+
+
 def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSettings, *, sampling: bool,
            rng: Optional[np.random.Generator], eos_token_id: Optional[int], pad_token_id: int, use_cache: bool,
-           streamer=None, record: Optional[StepRecord] = None) -> paddle.Tensor:
+           streamer=None, record: Optional[StepRecord] = None, step=None) -> paddle.Tensor:
     """Generate up to ``new_tokens`` tokens per row; returns the full sequences ``[b, prompt + generated]``.
 
     Rows stop independently at ``eos_token_id`` and are padded with ``pad_token_id``
-    afterwards; the loop ends early once every row has stopped.
+    afterwards; the loop ends early once every row has stopped. ``step`` replaces
+    ``model.decode_step`` (e.g. :func:`static_decode_step`).
     """
     sequences = inputs.input_ids
     b = sequences.shape[0]
-    stepper = Stepper(model, inputs, b, use_cache)
+    stepper = Stepper(model, inputs, b, use_cache, step)
     finished = paddle.zeros([b], dtype="bool")
     start = 0
     for step in range(new_tokens):
