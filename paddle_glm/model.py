@@ -58,8 +58,7 @@ class GLMAttention(nn.Layer):
         qkv = self.query_key_value(x).reshape([b, s, 3, self.num_heads, self.head_dim])
         layout = cache.layout if cache is not None else cache_layout(mask.backend)
         if layout == BHSD:
-            qkv = qkv.transpose([2, 0, 3, 1, 4])  # [3, b, heads, s, d]
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)  # [3, b, heads, s, d] -> each [b, heads, s, d]
         else:
             q, k, v = qkv.unbind(axis=2)  # each [b, s, heads, d]
         if cache is not None:
@@ -187,7 +186,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
             The next-token logits ``[b, vocab]`` (the LM head tied to the word embeddings).
         """
         cache.reveal(write_index)  # a token sees its own key
-        mask = PreparedMask(DECODE_BACKEND[cache.layout], bias=cache.key_bias)  # [b, 1, 1, max_length]
+        mask = PreparedMask(DECODE_BACKEND[cache.layout], bias=cache.key_bias)  # [b, heads, 1, max_length]
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, mask, cache, write_index)
         return paddle.matmul(hidden[:, 0], self.word_embeddings.weight, transpose_y=True)  # [b, vocab]
 

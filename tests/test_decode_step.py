@@ -8,7 +8,7 @@ from conftest import TINY_A, generation_batch, random_model
 from paddle_glm import GLMError
 from paddle_glm.attention import MATH, SDPA
 from paddle_glm.generation.beam import beam_search
-from paddle_glm.generation.decode import decode, decode_key_bias, static_decode_step
+from paddle_glm.generation.decode import context_visibility, decode, static_decode_step
 from paddle_glm.generation.inputs import prepare_inputs
 from paddle_glm.generation.logits_process import LogitsSettings
 
@@ -58,7 +58,7 @@ def test_step_logits_equal_a_full_forward(model):
         for backend in (MATH, SDPA):
             cache = model.new_cache(2, total, attention_backend=backend)
             model(tokens[:, :n0], pos[:, :, :n0], mask[:, :, :n0, :n0], cache=cache, attention_backend=backend)
-            cache.key_bias = decode_key_bias(mask, n0, cache.max_length, "float32")
+            cache.show(context_visibility(mask, n0))
             for i in range(n0, total):
                 logits = model.decode_step(tokens[:, i:i + 1], pos[:, :, i:i + 1], paddle.full([1], i, "int64"), cache)
                 np.testing.assert_allclose(logits.numpy(), full[:, i], atol=1e-4, rtol=0)

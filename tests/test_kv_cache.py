@@ -33,7 +33,7 @@ def test_buffers_have_the_layout_shape(layout):
     expected = [BATCH, HEADS, SLOTS, DIM] if layout == BHSD else [BATCH, SLOTS, HEADS, DIM]
     assert all(list(t.shape) == expected for t in cache.keys + cache.values)
     assert len(cache.keys) == len(cache.values) == LAYERS
-    assert list(cache.key_bias.shape) == [BATCH, 1, 1, SLOTS] and bool((cache.key_bias == MIN).all())
+    assert list(cache.key_bias.shape) == [BATCH, HEADS, 1, SLOTS] and bool((cache.key_bias == MIN).all())
 
 
 @pytest.mark.parametrize("layout", [BHSD, BSHD])
@@ -62,12 +62,16 @@ def test_overflow_is_an_error(layout):
         cache.write(0, k, v, SLOTS - 2)
 
 
-def test_reveal_opens_one_slot_for_every_row():
+def test_show_then_reveal():
     cache = new_cache(BHSD)
-    cache.reveal(paddle.full([1], 6, "int64"))
-    bias = cache.key_bias.numpy()[:, 0, 0]  # [b, slots]
-    assert (bias[:, 6] == 0).all()
-    assert (np.delete(bias, 6, axis=1) == MIN).all()
+    visible = np.array([[1, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=bool)  # [b, 3 prompt slots]
+    cache.show(paddle.to_tensor(visible))
+    expected = np.full((BATCH, HEADS, 1, SLOTS), MIN, "float32")
+    expected[:, :, 0, :3] = np.where(visible, 0.0, MIN)[:, None]
+    np.testing.assert_array_equal(cache.key_bias.numpy(), expected)
+    cache.reveal(paddle.full([1], 6, "int64"))  # slot 6 for every row and head, nothing else
+    expected[:, :, :, 6] = 0
+    np.testing.assert_array_equal(cache.key_bias.numpy(), expected)
 
 
 @pytest.mark.parametrize("layout", [BHSD, BSHD])
@@ -76,7 +80,7 @@ def test_reorder_moves_whole_rows(layout):
     for layer in range(LAYERS):
         k, v, _, _ = new_tokens(SLOTS, layout, seed=10 * layer)
         cache.write(layer, k, v, 0)
-    cache.key_bias = paddle.to_tensor(np.arange(BATCH * SLOTS, dtype="float32").reshape([BATCH, 1, 1, SLOTS]))
+    cache.key_bias = paddle.to_tensor(np.arange(BATCH * SLOTS, dtype="float32").reshape([BATCH, 1, 1, SLOTS]).repeat(HEADS, 1))
     before = ([t.numpy() for t in cache.keys], [t.numpy() for t in cache.values], cache.key_bias.numpy())
     order = [2, 2, 0]
     cache.reorder(paddle.to_tensor(order, dtype="int64"))

@@ -7,7 +7,6 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
-from ..attention import additive_bias, dtype_str
 from ..errors import GLMError
 from ..kv_cache import KVCache
 from .inputs import GenerationInputs
@@ -47,7 +46,7 @@ class Stepper:
             out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], cache=self.cache,
                              last_token_only=True)
             if end < self.inputs.total:
-                self.cache.key_bias = decode_key_bias(mask, end, self.cache.max_length, self.cache.key_bias.dtype)
+                self.cache.show(context_visibility(mask, end))
         else:  # one token per row; its sequence index is its cache slot
             index = paddle.full([1], start, dtype="int64")
             return self.step(sequences[:, start:], pos[:, :, start:end], index, self.cache)
@@ -59,22 +58,19 @@ class Stepper:
             self.cache.reorder(index)
 
 
-def decode_key_bias(mask: paddle.Tensor, prompt: int, max_length: int, dtype) -> paddle.Tensor:
-    """The additive ``[b, 1, 1, max_length]`` bias of the cache slots a generated token sees
-    before it writes its own: the context columns the generation mask's rows give it.
+def context_visibility(mask: paddle.Tensor, prompt: int) -> paddle.Tensor:
+    """Boolean ``[b, prompt]``: the prompt columns a generated token sees, from the generation mask's rows.
 
     Generated column j is visible to rows ``i >= j`` only (``prepare_inputs`` makes it so), and
-    a decode step reveals its own slot, so one vector per row serves every step, provided that
-    the generated rows agree on the context columns, which GLM's layout does.
+    a decode step reveals its own cache slot, so one vector per row serves every step, provided
+    that the generated rows agree on the prompt columns, which GLM's layout does.
     """
-    b = mask.shape[0]
-    context = mask[:, :, prompt:, :prompt]  # [b, 1, generated, prompt]
-    first = context[:, :, :1]  # [b, 1, 1, prompt]
+    context = mask[:, 0, prompt:, :prompt]  # [b, generated, prompt]
+    first = context[:, :1]  # [b, 1, prompt]
     if not bool((context == first).all()):
         raise GLMError("attention_mask: the generated tokens' rows see different prompt columns; the KV cache "
                        "keeps one visibility vector per row (GLM's layout), so use use_cache=False for this mask")
-    visible = paddle.concat([first, paddle.zeros([b, 1, 1, max_length - prompt], dtype="bool")], axis=-1)
-    return additive_bias(visible, dtype_str(dtype))
+    return first[:, 0]
 
 
 def static_decode_step(model):
