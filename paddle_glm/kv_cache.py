@@ -23,7 +23,9 @@ class KVCache:
     (0 = visible, the dtype's minimum = hidden): set once after the prefill (:meth:`show`),
     then each decode step reveals the slot it writes. It is stored per head because Paddle's
     CPU add is ~9x slower when it broadcasts over the heads (measured at 16 heads). Nothing
-    here tracks a length in Python, so a decode step is a function of tensors only.
+    here tracks a length in Python, so a decode step is a function of tensors only: it writes
+    with ``index_put_``, which reads its index on the device (slicing with a tensor bound
+    would copy the bound to the host in eager mode).
     """
 
     def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,
@@ -33,6 +35,15 @@ class KVCache:
         self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
         self.seq_axis = 2 if layout == BHSD else 1
         self.max_length = keys[0].shape[self.seq_axis]
+        # index_put_ indices of every row and head, broadcast against a slot index [1]: they select
+        # [b, heads, 1] (bhsd: + d gives k's [b, heads, 1, d]) or [b, 1] (bshd: + heads, d gives k's shape)
+        batch, heads = key_bias.shape[0], key_bias.shape[1]
+        rows, head_ids = paddle.arange(batch, dtype="int64"), paddle.arange(heads, dtype="int64")
+        self._token_index = ((rows.reshape([batch, 1, 1]), head_ids.reshape([1, heads, 1])) if layout == BHSD
+                             else (rows.reshape([batch, 1]),))
+        # key_bias [b, heads, 1, t] at (row, head, 0, slot) -> [b, heads]
+        self._bias_index = (rows.reshape([batch, 1]), head_ids.reshape([1, heads]), paddle.zeros([1], dtype="int64"))
+        self._visible = paddle.zeros([1], dtype=key_bias.dtype)
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
@@ -58,11 +69,17 @@ class KVCache:
               start: Union[int, paddle.Tensor]) -> Tuple[paddle.Tensor, paddle.Tensor]:
         """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at slot ``start``; return the full buffers.
 
-        ``start`` is an int (checked against ``max_length``) or an int64 tensor ``[1]`` (a decode
-        step: not checked, which would cost a host synchronisation; the caller keeps it in range).
+        ``start`` is an int (a prefill; checked against ``max_length``) or an int64 tensor ``[1]``
+        (a decode step, one token: not checked, which would cost a host synchronisation; the
+        caller keeps it in range).
         """
+        if not isinstance(start, int):
+            index = self._token_index + (start,)
+            self.keys[layer].index_put_(index, k)
+            self.values[layer].index_put_(index, v)
+            return self.keys[layer], self.values[layer]
         count = k.shape[self.seq_axis]
-        if isinstance(start, int) and start + count > self.max_length:
+        if start + count > self.max_length:
             raise GLMError(f"KV cache overflow: writing {count} tokens at slot {start} of a cache of "
                            f"max_length {self.max_length}")
         if self.seq_axis == 2:
@@ -75,7 +92,7 @@ class KVCache:
 
     def reveal(self, index: paddle.Tensor) -> None:
         """Make slot ``index`` (int64 ``[1]``) visible to every row's decode query (every head)."""
-        self.key_bias[:, :, :, index:index + 1] = 0
+        self.key_bias.index_put_(self._bias_index + (index,), self._visible)
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Keep rows ``index`` (beam search): row i becomes old row ``index[i]``."""
