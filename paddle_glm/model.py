@@ -146,7 +146,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
             input_ids: int ``[b, s]``.
             position_ids: int ``[b, 2, s]`` (positions, block positions); ``[b, s]`` is accepted
                 when the model has no block positions. Default: ``0..s-1`` and zeros.
-            attention_mask: 4-D ``[b, 1, s, k]`` 0/1, 1-D ``[b]`` sep, or None (causal); see ``masks.py``.
+            attention_mask: 4-D ``[b, 1, s, s]`` 0/1, 1-D ``[b]`` sep, or None (causal); see ``masks.py``.
             cache: a :class:`KVCache` to prefill: the tokens' keys/values are written at slots
                 ``0..s-1`` (decode steps then go through :meth:`decode_step`).
             attention_backend: force a backend ("math", "sdpa", "flashmask"); default: chosen per call.
@@ -156,7 +156,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
         input_ids = _int_tensor(input_ids, "input_ids")
         if input_ids.ndim != 2:
             raise GLMError(f"input_ids: expected shape [batch, length], got {list(input_ids.shape)}")
-        _check_range(input_ids, "input_ids", self.config.vocab_size, "vocab_size")
+        _check_range(input_ids, "input_ids", self.config.vocab_size, "the vocabulary (vocab_size): ids come from the "
+                     "model's own tokenizer")
         b, s = input_ids.shape
         position_ids = self._positions(position_ids, b, s)
         mask = build_attention_mask(attention_mask, b, s, s)
@@ -211,7 +212,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
                 position_ids.shape[2] != s:
             raise GLMError(f"position_ids: expected shape [{b}, 2, {s}] (positions, block positions), "
                            f"got {list(position_ids.shape)}")
-        _check_range(position_ids, "position_ids", self.config.num_position_embeddings, "the position table's rows")
+        _check_range(position_ids, "position_ids", self.config.num_position_embeddings,
+                     "the position table (max_sequence_length + 1 rows with block positions): shorten the input")
         return position_ids
 
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
@@ -219,7 +221,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         backend = attention_backend or (SDPA if device_type() == "gpu" else MATH)
         max_length = -(-max_length // CACHE_ALIGN) * CACHE_ALIGN  # fused kernels want aligned key lengths
         return KVCache.allocate(self.config.num_layers, batch, max_length, self.config.num_attention_heads,
-                       self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
+                                self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
 
 
 class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
@@ -262,10 +264,10 @@ def _int_tensor(value, name: str) -> paddle.Tensor:
     return value if value.dtype == paddle.int64 else value.astype("int64")
 
 
-def _check_range(ids: paddle.Tensor, name: str, limit: int, what: str) -> None:
+def _check_range(ids: paddle.Tensor, name: str, limit: int, table: str) -> None:
     """A one-line error for an id outside ``[0, limit)``, which an embedding lookup would read out of bounds."""
     if ids.size == 0:
         return
-    low, high = (int(x) for x in paddle.stack([ids.min(), ids.max()]).numpy())
+    low, high = (int(x) for x in paddle.stack([ids.min(), ids.max()]).numpy())  # one host synchronisation
     if low < 0 or high >= limit:
-        raise GLMError(f"{name}: value {low if low < 0 else high} is outside [0, {limit}) ({what} is {limit})")
+        raise GLMError(f"{name}: value {low if low < 0 else high} is outside [0, {limit}), {table}")

@@ -77,8 +77,8 @@ def static_decode_step(model):
     """``model.decode_step`` under ``paddle.jit.to_static`` (traced at its first call, per input shape).
 
     The cache goes in as its tensors: an object argument would be traced once per object, with
-    its tensors frozen in. The eager step is the default: on CPU it measured slower than the eager
-    one (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as ``step``
+    its tensors frozen in. Generation uses the eager ``model.decode_step``: on CPU this one measured
+    slower (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as ``step``
     to :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
     """
     def on_buffers(input_ids, position_ids, write_index, keys, values, key_bias, layout):
