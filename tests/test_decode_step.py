@@ -26,24 +26,24 @@ def glm_inputs(model, lengths=(9, 6), gen=GEN):
     return prepare_inputs(prompt, pos, mask, gen, model.config.num_position_embeddings)
 
 
-def greedy(model, inputs, step=None, use_cache=True):
+def greedy(model, inputs, decode_step=None, use_cache=True):
     with paddle.no_grad():
         return decode(model, inputs, GEN, LogitsSettings(), sampling=False, rng=None, eos_token_id=None,
-                      pad_token_id=0, use_cache=use_cache, step=step).numpy()
+                      pad_token_id=0, use_cache=use_cache, decode_step=decode_step).numpy()
 
 
 def test_static_step_gives_the_eager_tokens(model):
     inputs = glm_inputs(model)
     static = static_decode_step(model)
     eager_tokens = greedy(model, inputs)
-    np.testing.assert_array_equal(greedy(model, inputs, step=static), eager_tokens)
+    np.testing.assert_array_equal(greedy(model, inputs, decode_step=static), eager_tokens)
     np.testing.assert_array_equal(greedy(model, inputs, use_cache=False), eager_tokens)  # and both are right
     assert len(set(eager_tokens[:, inputs.prompt_length:].ravel().tolist())) > 2  # not degenerate
     # traced once, run again on a new cache (a new generation) and on reordered rows (beam search)
-    np.testing.assert_array_equal(greedy(model, inputs, step=static), eager_tokens)
+    np.testing.assert_array_equal(greedy(model, inputs, decode_step=static), eager_tokens)
     with paddle.no_grad():
         beams = [beam_search(model, inputs, 5, 3, LogitsSettings(), length_penalty=1.0, eos_token_id=None,
-                             pad_token_id=0, use_cache=True, step=step)[0].numpy() for step in (None, static)]
+                             pad_token_id=0, use_cache=True, decode_step=step)[0].numpy() for step in (None, static)]
     np.testing.assert_array_equal(beams[1], beams[0])
 
 

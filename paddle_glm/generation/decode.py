@@ -25,16 +25,16 @@ class Stepper:
     """Runs the model on the next token(s) at sequence index ``start``, with or without a KV cache.
 
     With the cache, the first call prefills it with the prompt and every later call is one
-    :meth:`~paddle_glm.GLMModel.decode_step` (``step``: eager, or its ``paddle.jit.to_static``
+    :meth:`~paddle_glm.GLMModel.decode_step` (``decode_step``: eager, or its ``paddle.jit.to_static``
     wrapper); without it (``use_cache=False``, the reference path) every call recomputes the
     whole sequence so far.
     """
 
-    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool, step=None):
+    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool, decode_step=None):
         self.model = model
         self.inputs = inputs
         self.cache = model.new_cache(batch, inputs.total) if use_cache else None
-        self.step = step or model.decode_step
+        self.decode_step = decode_step or model.decode_step
 
     def logits(self, sequences: paddle.Tensor, start: int) -> paddle.Tensor:
         """Next-token logits ``[rows, vocab]`` after feeding ``sequences[:, start:]``."""
@@ -49,7 +49,7 @@ class Stepper:
                 self.cache.show(context_visibility(mask, end))
         else:  # one token per row; its sequence index is its cache slot
             index = paddle.full([1], start, dtype="int64")
-            return self.step(sequences[:, start:], pos[:, :, start:end], index, self.cache)
+            return self.decode_step(sequences[:, start:], pos[:, :, start:end], index, self.cache)
         return out.logits[:, -1]
 
     def reorder(self, index: paddle.Tensor) -> None:
@@ -78,8 +78,8 @@ def static_decode_step(model):
 
     The cache goes in as its tensors: an object argument would be traced once per object, with
     its tensors frozen in. Generation uses the eager ``model.decode_step``: on CPU this one measured
-    slower (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as ``step``
-    to :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
+    slower (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as
+    ``decode_step`` to :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
     """
     def on_buffers(input_ids, position_ids, write_index, keys, values, key_bias, layout):
         return model.decode_step(input_ids, position_ids, write_index, KVCache(keys, values, key_bias, layout))
@@ -94,16 +94,16 @@ def static_decode_step(model):
 
 def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSettings, *, sampling: bool,
            rng: Optional[np.random.Generator], eos_token_id: Optional[int], pad_token_id: int, use_cache: bool,
-           streamer=None, record: Optional[StepRecord] = None, step=None) -> paddle.Tensor:
+           streamer=None, record: Optional[StepRecord] = None, decode_step=None) -> paddle.Tensor:
     """Generate up to ``new_tokens`` tokens per row; returns the full sequences ``[b, prompt + generated]``.
 
     Rows stop independently at ``eos_token_id`` and are padded with ``pad_token_id``
-    afterwards; the loop ends early once every row has stopped. ``step`` replaces
+    afterwards; the loop ends early once every row has stopped. ``decode_step`` replaces
     ``model.decode_step`` (e.g. :func:`static_decode_step`).
     """
     sequences = inputs.input_ids
     b = sequences.shape[0]
-    stepper = Stepper(model, inputs, b, use_cache, step)
+    stepper = Stepper(model, inputs, b, use_cache, decode_step)
     finished = paddle.zeros([b], dtype="bool")
     start = 0
     for step in range(new_tokens):
