@@ -77,9 +77,12 @@ def static_decode_step(model):
     """``model.decode_step`` under ``paddle.jit.to_static`` (traced at its first call, per input shape).
 
     The cache goes in as its tensors: an object argument would be traced once per object, with
-    its tensors frozen in. Generation uses the eager ``model.decode_step``: on CPU this one measured
-    slower (``benchmarks/bench_generate.py``, "static vs eager decode step"); pass this as
-    ``decode_step`` to :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
+    its tensors frozen in. Generation uses the eager ``model.decode_step``: this one traces again
+    for every batch size and cache length (3-5 s on the glm-large shape on CPU), which a
+    ``generate`` call of a few dozen tokens does not win back; per step the two are within
+    ~5% on an idle 2-core CPU (``benchmarks/bench_generate.py``, "static vs eager decode step";
+    under CPU contention the static step degrades less). Pass this as ``decode_step`` to
+    :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
     """
     def on_buffers(input_ids, position_ids, write_index, keys, values, key_bias, layout):
         return model.decode_step(input_ids, position_ids, write_index, KVCache(keys, values, key_bias, layout))
