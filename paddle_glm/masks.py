@@ -13,7 +13,7 @@ sees an all ``-inf`` row and never returns NaN.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import paddle

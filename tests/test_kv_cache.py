@@ -45,7 +45,7 @@ def test_writes_land_at_the_index_and_nowhere_else(layout, as_tensor):
     k1, v1, k1_np, v1_np = new_tokens(1, layout, seed=5)  # then one token at slot 5
     keys, values = cache.write(1, k1, v1, paddle.full([1], 5, "int64") if as_tensor else 5)
     assert keys is cache.keys[1] and values is cache.values[1]  # the full buffers, written in place
-    expected_k, expected_v = np.zeros((BATCH, HEADS, SLOTS, DIM), "float32"), np.zeros((BATCH, HEADS, SLOTS, DIM), "float32")
+    expected_k, expected_v = (np.zeros((BATCH, HEADS, SLOTS, DIM), "float32") for _ in range(2))
     expected_k[:, :, :3], expected_v[:, :, :3] = k0_np, v0_np
     expected_k[:, :, 5:6], expected_v[:, :, 5:6] = k1_np, v1_np
     np.testing.assert_array_equal(as_bhsd(cache.keys[1], layout), expected_k)
@@ -58,7 +58,8 @@ def test_overflow_is_an_error(layout):
     cache = new_cache(layout)
     k, v, _, _ = new_tokens(3, layout, seed=0)
     cache.write(0, k, v, SLOTS - 3)  # exactly fits
-    with pytest.raises(GLMError, match=f"KV cache overflow: writing 3 tokens at slot {SLOTS - 2} .* max_length {SLOTS}"):
+    expected = f"KV cache overflow: writing 3 tokens at slot {SLOTS - 2} .* max_length {SLOTS}"
+    with pytest.raises(GLMError, match=expected):
         cache.write(0, k, v, SLOTS - 2)
 
 
@@ -80,7 +81,8 @@ def test_reorder_moves_whole_rows(layout):
     for layer in range(LAYERS):
         k, v, _, _ = new_tokens(SLOTS, layout, seed=10 * layer)
         cache.write(layer, k, v, 0)
-    cache.key_bias = paddle.to_tensor(np.arange(BATCH * SLOTS, dtype="float32").reshape([BATCH, 1, 1, SLOTS]).repeat(HEADS, 1))
+    bias = np.arange(BATCH * SLOTS, dtype="float32").reshape([BATCH, 1, 1, SLOTS]).repeat(HEADS, 1)
+    cache.key_bias = paddle.to_tensor(bias)
     before = ([t.numpy() for t in cache.keys], [t.numpy() for t in cache.values], cache.key_bias.numpy())
     order = [2, 2, 0]
     cache.reorder(paddle.to_tensor(order, dtype="int64"))
