@@ -10,7 +10,9 @@ one right after another, and the median of those is reported):
   output projection, which any decode step must at least do; the non-weight share of a
   step is (step - roofline) / step;
 * the decode step alone (``model.decode_step``, no logits processing), eager vs under
-  ``paddle.jit.to_static``, at the 256-token context (generation uses the eager one);
+  ``paddle.jit.to_static``, at the 256-token context, the static step's first call (its
+  trace, again for every batch size and cache length) and what ``--tokens`` steps cost each
+  way with that trace (generation uses the eager step);
 * ours on one thread (Paddle's default) at the 256-token context;
 * ours at a 64- vs a 768-token context;
 * batch-8 throughput at a 256-token context.
@@ -187,6 +189,9 @@ def main(argv=None) -> int:
     r["roofline_fraction"] = statistics.median(one["roofline_s"] / one["ours_mid_s"] for one in rounds)
     r["non_weight_share"] = statistics.median(1 - one["roofline_s"] / one["ours_mid_s"] for one in rounds)
     r["static_vs_eager_step"] = statistics.median(one["step_static_s"] / one["step_eager_s"] for one in rounds)
+    # what one generate call of --tokens tokens pays: the static step traces for each new cache length
+    r["steps_eager_total_s"] = args.tokens * r["step_eager_s"]
+    r["steps_static_total_s"] = r["static_first_step_s"] + (args.tokens - 1) * r["step_static_s"]
     r["ratio_long_short"] = statistics.median(one["ours_long_s"] / one["ours_short_s"] for one in rounds)
     r["batch8_tokens_per_s"] = batch_tokens_per_second(model, 8, ctx["mid"], args.tokens)
     if not args.no_paddlenlp:
@@ -214,6 +219,8 @@ def main(argv=None) -> int:
         ("static vs eager decode step: time ratio (< 1: static faster; generation uses eager)",
          f"{r['static_vs_eager_step']:.2f}"),
         ("to_static first step s (its trace, per batch size and cache length)", f"{r['static_first_step_s']:.2f}"),
+        (f"{args.tokens} decode steps incl. the trace, s: eager / to_static",
+         f"{r['steps_eager_total_s']:.2f} / {r['steps_static_total_s']:.2f}"),
         (f"decode s/token, {short} context", f"{r['ours_short_s']:.4f}"),
         (f"decode s/token, {long} context", f"{r['ours_long_s']:.4f}"),
         (f"{long} / {short} per-token cost (target <= 1.3)", f"{r['ratio_long_short']:.2f}"),
