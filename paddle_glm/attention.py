@@ -31,6 +31,7 @@ from .errors import GLMError
 MATH, SDPA, FLASHMASK = "math", "sdpa", "flashmask"
 BHSD, BSHD = "bhsd", "bshd"  # [batch, heads, seq, dim] / [batch, seq, heads, dim]
 LAYOUT = {MATH: BHSD, SDPA: BSHD, FLASHMASK: BSHD}
+DECODE_BACKEND = {BHSD: MATH, BSHD: SDPA}  # a decode step (one query row) by cache layout: no FlashMask encoding
 _HALF = ("float16", "bfloat16")
 
 

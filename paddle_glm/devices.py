@@ -11,7 +11,6 @@ from .checkpoint.dtypes import DTYPE_NAMES
 from .errors import GLMError
 
 THREADS_ENV = "PADDLE_GLM_NUM_THREADS"
-_threads_set = False
 
 
 def resolve_dtype(dtype: Optional[str], device: Optional[str] = None) -> str:
@@ -61,16 +60,15 @@ def cpu_thread_count() -> int:
 
 
 def use_cpu_threads() -> None:
-    """Let Paddle's CPU math use :func:`cpu_thread_count` threads (once per process).
+    """Let Paddle's CPU math use :func:`cpu_thread_count` threads (a process-wide setting).
 
     Paddle runs CPU kernels on one thread unless ``OMP_NUM_THREADS`` was set before it was
     imported; a batch-1 decode step is bound by reading the weights, and on this project's
     2-core machine two threads decode about 1.5x as fast (``benchmarks/RESULTS.md``).
+    Called by the entry points only (the CLI, ``from_pretrained``, the benchmarks): building a
+    model changes no process-wide setting.
     """
-    global _threads_set
-    if not _threads_set:
-        set_cpu_threads(cpu_thread_count())
-        _threads_set = True
+    set_cpu_threads(cpu_thread_count())
 
 
 def set_cpu_threads(count: int) -> None:

@@ -1,57 +1,101 @@
 """A preallocated key/value cache: static shapes, written by index."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
 import paddle
 
-from .attention import BHSD, BSHD
+from .attention import BHSD, BSHD, additive_bias, dtype_str
+from .errors import GLMError
 
 
 class KVCache:
-    """Keys and values of every layer for ``batch`` rows and up to ``max_length`` tokens.
+    """Keys and values of every layer for ``batch`` rows and up to ``max_length`` tokens, and
+    which of those slots a decode step may attend to.
 
     Buffers are allocated once, in the model's dtype and in the layout the
     attention backend reads without copying (``bhsd`` = ``[b, heads, t, d]`` for the
     CPU math path, ``bshd`` = ``[b, t, heads, d]`` for the fused CUDA kernels).
-    Every row shares the write position ``length``: GLM inputs are right-padded,
-    and padding columns are masked, not skipped.
+    Every row writes at the same slot: GLM inputs are right-padded, and padding
+    columns are masked by ``key_bias``, not skipped.
+
+    ``key_bias`` ``[b, heads, 1, max_length]`` is the additive mask of a decode step's query
+    (0 = visible, the dtype's minimum = hidden): set once after the prefill (:meth:`show`),
+    then each decode step reveals the slot it writes. It is stored per head because Paddle's
+    CPU add is ~9x slower when it broadcasts over the heads (measured at 16 heads). Nothing
+    here tracks a length in Python, so a decode step is a function of tensors only: it writes
+    with ``index_put_``, which reads its index on the device (slicing with a tensor bound
+    would copy the bound to the host in eager mode).
     """
 
-    def __init__(self, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int,
-                 dtype, layout: str):
+    def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,
+                 layout: str):
         if layout not in (BHSD, BSHD):
             raise ValueError(f"unknown cache layout {layout!r}")
-        self.layout = layout
-        self.max_length = max_length
+        self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
         self.seq_axis = 2 if layout == BHSD else 1
+        self.max_length = keys[0].shape[self.seq_axis]
+        # index_put_ indices of every row and head, broadcast against a slot index [1]: they select
+        # [b, heads, 1] (bhsd: + d gives k's [b, heads, 1, d]) or [b, 1] (bshd: + heads, d gives k's shape)
+        batch, heads = key_bias.shape[0], key_bias.shape[1]
+        rows, head_ids = paddle.arange(batch, dtype="int64"), paddle.arange(heads, dtype="int64")
+        self._token_index = ((rows.reshape([batch, 1, 1]), head_ids.reshape([1, heads, 1])) if layout == BHSD
+                             else (rows.reshape([batch, 1]),))
+        # key_bias [b, heads, 1, t] at (row, head, 0, slot) -> [b, heads]
+        self._bias_index = (rows.reshape([batch, 1]), head_ids.reshape([1, heads]), paddle.zeros([1], dtype="int64"))
+        self._visible = paddle.zeros([1], dtype=key_bias.dtype)
+
+    @classmethod
+    def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
+                 layout: str) -> "KVCache":
+        """Zeroed buffers and every slot hidden."""
+        if layout not in (BHSD, BSHD):
+            raise ValueError(f"unknown cache layout {layout!r}")
         shape = [batch, num_heads, max_length, head_dim] if layout == BHSD else [batch, max_length, num_heads, head_dim]
-        self.keys: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.values: List[paddle.Tensor] = [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)]
-        self.length = 0  # tokens written so far
+        return cls([paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)],
+                   [paddle.zeros(shape, dtype=dtype) for _ in range(num_layers)],
+                   paddle.full([batch, num_heads, 1, max_length], paddle.finfo(dtype).min, dtype=dtype), layout)
 
-    @property
-    def batch_size(self) -> int:
-        return self.keys[0].shape[0]
+    def show(self, visible: paddle.Tensor) -> None:
+        """Set ``key_bias`` from a boolean ``[b, k]``: slot ``j < k`` visible where True; later slots
+        hidden until a decode step reveals them."""
+        b, k = visible.shape
+        heads = self.key_bias.shape[1]
+        visible = paddle.concat([visible, paddle.zeros([b, self.max_length - k], dtype="bool")], axis=1)
+        bias = additive_bias(visible, dtype_str(self.key_bias.dtype))  # [b, max_length]
+        self.key_bias = bias.reshape([b, 1, 1, self.max_length]).tile([1, heads, 1, 1])  # [b, heads, 1, max_length]
 
-    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor) -> Tuple[paddle.Tensor, paddle.Tensor]:
-        """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at ``length``; return the full buffers."""
-        start, end = self.length, self.length + k.shape[self.seq_axis]
-        if end > self.max_length:
-            raise ValueError(f"KV cache overflow: {end} tokens > max_length {self.max_length}")
+    def write(self, layer: int, k: paddle.Tensor, v: paddle.Tensor,
+              start: Union[int, paddle.Tensor]) -> Tuple[paddle.Tensor, paddle.Tensor]:
+        """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at slot ``start``; return the full buffers.
+
+        ``start`` is an int (a prefill; checked against ``max_length``) or an int64 tensor ``[1]``
+        (a decode step, one token: not checked, which would cost a host synchronisation; the
+        caller keeps it in range).
+        """
+        if not isinstance(start, int):
+            index = self._token_index + (start,)
+            self.keys[layer].index_put_(index, k)
+            self.values[layer].index_put_(index, v)
+            return self.keys[layer], self.values[layer]
+        count = k.shape[self.seq_axis]
+        if start + count > self.max_length:
+            raise GLMError(f"KV cache overflow: writing {count} tokens at slot {start} of a cache of "
+                           f"max_length {self.max_length}")
         if self.seq_axis == 2:
-            self.keys[layer][:, :, start:end] = k
-            self.values[layer][:, :, start:end] = v
+            self.keys[layer][:, :, start:start + count] = k
+            self.values[layer][:, :, start:start + count] = v
         else:
-            self.keys[layer][:, start:end] = k
-            self.values[layer][:, start:end] = v
+            self.keys[layer][:, start:start + count] = k
+            self.values[layer][:, start:start + count] = v
         return self.keys[layer], self.values[layer]
 
-    def advance(self, count: int) -> None:
-        """Mark ``count`` more tokens as written (called once per forward, after every layer)."""
-        self.length += count
+    def reveal(self, index: paddle.Tensor) -> None:
+        """Make slot ``index`` (int64 ``[1]``) visible to every row's decode query (every head)."""
+        self.key_bias.index_put_(self._bias_index + (index,), self._visible)
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Keep rows ``index`` (beam search): row i becomes old row ``index[i]``."""
         self.keys = [paddle.index_select(k, index, axis=0) for k in self.keys]
         self.values = [paddle.index_select(v, index, axis=0) for v in self.values]
+        self.key_bias = paddle.index_select(self.key_bias, index, axis=0)

@@ -23,20 +23,17 @@ from .errors import GLMError
 MaskLike = Union[None, int, paddle.Tensor, np.ndarray]
 
 
-def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, key_len: int,
-                         offset: int = 0) -> paddle.Tensor:
+def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, key_len: int) -> paddle.Tensor:
     """A boolean ``[batch, 1, query_len, key_len]`` mask.
 
     Args:
         attention_mask: 4-D 0/1 mask, 1-D ``[batch]`` sep positions, or None (causal).
         batch, query_len: the shape of the current input.
-        key_len: keys the queries attend over (``offset + query_len`` without a
-            cache; the cache's full, static length with one). Keys past
-            ``offset + query_len`` are masked.
-        offset: absolute position of the first query (tokens already cached).
+        key_len: keys the queries attend over (the tokens so far: a decode step's
+            mask is the KV cache's ``key_bias``, not built here).
     """
     if attention_mask is None:
-        mask = _causal(batch, query_len, key_len, offset, sep=paddle.zeros([batch, 1, 1], dtype="int64"))
+        mask = _causal(batch, query_len, key_len, sep=paddle.zeros([batch, 1, 1], dtype="int64"))
     else:
         if not isinstance(attention_mask, paddle.Tensor):
             attention_mask = paddle.to_tensor(np.asarray(attention_mask))
@@ -47,9 +44,9 @@ def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, k
                 raise GLMError(f"attention_mask: a 1-D (sep) mask needs one entry per row ({batch}), "
                                f"got {attention_mask.shape[0]}")
             sep = attention_mask.astype("int64").reshape([batch, 1, 1])  # [b, 1, 1]
-            mask = _causal(batch, query_len, key_len, offset, sep)
+            mask = _causal(batch, query_len, key_len, sep)
         elif attention_mask.ndim == 4:
-            mask = _from_dense(attention_mask, batch, query_len, key_len, offset)
+            mask = _from_dense(attention_mask, batch, query_len, key_len)
         else:
             raise GLMError(
                 f"attention_mask: expected a 4-D [batch, 1, query, key] 0/1 mask, a 1-D [batch] sep mask or None, "
@@ -61,34 +58,24 @@ def build_attention_mask(attention_mask: MaskLike, batch: int, query_len: int, k
     return paddle.logical_or(mask, empty_row)
 
 
-def _causal(batch: int, query_len: int, key_len: int, offset: int, sep: paddle.Tensor) -> paddle.Tensor:
-    """Key j visible to query i iff j <= offset + i, or j < sep (the bidirectional prefix)."""
-    query_pos = paddle.arange(offset, offset + query_len, dtype="int64").reshape([1, query_len, 1])  # [1, q, 1]
+def _causal(batch: int, query_len: int, key_len: int, sep: paddle.Tensor) -> paddle.Tensor:
+    """Key j visible to query i iff j <= i, or j < sep (the bidirectional prefix)."""
+    query_pos = paddle.arange(query_len, dtype="int64").reshape([1, query_len, 1])  # [1, q, 1]
     key_pos = paddle.arange(key_len, dtype="int64").reshape([1, 1, key_len])  # [1, 1, k]
     mask = paddle.logical_or(key_pos <= query_pos, key_pos < sep)  # [b, q, k]
-    mask = paddle.logical_and(mask, key_pos < offset + query_len)
     return mask.reshape([batch, 1, query_len, key_len])
 
 
-def _from_dense(mask: paddle.Tensor, batch: int, query_len: int, key_len: int, offset: int) -> paddle.Tensor:
+def _from_dense(mask: paddle.Tensor, batch: int, query_len: int, key_len: int) -> paddle.Tensor:
     b, heads, rows, cols = mask.shape
     if b != batch or heads != 1:
         raise GLMError(f"attention_mask: expected shape [{batch}, 1, q, k], got {list(mask.shape)}")
-    if rows == offset + query_len and offset:
-        mask = mask[:, :, offset:]  # a full-sequence mask: keep the current queries' rows
-    elif rows != query_len:
-        raise GLMError(f"attention_mask: {rows} query rows for {query_len} new tokens"
-                       + (f" after {offset} cached ones" if offset else ""))
-    if cols > key_len or cols < offset + query_len:
-        raise GLMError(f"attention_mask: {cols} key columns; expected between {offset + query_len} (the tokens "
-                       f"so far) and {key_len} (the keys available)")
+    if rows != query_len or cols != key_len:
+        raise GLMError(f"attention_mask: expected [{batch}, 1, {query_len}, {key_len}] (query rows, key columns) for "
+                       f"{query_len} tokens, got {list(mask.shape)}")
     if mask.dtype != paddle.bool:
         if bool(paddle.logical_and(mask != 0, mask != 1).any()):
             raise GLMError("attention_mask: a 4-D mask must hold 0/1 (1 = may attend), not additive values "
                            "such as 0/-10000")
         mask = mask.astype("bool")
-    if cols < key_len:
-        # columns past the given mask (unused cache slots) are masked
-        pad = paddle.zeros([batch, 1, query_len, key_len - cols], dtype="bool")
-        mask = paddle.concat([mask, pad], axis=-1)
     return mask

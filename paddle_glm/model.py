@@ -13,13 +13,14 @@ import copy
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .attention import BHSD, MATH, SDPA, PreparedMask, attend, cache_layout, device_type, prepare_mask
+from .attention import (BHSD, DECODE_BACKEND, MATH, SDPA, PreparedMask, attend, cache_layout, device_type,
+                        dtype_str, prepare_mask)
 from .config import GLMConfig
-from .devices import use_cpu_threads
 from .errors import GLMError
 from .generation.mixin import GenerationMixin
 from .kv_cache import KVCache
@@ -51,19 +52,20 @@ class GLMAttention(nn.Layer):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
-                layer: int = 0) -> paddle.Tensor:
+                layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         b, s, _ = x.shape
         # [b, s, 3h] -> [b, s, 3, heads, d]: q | k | v, heads one after another within each
         qkv = self.query_key_value(x).reshape([b, s, 3, self.num_heads, self.head_dim])
         layout = cache.layout if cache is not None else cache_layout(mask.backend)
         if layout == BHSD:
-            qkv = qkv.transpose([2, 0, 3, 1, 4])  # [3, b, heads, s, d]
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)  # [3, b, heads, s, d] -> each [b, heads, s, d]
         else:
             q, k, v = qkv.unbind(axis=2)  # each [b, s, heads, d]
         if cache is not None:
-            k_all, v_all = cache.update(layer, k, v)  # full buffers, [b, heads, t, d] or [b, t, heads, d]
-            if cache.length:  # decoding: attend over the whole (static) cache; a prefill only has its own keys
+            # a prefill writes slots 0..s-1 and attends over its own keys; a decode step writes slot
+            # write_index and attends over the whole (static) cache, [b, heads, t, d] or [b, t, heads, d]
+            k_all, v_all = cache.write(layer, k, v, 0 if write_index is None else write_index)
+            if write_index is not None:
                 k, v = k_all, v_all
         context = attend(q, k, v, mask)
         if layout == BHSD:
@@ -94,8 +96,8 @@ class GLMBlock(nn.Layer):
         self.mlp = GLMMLP(config)
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
-                layer: int = 0) -> paddle.Tensor:
-        x = x + self.attention(self.input_layernorm(x), mask, cache, layer)
+                layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        x = x + self.attention(self.input_layernorm(x), mask, cache, layer, write_index)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -112,12 +114,12 @@ class GLMStack(nn.Layer):
         self.final_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
 
     def forward(self, hidden: paddle.Tensor, position_ids: paddle.Tensor, mask: PreparedMask,
-                cache: Optional[KVCache] = None) -> paddle.Tensor:
+                cache: Optional[KVCache] = None, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         hidden = hidden + self.position_embeddings(position_ids[:, 0])
         if self.block_position_encoding:
             hidden = hidden + self.block_position_embeddings(position_ids[:, 1])
         for i, layer in enumerate(self.layers):
-            hidden = layer(hidden, mask, cache, i)
+            hidden = layer(hidden, mask, cache, i, write_index)
         return self.final_layernorm(hidden)
 
 
@@ -125,13 +127,12 @@ class GLMModel(PretrainedMixin, nn.Layer):
     """The GLM transformer: word embeddings (``word_embeddings``) and the stack (``transformer``).
 
     With ``config.output_predict`` its output carries logits tied to the word embeddings.
+    ``forward`` runs whole sequences (and a generation's prefill into a :class:`KVCache`);
+    ``decode_step`` feeds one token per row through the cache.
     """
-
-    base_model_prefix = ""
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        use_cpu_threads()
         self.config = config
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.transformer = GLMStack(config)
@@ -144,63 +145,87 @@ class GLMModel(PretrainedMixin, nn.Layer):
         Args:
             input_ids: int ``[b, s]``.
             position_ids: int ``[b, 2, s]`` (positions, block positions); ``[b, s]`` is accepted
-                when the model has no block positions. Default: ``offset..offset+s-1`` and zeros.
-            attention_mask: 4-D ``[b, 1, s, k]`` 0/1, 1-D ``[b]`` sep, or None (causal); see ``masks.py``.
-            cache: a :class:`KVCache`; the new tokens' keys/values are written at ``cache.length``
-                and attention covers the whole cache (unused slots masked).
+                when the model has no block positions. Default: ``0..s-1`` and zeros.
+            attention_mask: 4-D ``[b, 1, s, s]`` 0/1, 1-D ``[b]`` sep, or None (causal); see ``masks.py``.
+            cache: a :class:`KVCache` to prefill: the tokens' keys/values are written at slots
+                ``0..s-1`` (decode steps then go through :meth:`decode_step`).
             attention_backend: force a backend ("math", "sdpa", "flashmask"); default: chosen per call.
             last_token_only: compute logits for the last position only (``[b, 1, vocab]``), as
                 generation needs; saves the ``[s, vocab]`` projection of a long prompt.
         """
-        input_ids = _as_tensor(input_ids, "int64")
+        input_ids = _int_tensor(input_ids, "input_ids")
+        if input_ids.ndim != 2:
+            raise GLMError(f"input_ids: expected shape [batch, length], got {list(input_ids.shape)}")
+        _check_range(input_ids, "input_ids", self.config.vocab_size, "the vocabulary (vocab_size): ids come from the "
+                     "model's own tokenizer")
         b, s = input_ids.shape
-        offset = cache.length if cache is not None else 0
-        position_ids = self._positions(position_ids, b, s, offset)
-        key_len = cache.max_length if cache is not None and offset else offset + s
-        mask = build_attention_mask(attention_mask, b, s, key_len, offset)
+        position_ids = self._positions(position_ids, b, s)
+        mask = build_attention_mask(attention_mask, b, s, s)
         prepared = prepare_mask(mask, self.word_embeddings.weight.dtype, self.config.head_dim, attention_backend)
         if cache is not None and cache.layout != cache_layout(prepared.backend):
             raise GLMError(f"attention backend {prepared.backend!r} reads a {cache_layout(prepared.backend)} cache, "
                            f"but this cache is {cache.layout}; build it with new_cache(..., attention_backend=...)")
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, prepared, cache)
-        if cache is not None:
-            cache.advance(s)
-        if last_token_only:
-            hidden = hidden[:, -1:]
+        return self._output(hidden[:, -1:] if last_token_only else hidden)
+
+    def decode_step(self, input_ids: paddle.Tensor, position_ids: paddle.Tensor, write_index: paddle.Tensor,
+                    cache: KVCache) -> paddle.Tensor:
+        """One token per row through a prefilled cache: a function of tensors only.
+
+        Shapes are static and nothing synchronises with the host (no checks here: see
+        ``forward`` for validated input), so the step can be wrapped by ``paddle.jit.to_static``
+        or captured as a CUDA graph.
+
+        Args:
+            input_ids: int64 ``[b, 1]``, the tokens to feed.
+            position_ids: int64 ``[b, 2, 1]``, their positions and block positions.
+            write_index: int64 ``[1]``, the cache slot of these tokens (their sequence index).
+            cache: after a prefill, with ``key_bias`` set to what the rows' queries see. The step
+                writes slot ``write_index`` of every layer and reveals it in ``key_bias``.
+
+        Returns:
+            The next-token logits ``[b, vocab]`` (the LM head tied to the word embeddings).
+        """
+        cache.reveal(write_index)  # a token sees its own key
+        mask = PreparedMask(DECODE_BACKEND[cache.layout], bias=cache.key_bias)  # [b, heads, 1, max_length]
+        hidden = self.transformer(self.word_embeddings(input_ids), position_ids, mask, cache, write_index)
+        return paddle.matmul(hidden[:, 0], self.word_embeddings.weight, transpose_y=True)  # [b, vocab]
+
+    def _output(self, hidden: paddle.Tensor) -> GLMOutput:
         logits = None
         if self.config.output_predict:
             logits = paddle.matmul(hidden, self.word_embeddings.weight, transpose_y=True)  # [b, s, vocab]
         return GLMOutput(logits=logits, last_hidden_state=hidden)
 
-    def _positions(self, position_ids, b: int, s: int, offset: int) -> paddle.Tensor:
+    def _positions(self, position_ids, b: int, s: int) -> paddle.Tensor:
         """``[b, 2, s]`` int64 positions (row 1 is ignored without block positions)."""
         if position_ids is None:
-            if offset + s > self.config.max_sequence_length:
-                raise GLMError(f"{offset + s} tokens exceed the model's position table "
+            if s > self.config.max_sequence_length:
+                raise GLMError(f"{s} tokens exceed the model's position table "
                                f"(max_sequence_length={self.config.max_sequence_length})")
-            positions = paddle.arange(offset, offset + s, dtype="int64").expand([b, s])
+            positions = paddle.arange(s, dtype="int64").expand([b, s])
             return paddle.stack([positions, paddle.zeros_like(positions)], axis=1)  # [b, 2, s]
-        position_ids = _as_tensor(position_ids, "int64")
+        position_ids = _int_tensor(position_ids, "position_ids")
         if position_ids.ndim == 2 and not self.config.block_position_encoding:
             position_ids = paddle.stack([position_ids, paddle.zeros_like(position_ids)], axis=1)
         if position_ids.ndim != 3 or position_ids.shape[0] != b or position_ids.shape[1] != 2 or \
                 position_ids.shape[2] != s:
             raise GLMError(f"position_ids: expected shape [{b}, 2, {s}] (positions, block positions), "
                            f"got {list(position_ids.shape)}")
+        _check_range(position_ids, "position_ids", self.config.num_position_embeddings,
+                     "the position table (max_sequence_length + 1 rows with block positions): shorten the input")
         return position_ids
 
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads."""
         backend = attention_backend or (SDPA if device_type() == "gpu" else MATH)
         max_length = -(-max_length // CACHE_ALIGN) * CACHE_ALIGN  # fused kernels want aligned key lengths
-        return KVCache(self.config.num_layers, batch, max_length, self.transformer.layers[0].attention.num_heads,
-                       self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
+        return KVCache.allocate(self.config.num_layers, batch, max_length, self.transformer.layers[0].attention.num_heads,
+                                self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
 
 
 class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
     """GLM with its language-model head (logits tied to the word embeddings); the base model is ``glm``."""
-
-    base_model_prefix = "glm"
 
     def __init__(self, config: GLMConfig):
         super().__init__()
@@ -215,12 +240,34 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
         """See :meth:`GLMModel.forward`; the output always has ``logits``."""
         return self.glm(input_ids, position_ids, attention_mask, cache, attention_backend, last_token_only)
 
+    def decode_step(self, input_ids: paddle.Tensor, position_ids: paddle.Tensor, write_index: paddle.Tensor,
+                    cache: KVCache) -> paddle.Tensor:
+        """See :meth:`GLMModel.decode_step`."""
+        return self.glm.decode_step(input_ids, position_ids, write_index, cache)
+
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         return self.glm.new_cache(batch, max_length, attention_backend)
 
 
-def _as_tensor(value, dtype: str) -> paddle.Tensor:
-    """Paddle tensor of ``dtype`` from a tensor, numpy array or list."""
+_INT_DTYPES = (paddle.int64, paddle.int32, paddle.int16, paddle.int8, paddle.uint8)
+
+
+def _int_tensor(value, name: str) -> paddle.Tensor:
+    """int64 tensor from an integer tensor, numpy array or list; floats are refused, not truncated."""
     if not isinstance(value, paddle.Tensor):
-        value = paddle.to_tensor(value)
-    return value if value.dtype == getattr(paddle, dtype) else value.astype(dtype)
+        array = np.asarray(value)
+        if array.dtype.kind not in "iu":
+            raise GLMError(f"{name}: expected integer ids, got {array.dtype} values")
+        return paddle.to_tensor(array.astype("int64"))
+    if value.dtype not in _INT_DTYPES:
+        raise GLMError(f"{name}: expected integer ids, got {dtype_str(value.dtype)} values")
+    return value if value.dtype == paddle.int64 else value.astype("int64")
+
+
+def _check_range(ids: paddle.Tensor, name: str, limit: int, table: str) -> None:
+    """A one-line error for an id outside ``[0, limit)``, which an embedding lookup would read out of bounds."""
+    if ids.size == 0:
+        return
+    low, high = (int(x) for x in paddle.stack([ids.min(), ids.max()]).numpy())  # one host synchronisation
+    if low < 0 or high >= limit:
+        raise GLMError(f"{name}: value {low if low < 0 else high} is outside [0, {limit}), {table}")

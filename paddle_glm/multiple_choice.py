@@ -33,8 +33,6 @@ class GLMForMultipleChoice(PretrainedMixin, nn.Layer):
     choice's score is the sum of its tokens' log-probabilities at its span positions.
     """
 
-    base_model_prefix = "glm"
-
     def __init__(self, config: GLMConfig):
         super().__init__()
         config = copy.deepcopy(config)

@@ -9,7 +9,7 @@ import paddle
 from .checkpoint.loader import load_checkpoint
 from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .config import GLMConfig
-from .devices import default_dtype, resolve_dtype
+from .devices import default_dtype, resolve_dtype, use_cpu_threads
 from .io_utils import parse_size, require_local_dir
 
 
@@ -35,6 +35,7 @@ class PretrainedMixin:
                 job, each reading only its slices (see ``paddle_glm/parallel.py``).
         """
         require_local_dir(path)
+        use_cpu_threads()  # an entry point: the process will compute with this model
         config = GLMConfig.from_pretrained(path)
         dtype = resolve_dtype(dtype)
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).

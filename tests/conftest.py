@@ -1,7 +1,6 @@
 """Shared test fixtures: tiny configs and PaddleNLP reference models on identical weights."""
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -28,26 +27,22 @@ def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForC
     transformers = pytest.importorskip("paddlenlp.transformers", reason="PaddleNLP (the reference) is not installed")
     paddle.seed(seed)
     config = transformers.GLMConfig(output_predict=True, **NO_DROPOUT, **config_kwargs)
-    model = getattr(transformers, cls_name)(config)
-    _randomize(model, seed, spread)
-    return model
+    return randomized(getattr(transformers, cls_name)(config), seed, spread)
 
 
-def ours_random(config_kwargs: dict, seed: int = 0, spread: bool = False, cls=None):
-    """Our GLM with random weights drawn as :func:`paddlenlp_model` draws them, without PaddleNLP:
+def random_model(config_kwargs: dict, seed: int = 0, spread: bool = False, cls=None):
+    """Our model (default GLMForConditionalGeneration) with the random weights of :func:`paddlenlp_model`,
     for tests whose reference is not PaddleNLP (cache vs recompute, hand-built inputs, files)."""
     import paddle_glm
 
     cls = cls or paddle_glm.GLMForConditionalGeneration
     paddle.seed(seed)
-    model = cls(paddle_glm.GLMConfig(**NO_DROPOUT, **config_kwargs))
-    _randomize(model, seed, spread)
-    return model
+    return randomized(cls(paddle_glm.GLMConfig(**NO_DROPOUT, **config_kwargs)), seed, spread)
 
 
-def _randomize(model, seed: int, spread: bool) -> None:
-    """Random-but-not-trivial LayerNorms and biases, so a swapped tensor cannot go unnoticed; with
-    ``spread``, larger random matrices too. Leaves the model in eval mode."""
+def randomized(model, seed: int, spread: bool):
+    """``model`` with random-but-not-trivial LayerNorms and biases (so a swapped tensor cannot go
+    unnoticed), larger matrices when ``spread``, in eval mode."""
     rng = np.random.default_rng(seed)
     for name, p in model.state_dict().items():
         if len(p.shape) == 1:
@@ -55,6 +50,7 @@ def _randomize(model, seed: int, spread: bool) -> None:
         elif spread:
             p.set_value(rng.normal(0.0, 0.5 if "embeddings" in name else 0.2, p.shape).astype("float32"))
     model.eval()
+    return model
 
 
 def ours_from(reference, config_kwargs: dict, cls=None):

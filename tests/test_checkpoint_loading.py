@@ -3,8 +3,6 @@ import json
 import os
 import re
 import pickle
-import shutil
-import warnings
 
 import numpy as np
 import paddle

@@ -1,5 +1,6 @@
 """CPU thread policy: Paddle defaults to one thread; paddle_glm uses the cores it may run on."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +35,45 @@ def test_bad_values_are_named(env, value):
     env.setenv(THREADS_ENV, value)
     with pytest.raises(GLMError, match=THREADS_ENV):
         cpu_thread_count()
+
+
+@pytest.fixture
+def thread_calls(monkeypatch):
+    """Records every call of Paddle's private thread setter (and makes it do nothing)."""
+    import paddle
+
+    calls = []
+    monkeypatch.setattr(paddle.base.core, "set_num_threads", calls.append)
+    return calls
+
+
+def test_building_a_model_changes_no_process_wide_setting(thread_calls):
+    import paddle
+
+    from paddle_glm import GLMConfig, GLMForConditionalGeneration
+
+    dtype, device = paddle.get_default_dtype(), paddle.get_device()
+    config = GLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=50, max_sequence_length=16)
+    GLMForConditionalGeneration(config)
+    with paddle.LazyGuard():
+        GLMForConditionalGeneration(config)
+    assert thread_calls == []
+    assert (paddle.get_default_dtype(), paddle.get_device()) == (dtype, device)
+
+
+def test_from_pretrained_is_an_entry_point_that_sets_threads(tmp_path, env, thread_calls):
+    from paddle_glm import GLMConfig, GLMForConditionalGeneration
+
+    env.setenv(THREADS_ENV, "3")
+    config = GLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=50, max_sequence_length=16)
+    GLMForConditionalGeneration(config).save_pretrained(str(tmp_path))
+    assert thread_calls == []
+    GLMForConditionalGeneration.from_pretrained(str(tmp_path), show_progress=False)
+    assert thread_calls == [3]
+
+
+def test_only_devices_calls_the_private_thread_api():
+    root = Path(__file__).resolve().parent.parent
+    callers = [str(path.relative_to(root)) for folder in ("paddle_glm", "benchmarks", "tools")
+               for path in (root / folder).rglob("*.py") if "set_num_threads" in path.read_text(encoding="utf-8")]
+    assert callers == ["paddle_glm/devices.py"]

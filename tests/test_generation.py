@@ -4,7 +4,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from conftest import TINY_A, TINY_B, generation_batch, ours_from, paddlenlp_model
+from conftest import TINY_A, TINY_B, generation_batch, ours_from, paddlenlp_model, random_model
 
 from paddle_glm import GLMError
 from paddle_glm.generation import GenerateOutput, TextIteratorStreamer, TextStreamer, TokenCollector
@@ -17,6 +17,12 @@ GEN = 10
 def pair(request):
     ref = paddlenlp_model(request.param, seed=13, spread=True)
     return request.param, ref, ours_from(ref, request.param)
+
+
+@pytest.fixture(scope="module", params=[TINY_A, TINY_B], ids=["tiny_a", "tiny_b"])
+def own(request):
+    """Our model alone (random weights): for the tests that need no reference."""
+    return request.param, random_model(request.param, seed=13, spread=True)
 
 
 def glm_inputs(cfg, lengths=(9, 6), mask_at=(3, 5), gen=GEN, seed=1):
@@ -47,8 +53,8 @@ def an_eos_for(row, others=(), first=2):
 # ---- 1. cache vs recompute -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sampling"])
-def test_cache_equals_recompute(pair, sample):
-    cfg, _, ours = pair
+def test_cache_equals_recompute(own, sample):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     kw = dict(max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None, return_dict_in_generate=True,
               do_sample=sample, top_k=20, seed=5)
@@ -61,9 +67,9 @@ def test_cache_equals_recompute(pair, sample):
     assert len(set(cached.sequences.numpy()[:, prompt.shape[1]:].ravel().tolist())) > 2  # not degenerate
 
 
-def test_cache_equals_recompute_without_glm_inputs(pair):
+def test_cache_equals_recompute_without_glm_inputs(own):
     """A plain causal prompt (no positions, no mask): the cache path still equals recomputation."""
-    cfg, _, ours = pair
+    cfg, ours = own
     prompt = np.random.default_rng(3).integers(0, cfg["vocab_size"], (2, 6)).astype("int64")
     kw = dict(max_new_tokens=6, bad_words_ids=[], eos_token_id=None, return_dict_in_generate=True)
     cached, fresh = ours.generate(prompt, **kw), ours.generate(prompt, use_cache=False, **kw)
@@ -224,8 +230,8 @@ def test_beam_search_matches_paddlenlp(pair, num_beams):
     np.testing.assert_array_equal(pad_to(got[:, n0:]), pad_to(theirs))
 
 
-def test_beam_search_cache_equals_recompute(pair):
-    cfg, _, ours = pair
+def test_beam_search_cache_equals_recompute(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, gen=6)
     kw = dict(max_new_tokens=6, num_beams=3, bad_words_ids=[], eos_token_id=None)
     np.testing.assert_array_equal(ours.generate(prompt, pos, mask, **kw).numpy(),

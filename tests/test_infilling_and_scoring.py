@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ours_from, ours_random, paddlenlp_model
+from conftest import ours_from, random_model, paddlenlp_model
 from tokenizer_helpers import TOKENIZER_DIR
 
 from paddle_glm import GLMError
@@ -21,7 +21,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    return ours_random(CFG, seed=21, spread=True)
+    return random_model(CFG, seed=21, spread=True)
 
 
 def _greedy_span(model, ids, positions, blocks, part_a, eop, room):

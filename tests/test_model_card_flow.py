@@ -1,8 +1,7 @@
 """The glm-10b-chinese model card's usage, in Paddle form, runs verbatim."""
-import numpy as np
 import pytest
 
-from conftest import ours_random
+from conftest import random_model
 from tokenizer_helpers import TOKENIZER_DIR
 
 from paddle_glm import GLMChineseTokenizer
@@ -15,7 +14,7 @@ TEXT = "凯旋门位于意大利米兰市古城堡旁。1807年为纪念[MASK]�
 
 @pytest.fixture(scope="module")
 def setup():
-    model = ours_random(CFG, seed=5, spread=True)
+    model = random_model(CFG, seed=5, spread=True)
     model.config.bad_words_id = [1209]
     return model, GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
 

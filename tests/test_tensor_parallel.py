@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import TINY_A, TINY_B, ours_random, paddlenlp_model
+from conftest import TINY_A, TINY_B, random_model, paddlenlp_model
 from tokenizer_helpers import TOKENIZER_DIR
 from tp_worker import GENERATE, generation_inputs
 
@@ -125,7 +125,7 @@ def test_errors_inside_a_job(job):
 
 def test_outside_a_launched_job(tmp_path, monkeypatch):
     monkeypatch.delenv("PADDLE_TRAINERS_NUM", raising=False)
-    ours_random(TINY_A).save_pretrained(str(tmp_path))
+    random_model(TINY_A).save_pretrained(str(tmp_path))
     with pytest.raises(GLMError, match=r"needs a job of N processes: start it with `python -m "
                                        r"paddle.distributed.launch --nproc_per_node N"):
         GLMForConditionalGeneration.from_pretrained(str(tmp_path), tensor_parallel=True)
@@ -148,7 +148,7 @@ def test_check_split_messages():
 @pytest.fixture(scope="module")
 def cli_model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tp_cli")
-    ours_random(dict(TINY_A, vocab_size=1210, bad_words_id=[1209]), seed=5, spread=True).save_pretrained(
+    random_model(dict(TINY_A, vocab_size=1210, bad_words_id=[1209]), seed=5, spread=True).save_pretrained(
         str(directory), max_shard_size="60KB")
     GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR)).save_pretrained(str(directory))
     return directory

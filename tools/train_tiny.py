@@ -26,6 +26,7 @@ import sentencepiece as spm
 
 from blank_infilling import batches, build_sample, choose_blanks, collate
 from paddle_glm import GLMConfig, GLMForConditionalGeneration
+from paddle_glm.devices import use_cpu_threads
 from paddle_glm.tokenizer import MODEL_FILE, GLMChineseTokenizer
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "zh_corpus.txt"
@@ -199,6 +200,7 @@ def worker(args, lines, model_file: str, start: float) -> None:
         dist.init_parallel_env()
         rank = dist.get_rank()
     paddle.set_device("cpu")
+    use_cpu_threads()  # an entry point: building the model sets no threads
     paddle.seed(args.seed)
     np.random.seed(args.seed)
     tokenizer = GLMChineseTokenizer(model_file)

@@ -58,12 +58,15 @@ def expand_for_beams(inputs: GenerationInputs, num_beams: int) -> GenerationInpu
 
 
 def beam_search(model, inputs: GenerationInputs, new_tokens: int, num_beams: int, settings: LogitsSettings, *,
-                length_penalty: float, eos_token_id: Optional[int], pad_token_id: int, use_cache: bool
-                ) -> Tuple[paddle.Tensor, np.ndarray]:
-    """The best sequence per input row ``[b, prompt + generated]`` (eos appended, then padding) and its score."""
+                length_penalty: float, eos_token_id: Optional[int], pad_token_id: int, use_cache: bool,
+                decode_step=None) -> Tuple[paddle.Tensor, np.ndarray]:
+    """The best sequence per input row ``[b, prompt + generated]`` (eos appended, then padding) and its score.
+
+    ``decode_step`` replaces ``model.decode_step`` (e.g. :func:`~paddle_glm.generation.decode.static_decode_step`).
+    """
     b, n0 = inputs.batch_size, inputs.prompt_length
     inputs = expand_for_beams(inputs, num_beams)
-    stepper = Stepper(model, inputs, b * num_beams, use_cache)
+    stepper = Stepper(model, inputs, b * num_beams, use_cache, decode_step)
     sequences = inputs.input_ids
     beam_scores = np.zeros((b, num_beams), dtype=np.float64)
     beam_scores[:, 1:] = _UNREACHABLE

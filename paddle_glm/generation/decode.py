@@ -7,6 +7,8 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
+from ..errors import GLMError
+from ..kv_cache import KVCache
 from .inputs import GenerationInputs
 from .logits_process import LogitsSettings, greedy_choice, process_logits, sample_choice
 
@@ -22,27 +24,32 @@ class StepRecord:
 class Stepper:
     """Runs the model on the next token(s) at sequence index ``start``, with or without a KV cache.
 
-    With the cache, ``prefill`` writes the prompt's keys/values and ``step`` feeds one
-    token per row; without it (``use_cache=False``, the reference path) every call
-    recomputes the whole sequence so far.
+    With the cache, the first call prefills it with the prompt and every later call is one
+    :meth:`~paddle_glm.GLMModel.decode_step` (``decode_step``: eager, or its ``paddle.jit.to_static``
+    wrapper); without it (``use_cache=False``, the reference path) every call recomputes the
+    whole sequence so far.
     """
 
-    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool):
+    def __init__(self, model, inputs: GenerationInputs, batch: int, use_cache: bool, decode_step=None):
         self.model = model
         self.inputs = inputs
         self.cache = model.new_cache(batch, inputs.total) if use_cache else None
+        self.decode_step = decode_step or model.decode_step
 
     def logits(self, sequences: paddle.Tensor, start: int) -> paddle.Tensor:
         """Next-token logits ``[rows, vocab]`` after feeding ``sequences[:, start:]``."""
         end = sequences.shape[1]
         pos, mask = self.inputs.position_ids, self.inputs.mask
-        if self.cache is not None:
-            # a prefill attends over its own keys, a decode step over the whole cache
-            keys = end if start == 0 else self.cache.max_length
-            out = self.model(sequences[:, start:], pos[:, :, start:end], mask[:, :, start:end, :keys],
-                             cache=self.cache, last_token_only=True)
-        else:
+        if self.cache is None:
             out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], last_token_only=True)
+        elif start == 0:
+            out = self.model(sequences, pos[:, :, :end], mask[:, :, :end, :end], cache=self.cache,
+                             last_token_only=True)
+            if end < self.inputs.total:
+                self.cache.show(context_visibility(mask, end))
+        else:  # one token per row; its sequence index is its cache slot
+            index = paddle.full([1], start, dtype="int64")
+            return self.decode_step(sequences[:, start:], pos[:, :, start:end], index, self.cache)
         return out.logits[:, -1]
 
     def reorder(self, index: paddle.Tensor) -> None:
@@ -51,17 +58,55 @@ class Stepper:
             self.cache.reorder(index)
 
 
+def context_visibility(mask: paddle.Tensor, prompt: int) -> paddle.Tensor:
+    """Boolean ``[b, prompt]``: the prompt columns a generated token sees, from the generation mask's rows.
+
+    Generated column j is visible to rows ``i >= j`` only (``prepare_inputs`` makes it so), and
+    a decode step reveals its own cache slot, so one vector per row serves every step, provided
+    that the generated rows agree on the prompt columns, which GLM's layout does.
+    """
+    context = mask[:, 0, prompt:, :prompt]  # [b, generated, prompt]
+    first = context[:, :1]  # [b, 1, prompt]
+    if not bool((context == first).all()):
+        raise GLMError("attention_mask: the generated tokens' rows see different prompt columns; the KV cache "
+                       "keeps one visibility vector per row (GLM's layout), so use use_cache=False for this mask")
+    return first[:, 0]
+
+
+def static_decode_step(model):
+    """``model.decode_step`` under ``paddle.jit.to_static`` (traced at its first call, per input shape).
+
+    The cache goes in as its tensors: an object argument would be traced once per object, with
+    its tensors frozen in. Generation uses the eager ``model.decode_step``: this one traces again
+    for every batch size and cache length (3-5 s on the glm-large shape on CPU), which a
+    ``generate`` call of a few dozen tokens does not win back; per step the two are within
+    ~5% on an idle 2-core CPU (``benchmarks/bench_generate.py``, "static vs eager decode step";
+    under CPU contention the static step degrades less). Pass this as ``decode_step`` to
+    :func:`decode` / :func:`~paddle_glm.generation.beam.beam_search` to use it.
+    """
+    def on_buffers(input_ids, position_ids, write_index, keys, values, key_bias, layout):
+        return model.decode_step(input_ids, position_ids, write_index, KVCache(keys, values, key_bias, layout))
+
+    compiled = paddle.jit.to_static(on_buffers, full_graph=True)
+
+    def step(input_ids, position_ids, write_index, cache: KVCache) -> paddle.Tensor:
+        return compiled(input_ids, position_ids, write_index, cache.keys, cache.values, cache.key_bias, cache.layout)
+
+    return step
+
+
 def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSettings, *, sampling: bool,
            rng: Optional[np.random.Generator], eos_token_id: Optional[int], pad_token_id: int, use_cache: bool,
-           streamer=None, record: Optional[StepRecord] = None) -> paddle.Tensor:
+           streamer=None, record: Optional[StepRecord] = None, decode_step=None) -> paddle.Tensor:
     """Generate up to ``new_tokens`` tokens per row; returns the full sequences ``[b, prompt + generated]``.
 
     Rows stop independently at ``eos_token_id`` and are padded with ``pad_token_id``
-    afterwards; the loop ends early once every row has stopped.
+    afterwards; the loop ends early once every row has stopped. ``decode_step`` replaces
+    ``model.decode_step`` (e.g. :func:`static_decode_step`).
     """
     sequences = inputs.input_ids
     b = sequences.shape[0]
-    stepper = Stepper(model, inputs, b, use_cache)
+    stepper = Stepper(model, inputs, b, use_cache, decode_step)
     finished = paddle.zeros([b], dtype="bool")
     start = 0
     for step in range(new_tokens):
