@@ -189,12 +189,14 @@ class GLMModel(PretrainedMixin, nn.Layer):
         cache.reveal(write_index)  # a token sees its own key
         mask = PreparedMask(DECODE_BACKEND[cache.layout], bias=cache.key_bias)  # [b, heads, 1, max_length]
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, mask, cache, write_index)
-        return paddle.matmul(hidden[:, 0], self.word_embeddings.weight, transpose_y=True)  # [b, vocab]
+        return self.lm_logits(hidden[:, 0])  # [b, vocab]
+
+    def lm_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        """The LM head, tied to the word embeddings: ``[..., hidden]`` -> ``[..., vocab]``."""
+        return paddle.matmul(hidden, self.word_embeddings.weight, transpose_y=True)
 
     def _output(self, hidden: paddle.Tensor) -> GLMOutput:
-        logits = None
-        if self.config.output_predict:
-            logits = paddle.matmul(hidden, self.word_embeddings.weight, transpose_y=True)  # [b, s, vocab]
+        logits = self.lm_logits(hidden) if self.config.output_predict else None  # [b, s, vocab]
         return GLMOutput(logits=logits, last_hidden_state=hidden)
 
     def _positions(self, position_ids, b: int, s: int) -> paddle.Tensor:

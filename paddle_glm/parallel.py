@@ -197,11 +197,12 @@ class VocabParallelEmbedding(nn.Layer):
         return all_reduce_sum(rows * mine.unsqueeze(-1).astype(rows.dtype))
 
 
-def _gather_logits(layer, inputs, output):
-    """Forward post-hook of the base model: the rank's ``[b, s, vocab/N]`` logits -> ``[b, s, vocab]``."""
-    if output.logits is not None:
-        output.logits = all_gather_last_axis(output.logits)
-    return output
+class GatheredLogits:
+    """Mixed into the base model's class: the tied LM head's ``[..., vocab/N]`` logits of this rank,
+    gathered to ``[..., vocab]`` on every rank (for ``forward`` and ``decode_step`` alike)."""
+
+    def lm_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        return all_gather_last_axis(super().lm_logits(hidden))
 
 
 @dataclass
@@ -261,13 +262,14 @@ class TensorParallelModel:
         dist.barrier()
 
 
-_CLASSES: Dict[type, type] = {}
+_CLASSES: Dict[Tuple[type, type], type] = {}
 
 
-def _tensor_parallel_class(cls: type) -> type:
-    if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"TensorParallel{cls.__name__}", (TensorParallelModel, cls), {})
-    return _CLASSES[cls]
+def _with_mixin(mixin: type, cls: type) -> type:
+    """``cls`` with ``mixin``'s methods in front (one class per pair, so isinstance checks hold)."""
+    if (mixin, cls) not in _CLASSES:
+        _CLASSES[mixin, cls] = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {})
+    return _CLASSES[mixin, cls]
 
 
 def parallelize(model: nn.Layer, rank: Optional[int] = None, world: Optional[int] = None) -> TensorParallel:
@@ -302,8 +304,8 @@ def parallelize(model: nn.Layer, rank: Optional[int] = None, world: Optional[int
     rows = base.config.vocab_size // world
     _swap(base, "word_embeddings", VocabParallelEmbedding(rows, hidden, rank * rows, _dtype(base.word_embeddings)),
           tp, "word_embeddings")
-    base.register_forward_post_hook(_gather_logits)
-    model.__class__ = _tensor_parallel_class(type(model))
+    base.__class__ = _with_mixin(GatheredLogits, type(base))
+    model.__class__ = _with_mixin(TensorParallelModel, type(model))
     model.tensor_parallel = tp
     if paddle.get_device() == "cpu" and not os.environ.get(THREADS_ENV):
         # the ranks on one machine share its cores
