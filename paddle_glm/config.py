@@ -37,6 +37,9 @@ _DEFAULTS: Dict[str, Any] = {
     "pool_token": "cls",
     "layernorm_epsilon": 1e-5,
     "bad_words_id": None,
+    # training (PaddleNLP reads label_smoothing from its config too; recompute = activation recompute)
+    "label_smoothing": 0.0,
+    "recompute": False,
 }
 
 # Alternative spellings accepted on input (HF / PaddleNLP attribute_map).

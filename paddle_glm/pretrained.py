@@ -20,7 +20,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
-                        show_progress: bool = True):
+                        show_progress: bool = True, recompute: bool = False):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -31,9 +31,11 @@ class PretrainedMixin:
                 Tensors are cast while loading.
             strict: raise if the checkpoint lacks a model tensor (else initialise it randomly).
             show_progress: a progress bar per shard on stderr (when it is a terminal).
+            recompute: set ``config.recompute`` (recompute each block in the backward pass when training).
         """
         require_local_dir(path)
         config = GLMConfig.from_pretrained(path)
+        config.recompute = config.recompute or recompute
         dtype = resolve_dtype(dtype)
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():
