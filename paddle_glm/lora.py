@@ -199,9 +199,15 @@ def load_adapter(model: nn.Layer, directory: str) -> nn.Layer:
     if not os.path.isdir(directory):
         raise GLMError(f"{directory}: no such adapter directory")
     config = LoRAConfig.from_file(os.path.join(directory, CONFIG_FILE))
-    path = os.path.join(directory, WEIGHTS_FILE)
-    arrays = load_pdparams(path)
+    arrays = load_pdparams(os.path.join(directory, WEIGHTS_FILE))  # read before changing the model
     apply_lora(model, config)
+    return load_adapter_weights(model, directory, arrays)
+
+
+def load_adapter_weights(model: nn.Layer, directory: str, arrays: Optional[Dict[str, np.ndarray]] = None) -> nn.Layer:
+    """Set the adapter weights of a model with LoRA already applied from ``directory``'s weights file."""
+    path = os.path.join(directory, WEIGHTS_FILE)
+    arrays = load_pdparams(path) if arrays is None else arrays
     expected = adapter_state(model)
     missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or unexpected:

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "convert": ".convert_cmd",
     "info": ".info_cmd",
     "demo": ".demo_cmd",
+    "finetune": ".finetune_cmd",
 }
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # finetune --nproc re-runs the command line
     try:
         return int(args.run(args) or 0)
     except GLMError as e:
