@@ -1,7 +1,7 @@
 """Training checkpoints ``OUT/checkpoint-STEP/``: everything a resumed run needs to continue exactly.
 
-A checkpoint holds the model (PaddleNLP layout) or the LoRA adapter, ``optimizer.pdopt``,
-``scheduler.pdparams``, ``rng_state.pkl`` (Paddle's, numpy's and Python's generators) and
+A checkpoint holds the model (PaddleNLP layout) or the LoRA adapter, ``optimizer.pdopt``
+(AdamW's moments and the LR schedule's position), ``rng_state.pkl`` (Paddle's, numpy's and Python's generators) and
 ``trainer_state.json`` (the step and the data position). It is written into a temporary
 directory and renamed into place: a crash leaves the previous checkpoints intact and never a
 half-written one.
@@ -13,8 +13,9 @@ import os
 import pickle
 import random
 import re
+import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import paddle
@@ -27,7 +28,6 @@ from ..lora import load_adapter_weights, save_adapter
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pdopt"
-SCHEDULER_FILE = "scheduler.pdparams"
 RNG_FILE = "rng_state.pkl"
 
 
@@ -56,7 +56,7 @@ def latest_checkpoint(out: str) -> Optional[str]:
     return checkpoint_dir(out, max(steps)) if steps else None
 
 
-def save_checkpoint(out: str, model, optimizer, scheduler, state: TrainerState, lora: bool) -> str:
+def save_checkpoint(out: str, model, optimizer, state: TrainerState, lora: bool) -> str:
     """Write ``OUT/checkpoint-STEP`` atomically; returns its path."""
     path = checkpoint_dir(out, state.step)
     with atomic_output_dir(path, overwrite=True) as tmp:
@@ -64,8 +64,7 @@ def save_checkpoint(out: str, model, optimizer, scheduler, state: TrainerState, 
             save_adapter(model, tmp)
         else:
             model.save_pretrained(tmp, safe_serialization=False)
-        paddle.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
-        paddle.save(scheduler.state_dict(), os.path.join(tmp, SCHEDULER_FILE))
+        paddle.save(_renamed(optimizer.state_dict(), _by_param_name(model)), os.path.join(tmp, OPTIMIZER_FILE))
         with open(os.path.join(tmp, RNG_FILE), "wb") as f:
             pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(),
                          "python": random.getstate()}, f)
@@ -74,8 +73,8 @@ def save_checkpoint(out: str, model, optimizer, scheduler, state: TrainerState, 
     return path
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, lora: bool) -> TrainerState:
-    """Restore the model (or adapter), optimizer, schedule and RNG states from ``path``; returns its state.
+def load_checkpoint(path: str, model, optimizer, lora: bool) -> TrainerState:
+    """Restore the model (or adapter), the optimizer (with its LR schedule) and the RNG states from ``path``; returns its state.
 
     ``model`` is the freshly built model (with the LoRA layers applied when ``lora``).
     These files are this program's own (pickles): resume only from checkpoints you wrote.
@@ -83,14 +82,36 @@ def load_checkpoint(path: str, model, optimizer, scheduler, lora: bool) -> Train
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         state = TrainerState(**json.load(f))
     if lora:
-        _load_adapter_weights(model, path)
+        load_adapter_weights(model, path)
     else:
         load_weights(model, path, dtype_str(model.parameters()[0].dtype), show_progress=False)
-    optimizer.set_state_dict(paddle.load(os.path.join(path, OPTIMIZER_FILE)))
-    scheduler.set_state_dict(paddle.load(os.path.join(path, SCHEDULER_FILE)))
+    to_param_name = {structured: name for name, structured in _by_param_name(model).items()}
+    with warnings.catch_warnings():  # Paddle's LinearWarmup counts its inner schedule's state as "unused"
+        warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
+        optimizer.set_state_dict(_renamed(paddle.load(os.path.join(path, OPTIMIZER_FILE)), to_param_name))
     with open(os.path.join(path, RNG_FILE), "rb") as f:
         rng = pickle.load(f)
     paddle.set_rng_state(rng["paddle"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     return state
+
+
+def _by_param_name(model) -> Dict[str, str]:
+    """Paddle's generated parameter name (``linear_3.w_0``) -> the structured name
+    (``glm.transformer.layers.0.attention.dense.weight``). The generated names depend on how many
+    layers the process built before, so a checkpoint keys the optimizer state by the structured ones."""
+    return {p.name: name for name, p in model.named_parameters()}
+
+
+def _renamed(state: Dict, names: Dict[str, str]) -> Dict:
+    """The optimizer state with each accumulator key ``PARAM_moment1_0`` (and the AMP master weights)
+    renamed by ``names``."""
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights":  # AMP: {param name: tensor}
+            out[key] = {names.get(k, k): v for k, v in value.items()}
+            continue
+        prefix = next((key[:i] for i in range(len(key), 0, -1) if key[:i] in names and key[i:i + 1] == "_"), None)
+        out[names[prefix] + key[len(prefix):] if prefix else key] = value
+    return out

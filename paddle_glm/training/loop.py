@@ -136,6 +136,18 @@ def build_optimizer(model, schedule, args: FinetuneArgs):
                                   if args.max_grad_norm > 0 else None)
 
 
+class _Loss(paddle.nn.Layer):
+    """The model's loss as a bare tensor: ``paddle.DataParallel`` finds the tensors of an output in
+    tensors, lists and dicts only (not in the model's output dataclass), and syncs gradients from them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch) -> paddle.Tensor:
+        return self.model(**batch).loss
+
+
 class _Mean:
     """Loss sums across processes (an all_reduce when there are several)."""
 
@@ -155,12 +167,12 @@ def _tensors(batch: Dict) -> Dict[str, paddle.Tensor]:
 
 
 def evaluate(model, loader, mean: _Mean) -> float:
-    """The mean loss over the eval data (each process its share, then averaged)."""
+    """The mean loss over the eval data (each process its share, then averaged); ``model`` returns the loss."""
     model.eval()
     total, count = 0.0, 0
     with paddle.no_grad():
         for batch in loader:
-            total += float(model(**_tensors(batch)).loss)
+            total += float(model(**_tensors(batch)))
             count += 1
     model.train()
     loss_sum, batches = mean([total, float(count)])
@@ -208,13 +220,13 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     state = TrainerState(world_size=world_size, batch_size=args.batch_size, grad_accum=args.grad_accum)
     if args.resume:
         path = latest_checkpoint(args.out)
-        state = load_checkpoint(path, model, optimizer, schedule, args.lora)
+        state = load_checkpoint(path, model, optimizer, args.lora)
         if (state.world_size, state.batch_size, state.grad_accum) != (world_size, args.batch_size, args.grad_accum):
             raise GLMError(f"{path}: written by a run of {state.world_size} process(es), --batch-size "
                            f"{state.batch_size}, --grad-accum {state.grad_accum}; resume with the same")
     elif rank == 0 and os.path.isdir(args.out) and args.overwrite:
         shutil.rmtree(args.out)
-    train_model = paddle.DataParallel(model) if world_size > 1 else model
+    train_model = paddle.DataParallel(_Loss(model)) if world_size > 1 else _Loss(model)
     mean = _Mean(world_size)
 
     bar = tqdm(total=total_steps, initial=state.step, desc="finetune", unit="step", disable=None if rank == 0 else True,
@@ -231,7 +243,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
             sync = contextlib.nullcontext() if final_micro or world_size == 1 else train_model.no_sync()
             with sync:
                 with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O2", dtype=amp_dtype or "float16"):
-                    loss = train_model(**batch).loss / args.grad_accum
+                    loss = train_model(**batch) / args.grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
             accumulated += float(loss)
             tokens += int(batch["input_ids"].shape[0] * batch["input_ids"].shape[1]) * world_size
@@ -256,7 +268,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
                 if rank == 0:
                     bar.write(f"step {state.step}: eval loss {eval_loss:.4f}", file=sys.stderr)
             if rank == 0 and args.save_steps and state.step % args.save_steps == 0:
-                save_checkpoint(args.out, model, optimizer, schedule, state, args.lora)
+                save_checkpoint(args.out, model, optimizer, state, args.lora)
             if state.step >= total_steps:
                 break
         else:
