@@ -140,7 +140,9 @@ class GLMStack(nn.Layer):
         recompute = self.config.recompute and self.training and cache is None and not hidden.stop_gradient
         for i, layer in enumerate(self.layers):
             if recompute:  # keep only each block's input; rerun the block in the backward pass
-                hidden = fleet_recompute(layer, hidden, mask, None, i, preserve_rng_state=True)
+                # (non-reentrant: paddle.DataParallel's gradient hooks then fire once per parameter)
+                hidden = fleet_recompute(layer, hidden, mask, None, i, preserve_rng_state=True,
+                                         use_reentrant=False)
             else:
                 hidden = layer(hidden, mask, cache, i)
         return self.final_layernorm(hidden)

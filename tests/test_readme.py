@@ -58,6 +58,8 @@ def brief(argv, scratch):
     arguments, and the exit codes that count as success."""
     if "tools/train_tiny.py" in argv:
         return ["--steps", "30"], (0,)
+    if "finetune" in argv:  # two steps, a checkpoint after each (for the --resume command)
+        return ["--max-steps", "2", "--save-steps", "1"], (0,)
     if "benchmarks/run_all.py" in argv:  # exit code 1 = ran, but missed a target: expected of a tiny model
         return ["--model", "glm-tiny-test", "--work", str(scratch), "--out", str(scratch)], (0, 1)
     return [], (0,)
@@ -71,17 +73,21 @@ def test_every_shell_command_runs(model_dir, tmp_path):
     for i, command in enumerate(commands):
         src = torch_layout if "torch_to_paddle" in command else model_dir
         command = (command.replace("MODEL_DIR", str(model_dir)).replace("SRC_DIR", str(src))
-                   .replace("DST_DIR", str(tmp_path / f"dst{i}"))
+                   .replace("DST_DIR", str(tmp_path / f"dst{i}")).replace("ADAPTER_DIR", str(tmp_path / "adapter"))
+                   .replace("OUT_DIR", str(tmp_path / "finetuned")).replace("LOG_DIR", str(tmp_path / "launch_logs"))
                    .replace("--out paddle_glm/demo_model", f"--out {tmp_path / f'out{i}'}"))
         argv = shlex.split(command)
         extra, success = brief(argv, tmp_path / f"brief{i}")
         argv += extra
-        if argv[0] == "paddle-glm":
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        if "$(" in command:  # a shell command line (the raw launcher): this venv's python and paddle-glm first
+            env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+            argv = ["bash", "-c", " ".join([command] + [shlex.quote(a) for a in extra])]
+        elif argv[0] == "paddle-glm":
             argv = [sys.executable, "-m", "paddle_glm", *argv[1:]]
         elif argv[0] == "python":
             argv = [sys.executable, *argv[1:]]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent,
-                              env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent, env=env)
         assert proc.returncode in success, f"{command}\n{proc.stderr[-2000:]}"
 
 
