@@ -219,6 +219,16 @@ def load_adapter_weights(model: nn.Layer, directory: str, arrays: Optional[Dict[
     return model
 
 
+def describe_adapter(directory: str) -> str:
+    """One line on the adapter in ``directory``: rank, scaling, targets, wrapped layers, parameters."""
+    lora = LoRAConfig.from_file(os.path.join(directory, CONFIG_FILE))
+    arrays = load_pdparams(os.path.join(directory, WEIGHTS_FILE))
+    count = sum(int(np.prod(a.shape)) for a in arrays.values())
+    layers = len({name.rsplit(".", 1)[0] for name in arrays})
+    return (f"adapter: {directory}: LoRA r={lora.r}, alpha={lora.lora_alpha:g} (scaling {lora.scaling:g}), "
+            f"targets {lora.target_modules}, {layers} Linear layers wrapped, {count:,} parameters")
+
+
 def merge_lora(model: nn.Layer) -> nn.Layer:
     """Fold every adapter into its Linear's weight and put plain Linears back; returns ``model``."""
     for name, layer in _lora_layers(model).items():

@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
                     "and the memory the weights need in each dtype. Reads config.json, the index and file headers "
                     "only.")
     parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument("--adapter", metavar="DIR", help="also describe this LoRA adapter")
     parser.set_defaults(run=run)
 
 
@@ -66,4 +67,8 @@ def run(args: argparse.Namespace) -> int:
     kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size
     print(f"KV cache per sequence at {config.max_sequence_length} tokens: float32 {kv * 4 / GB:.3f} GB, "
           f"float16/bfloat16 {kv * 2 / GB:.3f} GB")
+    if args.adapter:
+        from ..lora import describe_adapter
+
+        print(describe_adapter(args.adapter))
     return 0

@@ -136,7 +136,7 @@ def build_optimizer(model, schedule, args: FinetuneArgs):
                                   if args.max_grad_norm > 0 else None)
 
 
-class _Loss(paddle.nn.Layer):
+class ModelLoss(paddle.nn.Layer):
     """The model's loss as a bare tensor: ``paddle.DataParallel`` finds the tensors of an output in
     tensors, lists and dicts only (not in the model's output dataclass), and syncs gradients from them."""
 
@@ -226,7 +226,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
                            f"{state.batch_size}, --grad-accum {state.grad_accum}; resume with the same")
     elif rank == 0 and os.path.isdir(args.out) and args.overwrite:
         shutil.rmtree(args.out)
-    train_model = paddle.DataParallel(_Loss(model)) if world_size > 1 else _Loss(model)
+    train_model = paddle.DataParallel(ModelLoss(model)) if world_size > 1 else ModelLoss(model)
     mean = _Mean(world_size)
 
     bar = tqdm(total=total_steps, initial=state.step, desc="finetune", unit="step", disable=None if rank == 0 else True,
