@@ -265,7 +265,7 @@ def lm_loss(logits: paddle.Tensor, labels, loss_mask=None, label_smoothing: floa
     the vocabulary, then averaged over the positions where ``loss_mask`` is 1 (all without it).
     Computed in float32.
     """
-    logits = logits.astype("float32")
+    logits = _as_tensor(logits, "float32")
     labels = _as_tensor(labels, "int64")
     if list(labels.shape) != list(logits.shape[:2]):
         raise GLMError(f"labels: expected shape {list(logits.shape[:2])} (one per input token), "
