@@ -1,4 +1,4 @@
-"""Run the load, convert and generate benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate and train benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
 
@@ -24,6 +24,7 @@ BENCHMARKS = [
     ("Loading", ["bench_load.py"]),
     ("Conversion", ["bench_convert.py"]),
     ("Generation", ["bench_generate.py"]),
+    ("Training", ["bench_train.py"]),
 ]
 
 

@@ -177,3 +177,29 @@ def test_shipped_example_learns_the_facts(tmp_path):
 
     assert answered(Model.from_pretrained(demo, show_progress=False)) == 0
     assert answered(load_adapter(Model.from_pretrained(demo, show_progress=False), str(adapter))) >= 4
+
+
+# ---- --adapter on the CLI ---------------------------------------------------------------------
+
+def test_adapter_flag_on_generate_fill_info(tiny, tmp_path, capsys):
+    from paddle_glm.lora import LoRAConfig, apply_lora, merge_lora, save_adapter
+
+    paddle.seed(2)
+    model = apply_lora(Model.from_pretrained(tiny, show_progress=False), LoRAConfig(r=2, lora_alpha=64))
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            p.set_value(np.random.default_rng(0).normal(0, 1, p.shape).astype("float32"))
+    save_adapter(model, str(tmp_path / "adapter"))
+    tokenizer = GLMChineseTokenizer.from_pretrained(tiny)
+    expected = fill_blanks(merge_lora(model), tokenizer, "北京是[MASK]。", max_new_tokens=4)[0]
+    base = fill_blanks(Model.from_pretrained(tiny, show_progress=False), tokenizer, "北京是[MASK]。",
+                       max_new_tokens=4)[0]
+    assert expected != base  # the adapter changes the answer
+    code, captured = _run(["fill", tiny, "北京是[MASK]。", "--adapter", str(tmp_path / "adapter"),
+                           "--max-new-tokens", "4"], capsys)
+    assert code == 0 and captured.out.splitlines()[0] == expected
+    code, captured = _run(["generate", tiny, "北京是[MASK]。", "--adapter", str(tmp_path / "adapter"),
+                           "--max-new-tokens", "4"], capsys)
+    assert code == 0 and expected.startswith("北京是" + captured.out.strip())
+    code, captured = _run(["info", tiny, "--adapter", str(tmp_path / "adapter")], capsys)
+    assert code == 0 and "LoRA r=2, alpha=64 (scaling 32)" in captured.out and "2 Linear layers" in captured.out

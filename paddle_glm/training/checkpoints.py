@@ -1,8 +1,9 @@
 """Training checkpoints ``OUT/checkpoint-STEP/``: everything a resumed run needs to continue exactly.
 
 A checkpoint holds the model (PaddleNLP layout) or the LoRA adapter, ``optimizer.pdopt``
-(AdamW's moments and the LR schedule's position), ``rng_state.pkl`` (Paddle's, numpy's and Python's generators) and
-``trainer_state.json`` (the step and the data position). It is written into a temporary
+(AdamW's moments and the LR schedule's position) and ``trainer_state.json`` (the step, the data
+position and the seed). The random state needs no file: every micro-batch reseeds Paddle's
+generator from (seed, step, micro-batch, rank), see :func:`micro_batch_seed`. It is written into a temporary
 directory and renamed into place: a crash leaves the previous checkpoints intact and never a
 half-written one.
 """
@@ -10,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import random
 import re
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
-import numpy as np
 import paddle
 
 from ..attention import dtype_str
@@ -28,12 +26,12 @@ from ..lora import load_adapter_weights, save_adapter
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pdopt"
-RNG_FILE = "rng_state.pkl"
 
 
 @dataclass
 class TrainerState:
-    """Where training stands: optimizer steps done, and the data position (epoch, batches of it consumed)."""
+    """Where training stands: optimizer steps done, the data position (epoch, batches of it consumed),
+    and the settings a resumed run must share."""
 
     step: int = 0
     epoch: int = 0
@@ -41,6 +39,13 @@ class TrainerState:
     world_size: int = 1
     batch_size: int = 1
     grad_accum: int = 1
+    seed: int = 0
+
+
+def micro_batch_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The seed of Paddle's generator (dropout) for one micro-batch: the same in a resumed run as in an
+    uninterrupted one, and different in every process."""
+    return (seed * 1_000_003 + step * 1009 + micro * 101 + rank) % 2**63
 
 
 def checkpoint_dir(out: str, step: int) -> str:
@@ -65,19 +70,16 @@ def save_checkpoint(out: str, model, optimizer, state: TrainerState, lora: bool)
         else:
             model.save_pretrained(tmp, safe_serialization=False)
         paddle.save(_renamed(optimizer.state_dict(), _by_param_name(model)), os.path.join(tmp, OPTIMIZER_FILE))
-        with open(os.path.join(tmp, RNG_FILE), "wb") as f:
-            pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state(),
-                         "python": random.getstate()}, f)
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(asdict(state), f, indent=2)
     return path
 
 
 def load_checkpoint(path: str, model, optimizer, lora: bool) -> TrainerState:
-    """Restore the model (or adapter), the optimizer (with its LR schedule) and the RNG states from ``path``; returns its state.
+    """Restore the model (or adapter) and the optimizer (with its LR schedule); returns the trainer state.
 
-    ``model`` is the freshly built model (with the LoRA layers applied when ``lora``).
-    These files are this program's own (pickles): resume only from checkpoints you wrote.
+    ``model`` is the freshly built model (with the LoRA layers applied when ``lora``). The
+    optimizer file is a pickle (``paddle.load``): resume only from checkpoints you wrote.
     """
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         state = TrainerState(**json.load(f))
@@ -89,11 +91,6 @@ def load_checkpoint(path: str, model, optimizer, lora: bool) -> TrainerState:
     with warnings.catch_warnings():  # Paddle's LinearWarmup counts its inner schedule's state as "unused"
         warnings.filterwarnings("ignore", message="There are some unused values in state_dict")
         optimizer.set_state_dict(_renamed(paddle.load(os.path.join(path, OPTIMIZER_FILE)), to_param_name))
-    with open(os.path.join(path, RNG_FILE), "rb") as f:
-        rng = pickle.load(f)
-    paddle.set_rng_state(rng["paddle"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
     return state
 
 

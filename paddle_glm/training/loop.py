@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import numpy as np
 import paddle
 import paddle.distributed as dist
 from tqdm.auto import tqdm
@@ -27,7 +25,7 @@ from ..devices import resolve_dtype, use_cpu_threads
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import LoRAConfig, apply_lora, save_adapter
-from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, micro_batch_seed, save_checkpoint
 from .data import Collate, Example, data_loader, read_jsonl
 from .launch import rank_and_world
 
@@ -189,9 +187,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     if world_size > 1:
         dist.init_parallel_env()
     use_cpu_threads()
-    paddle.seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
+    paddle.seed(args.seed)  # the LoRA initialisation
     on_gpu = paddle.get_device().startswith("gpu")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
     model = GLMForConditionalGeneration.from_pretrained(args.model_dir, recompute=args.recompute,
@@ -217,13 +213,16 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
         model, optimizer = paddle.amp.decorate(models=model, optimizers=optimizer, level="O2", dtype=amp_dtype)
         scaler = paddle.amp.GradScaler() if amp_dtype == "float16" else None
 
-    state = TrainerState(world_size=world_size, batch_size=args.batch_size, grad_accum=args.grad_accum)
+    state = TrainerState(world_size=world_size, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         seed=args.seed)
     if args.resume:
         path = latest_checkpoint(args.out)
         state = load_checkpoint(path, model, optimizer, args.lora)
-        if (state.world_size, state.batch_size, state.grad_accum) != (world_size, args.batch_size, args.grad_accum):
+        if (state.world_size, state.batch_size, state.grad_accum, state.seed) != \
+                (world_size, args.batch_size, args.grad_accum, args.seed):
             raise GLMError(f"{path}: written by a run of {state.world_size} process(es), --batch-size "
-                           f"{state.batch_size}, --grad-accum {state.grad_accum}; resume with the same")
+                           f"{state.batch_size}, --grad-accum {state.grad_accum}, --seed {state.seed}; "
+                           "resume with the same")
     elif rank == 0 and os.path.isdir(args.out) and args.overwrite:
         shutil.rmtree(args.out)
     train_model = paddle.DataParallel(ModelLoss(model)) if world_size > 1 else ModelLoss(model)
@@ -240,6 +239,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
             micro += 1
             final_micro = micro == args.grad_accum or state.batches_in_epoch == batches_per_epoch
             batch = _tensors(batch)
+            paddle.seed(micro_batch_seed(args.seed, state.step, micro, rank))
             sync = contextlib.nullcontext() if final_micro or world_size == 1 else train_model.no_sync()
             with sync:
                 with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O2", dtype=amp_dtype or "float16"):
