@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--lora", action="store_true", help="train a LoRA adapter on the qkv projections only")
     group.add_argument("--lora-rank", type=int, default=8, help="adapter rank r (default 8)")
     group.add_argument("--lora-alpha", type=float, default=None, help="scaling numerator (default 2 * rank)")
+    group.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the adapters' input (default 0)")
     group = parser.add_argument_group("schedule")
     group.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     group.add_argument("--epochs", type=float, default=1.0, help="passes over --train (default 1)")

@@ -88,8 +88,9 @@ def check_inputs(args: FinetuneArgs) -> Inputs:
         raise GLMError(f"--max-steps: must be at least 1, got {args.max_steps}")
     if args.epochs <= 0:
         raise GLMError(f"--epochs: must be positive, got {args.epochs}")
-    if not 0 <= args.warmup_ratio < 1 or not 0 <= args.label_smoothing < 1:
-        raise GLMError("--warmup-ratio and --label-smoothing: must be in [0, 1)")
+    for name in ("warmup_ratio", "label_smoothing", "lora_dropout"):
+        if not 0 <= getattr(args, name) < 1:
+            raise GLMError(f"--{name.replace('_', '-')}: must be in [0, 1), got {getattr(args, name)}")
     resolve_dtype(args.dtype)
     require_local_dir(args.model_dir)
     config = GLMConfig.from_pretrained(args.model_dir)
@@ -177,9 +178,33 @@ def evaluate(model, loader, mean: _Mean) -> float:
     return loss_sum / max(batches, 1.0)
 
 
+def build_model(args: FinetuneArgs, show_progress: bool):
+    """The model to train: loaded (with ``recompute`` and ``label_smoothing`` set), LoRA applied with ``--lora``."""
+    from ..model import GLMForConditionalGeneration
+
+    paddle.seed(args.seed)  # the LoRA initialisation
+    model = GLMForConditionalGeneration.from_pretrained(args.model_dir, recompute=args.recompute,
+                                                        show_progress=show_progress)
+    model.config.label_smoothing = args.label_smoothing
+    if args.lora:
+        apply_lora(model, LoRAConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
+                                     lora_dropout=args.lora_dropout, base_model_name_or_path=args.model_dir))
+    model.train()
+    return model
+
+
+def optimizer_step(optimizer, scaler) -> None:
+    """Apply the accumulated gradients (through the float16 loss scaler when there is one) and clear them."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.clear_grad()
+
+
 def finetune(args: FinetuneArgs) -> Dict[str, float]:
     """Train as ``args`` says and write the result into ``args.out``; returns the run's summary figures."""
-    from ..model import GLMForConditionalGeneration
     from ..tokenizer import GLMChineseTokenizer
 
     inputs = check_inputs(args)
@@ -187,16 +212,8 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     if world_size > 1:
         dist.init_parallel_env()
     use_cpu_threads()
-    paddle.seed(args.seed)  # the LoRA initialisation
-    on_gpu = paddle.get_device().startswith("gpu")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
-    model = GLMForConditionalGeneration.from_pretrained(args.model_dir, recompute=args.recompute,
-                                                        show_progress=rank == 0)
-    model.config.label_smoothing = args.label_smoothing
-    if args.lora:
-        apply_lora(model, LoRAConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank,
-                                     lora_dropout=args.lora_dropout, base_model_name_or_path=args.model_dir))
-    model.train()
+    model = build_model(args, show_progress=rank == 0)
 
     collate = Collate(tokenizer, inputs.src_length, inputs.tgt_length)
     loader = data_loader(inputs.train, collate, args.batch_size, world_size, rank, args.seed)
@@ -228,8 +245,8 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     train_model = paddle.DataParallel(ModelLoss(model)) if world_size > 1 else ModelLoss(model)
     mean = _Mean(world_size)
 
-    bar = tqdm(total=total_steps, initial=state.step, desc="finetune", unit="step", disable=None if rank == 0 else True,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=state.step, desc="finetune", unit="step", file=sys.stderr,
+               disable=None if rank == 0 else True, dynamic_ncols=True)  # None: off when not a terminal
     start, tokens, last_loss, eval_loss = time.perf_counter(), 0, float("nan"), None
     accumulated, micro = 0.0, 0
     while state.step < total_steps:
@@ -249,12 +266,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
             tokens += int(batch["input_ids"].shape[0] * batch["input_ids"].shape[1]) * world_size
             if not final_micro:
                 continue
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.clear_grad()
+            optimizer_step(optimizer, scaler)
             lr = schedule.get_lr()
             schedule.step()
             state.step += 1
