@@ -93,6 +93,8 @@ def test_fp16_on_cpu_and_nonempty_out(tiny, tmp_path, capsys):
     assert captured.err.count("\n") == 1 and os.listdir(out) == ["keep.txt"]
     code, captured = _run(["finetune", tiny, "--train", data, "--out", str(out), "--resume"], capsys)
     assert code != 0 and "no checkpoint-STEP" in captured.err and os.listdir(out) == ["keep.txt"]
+    code, captured = _run(["finetune", tiny, "--train", data, "--out", tiny, "--overwrite"], capsys)
+    assert code != 0 and "an input of this run" in captured.err and os.path.isfile(os.path.join(tiny, "config.json"))
 
 
 # ---- 7. resume equals an uninterrupted run ------------------------------------------------------

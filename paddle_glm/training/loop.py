@@ -105,6 +105,11 @@ def check_inputs(args: FinetuneArgs) -> Inputs:
     evaluation = read_jsonl(args.eval) if args.eval else None
     if args.resume and args.overwrite:
         raise GLMError("--resume continues the run in --out; --overwrite starts afresh: give one of them")
+    out = os.path.realpath(args.out)
+    for source in filter(None, (args.model_dir, args.train, args.eval)):
+        source = os.path.realpath(source)
+        if source == out or source.startswith(out + os.sep):
+            raise GLMError(f"--out {args.out}: holds {source}, an input of this run; write somewhere else")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise GLMError(f"--out {args.out}: exists and is not a directory")
     if args.resume:
