@@ -73,7 +73,7 @@ class GLMAttention(nn.Layer):
         layout = cache.layout if cache is not None else cache_layout(mask.backend)
         if layout == BHSD:
             qkv = qkv.transpose([2, 0, 3, 1, 4])  # [3, b, heads, s, d]
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.unbind(axis=0)  # one backward op (indexing scatters three full-size grads)
         else:
             q, k, v = qkv.unbind(axis=2)  # each [b, s, heads, d]
         if cache is not None:
