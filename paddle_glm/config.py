@@ -37,10 +37,10 @@ _DEFAULTS: Dict[str, Any] = {
     "pool_token": "cls",
     "layernorm_epsilon": 1e-5,
     "bad_words_id": None,
-    # training (PaddleNLP reads label_smoothing from its config too; recompute = activation recompute)
-    "label_smoothing": 0.0,
-    "recompute": False,
 }
+# Training settings (PaddleNLP reads label_smoothing from its config too; recompute = activation
+# recompute): attributes like the fields above, written to config.json only when not the default.
+_TRAINING_DEFAULTS: Dict[str, Any] = {"label_smoothing": 0.0, "recompute": False}
 
 # Alternative spellings accepted on input (HF / PaddleNLP attribute_map).
 _ALIASES = {"num_hidden_layers": "num_layers"}
@@ -65,7 +65,7 @@ class GLMConfig:
                 if name in kwargs and kwargs[name] != value:
                     raise GLMError(f"GLMConfig: '{alias}'={value} contradicts '{name}'={kwargs[name]}")
                 kwargs[name] = value
-        for name, default in _DEFAULTS.items():
+        for name, default in {**_DEFAULTS, **_TRAINING_DEFAULTS}.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
         self.extra: Dict[str, Any] = kwargs
         self.validate()
@@ -106,6 +106,8 @@ class GLMConfig:
     # -- (de)serialisation ------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         out = {name: copy.deepcopy(getattr(self, name)) for name in _DEFAULTS}
+        out.update({name: getattr(self, name) for name, default in _TRAINING_DEFAULTS.items()
+                    if getattr(self, name) != default})
         out.update(copy.deepcopy(self.extra))
         out.setdefault("model_type", "glm")
         return dict(sorted(out.items()))
