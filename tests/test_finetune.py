@@ -68,12 +68,13 @@ def tiny(tmp_path_factory):
     ('{"src": "a[MASK]", "tgt": "b"}\n\n{"src": "c"}\n', r":3: missing \"tgt\""),
     ('{"tgt": "b"}\n', r":1: missing \"src\""),
     ("", r":1: no examples"),
+    ('{"src": "[MASK]' + "北京" * 40 + '", "tgt": "b"}\n', r":1: .*would remove every mask token"),
 ])
 def test_bad_data_is_one_line_error(tiny, tmp_path, capsys, content, expected):
     data = tmp_path / "train.jsonl"
     data.write_text(content, encoding="utf-8")
     out = tmp_path / "out"
-    code, captured = _run(["finetune", tiny, "--train", str(data), "--out", str(out)], capsys)
+    code, captured = _run(["finetune", tiny, "--train", str(data), "--out", str(out), "--src-length", "16"], capsys)
     assert code != 0
     line = captured.err.strip()
     assert "\n" not in line and line.startswith(f"paddle-glm finetune: error: {data}:"), line

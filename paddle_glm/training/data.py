@@ -24,6 +24,7 @@ MASK_TOKENS = ("[MASK]", "[sMASK]", "[gMASK]")
 class Example:
     src: str
     tgt: str
+    line: int  # in its file, for error messages
 
 
 def read_jsonl(path: str) -> List[Example]:
@@ -49,7 +50,7 @@ def read_jsonl(path: str) -> List[Example]:
             if not isinstance(record.get(key), str) or not record[key]:
                 raise GLMError(f"{path}:{number}: missing \"{key}\" (a non-empty string; each line is "
                                "{\"src\": \"text with [MASK]\", \"tgt\": \"what fills it\"})")
-        examples.append(Example(record["src"], record["tgt"]))
+        examples.append(Example(record["src"], record["tgt"], number))
     if not examples:
         raise GLMError(f"{path}:1: no examples (the file is empty)")
     return examples
@@ -58,6 +59,16 @@ def read_jsonl(path: str) -> List[Example]:
 def with_mask(src: str) -> str:
     """``src``, with ``[gMASK]`` appended when it has no mask token."""
     return src if any(token in src for token in MASK_TOKENS) else src + "[gMASK]"
+
+
+def check_examples(tokenizer, path: str, examples: Sequence[Example], src_length: int) -> None:
+    """Tokenize every source as training will, so that a problem is reported before training starts
+    (``FILE:LINE: ...``), not in the middle of it."""
+    for example in examples:
+        try:
+            tokenizer(with_mask(example.src), truncation=True, max_length=src_length)
+        except GLMError as e:
+            raise GLMError(f"{path}:{example.line}: {e} (--src-length {src_length})") from None
 
 
 class ExampleDataset(paddle.io.Dataset):

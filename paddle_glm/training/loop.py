@@ -26,7 +26,7 @@ from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import LoRAConfig, apply_lora, save_adapter
 from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, micro_batch_seed, save_checkpoint
-from .data import Collate, Example, data_loader, read_jsonl
+from .data import Collate, Example, check_examples, data_loader, read_jsonl
 from .launch import rank_and_world
 
 # PaddleNLP's GLM example (llm/glm): 608 source and 160 target tokens.
@@ -101,8 +101,13 @@ def check_inputs(args: FinetuneArgs) -> Inputs:
     if src_length > config.max_sequence_length or not 3 <= tgt_length <= config.max_sequence_length:
         raise GLMError(f"--src-length {src_length} / --tgt-length {tgt_length}: each must be at most the model's "
                        f"max_sequence_length ({config.max_sequence_length}); --tgt-length at least 3")
+    from ..tokenizer import GLMChineseTokenizer
+
     train = read_jsonl(args.train)
     evaluation = read_jsonl(args.eval) if args.eval else None
+    tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
+    for path, examples in ((args.train, train), (args.eval, evaluation or [])):
+        check_examples(tokenizer, path, examples, src_length)
     if args.resume and args.overwrite:
         raise GLMError("--resume continues the run in --out; --overwrite starts afresh: give one of them")
     out = os.path.realpath(args.out)
