@@ -6,7 +6,8 @@ case runs in its own process, which reports its RSS after setup (imports, weight
 the median step time after one warm-up step (wall and CPU seconds: on a shared machine other
 processes' load inflates the first, not the second), and its peak RSS (``ru_maxrss``):
 
-* ours, full finetuning, vs PaddleNLP 2.8.1's ``GLMForConditionalGeneration`` (target: no slower);
+* ours, full finetuning, vs PaddleNLP 2.8.1's ``GLMForConditionalGeneration`` (target: no slower,
+  judged on CPU seconds per step);
 * ours with ``recompute=True`` (target: at least halves the activation memory, i.e. peak RSS minus
   RSS after setup minus gradients and AdamW's two moments, which appear during the steps);
 * ours with a LoRA adapter (r=8 on the qkv projections): step time and peak RSS.
@@ -140,7 +141,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
-    ok = r["recompute_activation_ratio"] <= 0.5 and r.get("time_ratio_vs_paddlenlp", 0) <= 1
+    # judged on CPU seconds: the wall time of a process on a shared machine says more about the others' load
+    ok = r["recompute_activation_ratio"] <= 0.5 and r.get("cpu_time_ratio_vs_paddlenlp", 0) <= 1
     return 0 if ok else 1
 
 
