@@ -1,4 +1,4 @@
-"""Run the load, convert, generate, tensor-parallel and serve benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate, tensor-parallel, serve and train benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
 
@@ -26,8 +26,9 @@ BENCHMARKS = [
     ("Generation", ["bench_generate.py"]),
     ("Tensor parallelism", ["bench_tp.py"]),
     ("Serving", ["bench_serve.py"]),
+    ("Training", ["bench_train.py"]),
 ]
-PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py")  # the scripts that also measure PaddleNLP
+PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py", "bench_train.py")  # the scripts that also measure PaddleNLP
 
 
 def machine() -> str:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
-        if command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py") and work != default_work:
+        if command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py") and work != default_work:
             extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])
         print(f"running {shown} ...", file=sys.stderr, flush=True)

@@ -147,8 +147,11 @@ def prepare_mask(mask: paddle.Tensor, dtype, head_dim: int, backend: Optional[st
     return PreparedMask(backend, bias=additive_bias(mask, dtype))
 
 
-def attend(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: PreparedMask) -> paddle.Tensor:
+def attend(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: PreparedMask,
+           dropout: float = 0.0) -> paddle.Tensor:
     """Softmax attention with 1/sqrt(head_dim) scaling, in the backend's layout (see ``LAYOUT``).
+
+    ``dropout`` > 0 drops attention probabilities (training only; the caller passes 0 in eval mode).
 
     Returns the context in the same layout as ``q``.
     """
@@ -156,7 +159,11 @@ def attend(q: paddle.Tensor, k: paddle.Tensor, v: paddle.Tensor, mask: PreparedM
         # q [b, h, s, d] . k [b, h, t, d]^T -> scores [b, h, s, t]
         q = q * (q.shape[-1] ** -0.5)  # scale before the product: smaller intermediate values
         scores = paddle.matmul(q, k, transpose_y=True) + mask.bias
-        return paddle.matmul(F.softmax(scores, axis=-1), v)  # [b, h, s, d]
+        probs = F.softmax(scores, axis=-1)
+        if dropout:
+            probs = F.dropout(probs, dropout)
+        return paddle.matmul(probs, v)  # [b, h, s, d]
     if mask.backend == FLASHMASK:
-        return F.flashmask_attention(q, k, v, startend_row_indices=mask.startend_row_indices, causal=False)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bias, training=False)
+        return F.flashmask_attention(q, k, v, startend_row_indices=mask.startend_row_indices, causal=False,
+                                     dropout=dropout, training=dropout > 0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.bias, dropout_p=dropout, training=dropout > 0)

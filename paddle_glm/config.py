@@ -39,6 +39,9 @@ _DEFAULTS: Dict[str, Any] = {
     "layernorm_epsilon": 1e-5,
     "bad_words_id": None,
 }
+# Training settings (PaddleNLP reads label_smoothing from its config too; recompute = activation
+# recompute): attributes like the fields above, written to config.json only when not the default.
+_TRAINING_DEFAULTS: Dict[str, Any] = {"label_smoothing": 0.0, "recompute": False}
 
 # Alternative spellings accepted on input (HF / PaddleNLP attribute_map).
 _ALIASES = {"num_hidden_layers": "num_layers"}
@@ -63,7 +66,7 @@ class GLMConfig:
                 if name in kwargs and kwargs[name] != value:
                     raise GLMError(f"GLMConfig: '{alias}'={value} contradicts '{name}'={kwargs[name]}")
                 kwargs[name] = value
-        for name, default in _DEFAULTS.items():
+        for name, default in {**_DEFAULTS, **_TRAINING_DEFAULTS}.items():
             setattr(self, name, copy.deepcopy(kwargs.pop(name, default)))
         self.extra: Dict[str, Any] = kwargs
         # Fields a config file left out (set by from_json_file): their values are defaults, not facts.
@@ -121,6 +124,8 @@ class GLMConfig:
     # -- (de)serialisation ------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         out = {name: copy.deepcopy(getattr(self, name)) for name in _DEFAULTS}
+        out.update({name: getattr(self, name) for name, default in _TRAINING_DEFAULTS.items()
+                    if getattr(self, name) != default})
         out.update(copy.deepcopy(self.extra))
         out.setdefault("model_type", "glm")
         return dict(sorted(out.items()))

@@ -17,6 +17,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle.distributed.fleet.utils import recompute as fleet_recompute
 
 from .attention import (BHSD, DECODE_BACKEND, MATH, SDPA, PreparedMask, attend, cache_layout, device_type,
                         dtype_str, prepare_mask)
@@ -34,11 +35,23 @@ CACHE_ALIGN = 8
 
 @dataclass
 class GLMOutput:
-    """``logits`` ``[b, s, vocab]`` (None for a GLMModel without output_predict) and
-    ``last_hidden_state`` ``[b, s, hidden]``."""
+    """``logits`` ``[b, s, vocab]`` (None for a GLMModel without output_predict),
+    ``last_hidden_state`` ``[b, s, hidden]`` and, when labels were given, the scalar ``loss``."""
 
     logits: Optional[paddle.Tensor]
     last_hidden_state: paddle.Tensor
+    loss: Optional[paddle.Tensor] = None
+
+
+def _init(config: GLMConfig) -> paddle.ParamAttr:
+    """GLM's initialisation of Linear and Embedding weights (biases start at 0, LayerNorms at 1/0).
+    Under ``paddle.LazyGuard`` (loading) it never runs."""
+    return paddle.ParamAttr(initializer=nn.initializer.Normal(0.0, config.initializer_range))
+
+
+def _dropout(layer: nn.Dropout, x: paddle.Tensor) -> paddle.Tensor:
+    """``layer(x)`` in train mode; ``x`` itself in eval mode (no copy, so inference is unchanged)."""
+    return layer(x) if layer.training else x
 
 
 class GLMAttention(nn.Layer):
@@ -48,8 +61,10 @@ class GLMAttention(nn.Layer):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, weight_attr=_init(config))
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, weight_attr=_init(config))
+        self.attention_dropout_prob = config.attention_dropout_prob
+        self.output_dropout = nn.Dropout(config.output_dropout_prob)
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
                 layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
@@ -67,10 +82,10 @@ class GLMAttention(nn.Layer):
             k_all, v_all = cache.write(layer, k, v, 0 if write_index is None else write_index)
             if write_index is not None:
                 k, v = k_all, v_all
-        context = attend(q, k, v, mask)
+        context = attend(q, k, v, mask, self.attention_dropout_prob if self.training else 0.0)
         if layout == BHSD:
             context = context.transpose([0, 2, 1, 3])  # [b, heads, s, d] -> [b, s, heads, d]
-        return self.dense(context.reshape([b, s, self.num_heads * self.head_dim]))
+        return _dropout(self.output_dropout, self.dense(context.reshape([b, s, self.num_heads * self.head_dim])))
 
 
 class GLMMLP(nn.Layer):
@@ -78,11 +93,12 @@ class GLMMLP(nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
-        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size, weight_attr=_init(config))
+        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size, weight_attr=_init(config))
+        self.dropout = nn.Dropout(config.output_dropout_prob)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=True))
+        return _dropout(self.dropout, self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate=True)))
 
 
 class GLMBlock(nn.Layer):
@@ -106,10 +122,14 @@ class GLMStack(nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
+        self.config = config
         self.block_position_encoding = config.block_position_encoding
-        self.position_embeddings = nn.Embedding(config.num_position_embeddings, config.hidden_size)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
+        self.position_embeddings = nn.Embedding(config.num_position_embeddings, config.hidden_size,
+                                                weight_attr=_init(config))
         if config.block_position_encoding:
-            self.block_position_embeddings = nn.Embedding(config.num_position_embeddings, config.hidden_size)
+            self.block_position_embeddings = nn.Embedding(config.num_position_embeddings, config.hidden_size,
+                                                          weight_attr=_init(config))
         self.layers = nn.LayerList([GLMBlock(config) for _ in range(config.num_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
 
@@ -118,8 +138,15 @@ class GLMStack(nn.Layer):
         hidden = hidden + self.position_embeddings(position_ids[:, 0])
         if self.block_position_encoding:
             hidden = hidden + self.block_position_embeddings(position_ids[:, 1])
+        hidden = _dropout(self.embedding_dropout, hidden)
+        recompute = self.config.recompute and self.training and cache is None and not hidden.stop_gradient
         for i, layer in enumerate(self.layers):
-            hidden = layer(hidden, mask, cache, i, write_index)
+            if recompute:  # keep only each block's input; rerun the block in the backward pass
+                # (non-reentrant: paddle.DataParallel's gradient hooks then fire once per parameter)
+                hidden = fleet_recompute(layer, hidden, mask, None, i, preserve_rng_state=True,
+                                         use_reentrant=False)
+            else:
+                hidden = layer(hidden, mask, cache, i, write_index)
         return self.final_layernorm(hidden)
 
 
@@ -134,7 +161,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, weight_attr=_init(config))
         self.transformer = GLMStack(config)
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None,
@@ -238,9 +265,22 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
 
     def forward(self, input_ids, position_ids=None, attention_mask: MaskLike = None,
                 cache: Optional[KVCache] = None, attention_backend: Optional[str] = None,
-                last_token_only: bool = False) -> GLMOutput:
-        """See :meth:`GLMModel.forward`; the output always has ``logits``."""
-        return self.glm(input_ids, position_ids, attention_mask, cache, attention_backend, last_token_only)
+                last_token_only: bool = False, labels=None, loss_mask=None, label_ids=None) -> GLMOutput:
+        """See :meth:`GLMModel.forward`; the output always has ``logits``.
+
+        With ``labels`` ``[b, s]`` (PaddleNLP's name ``label_ids`` is accepted too) the output
+        carries ``loss``: see :func:`lm_loss`. ``labels`` and ``loss_mask`` are what
+        ``tokenizer.build_inputs_for_generation(..., targets=...)`` returns.
+        """
+        if labels is not None and label_ids is not None:
+            raise GLMError("give labels or label_ids (the same thing under PaddleNLP's name), not both")
+        labels = labels if labels is not None else label_ids
+        if labels is not None and last_token_only:
+            raise GLMError("labels: a loss needs the logits of every position, not last_token_only")
+        output = self.glm(input_ids, position_ids, attention_mask, cache, attention_backend, last_token_only)
+        if labels is not None:
+            output.loss = lm_loss(output.logits, labels, loss_mask, self.config.label_smoothing)
+        return output
 
     def decode_step(self, input_ids: paddle.Tensor, position_ids: paddle.Tensor, write_index: paddle.Tensor,
                     cache: KVCache) -> paddle.Tensor:
@@ -249,6 +289,36 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
 
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         return self.glm.new_cache(batch, max_length, attention_backend)
+
+
+def lm_loss(logits: paddle.Tensor, labels, loss_mask=None, label_smoothing: float = 0.0) -> paddle.Tensor:
+    """PaddleNLP 2.8.1's GLM loss: per-token cross entropy of ``logits`` ``[b, s, V]`` against
+    ``labels`` ``[b, s]``, mixed with ``label_smoothing`` times the mean of ``-log_softmax`` over
+    the vocabulary, then averaged over the positions where ``loss_mask`` is 1 (all without it).
+    Computed in float32.
+    """
+    logits = _float32_tensor(logits)
+    labels = _int_tensor(labels, "labels")
+    if list(labels.shape) != list(logits.shape[:2]):
+        raise GLMError(f"labels: expected shape {list(logits.shape[:2])} (one per input token), "
+                       f"got {list(labels.shape)}")
+    vocab = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape([-1, vocab]), labels.reshape([-1]), reduction="none").reshape([-1])
+    if label_smoothing > 0:
+        smooth = (-F.log_softmax(logits, axis=-1) / vocab).sum(axis=-1).reshape([-1])  # [b*s]
+        loss = (1 - label_smoothing) * loss + label_smoothing * smooth
+    if loss_mask is None:
+        return loss.mean()
+    loss_mask = _float32_tensor(loss_mask).reshape([-1])
+    if loss_mask.shape[0] != loss.shape[0]:
+        raise GLMError(f"loss_mask: expected shape {list(logits.shape[:2])}, got {list(loss_mask.shape)}")
+    return (loss * loss_mask).sum() / loss_mask.sum()
+
+
+def _float32_tensor(value) -> paddle.Tensor:
+    """float32 paddle tensor from a tensor, numpy array or list."""
+    value = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(np.asarray(value))
+    return value if value.dtype == paddle.float32 else value.astype("float32")
 
 
 _INT_DTYPES = (paddle.int64, paddle.int32, paddle.int16, paddle.int8, paddle.uint8)

@@ -20,7 +20,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
-                        show_progress: bool = True, tensor_parallel: bool = False):
+                        show_progress: bool = True, tensor_parallel: bool = False, recompute: bool = False):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -33,10 +33,12 @@ class PretrainedMixin:
             show_progress: a progress bar per shard on stderr (when it is a terminal).
             tensor_parallel: split the model over the processes of a ``paddle.distributed.launch``
                 job, each reading only its slices (see ``paddle_glm/parallel.py``).
+            recompute: set ``config.recompute`` (recompute each block in the backward pass when training).
         """
         require_local_dir(path)
         use_cpu_threads()  # an entry point: the process will compute with this model
         config = GLMConfig.from_pretrained(path)
+        config.recompute = config.recompute or recompute
         dtype = resolve_dtype(dtype)
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():

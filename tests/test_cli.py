@@ -54,7 +54,7 @@ def test_generate_fill_and_info(model_dir):
     code, out, err = run_cli("fill", str(model_dir), "春眠不觉晓，[MASK]闻啼鸟。夜来[MASK]雨声。", "--max-new-tokens", "4")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[1].startswith("[1] ") and lines[2].startswith("[2] ")
+    assert lines[1].startswith("[1] ") and lines[2].startswith("[2]")  # a random model's span may be empty
     assert lines[0].startswith("春眠不觉晓，") and "tokens/s" in err
     code, out, err = run_cli("info", str(model_dir))
     assert code == 0, err

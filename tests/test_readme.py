@@ -58,6 +58,8 @@ def brief(argv, scratch):
     arguments, and the exit codes that count as success."""
     if "tools/train_tiny.py" in argv:
         return ["--steps", "30"], (0,)
+    if "finetune" in argv:  # two steps, a checkpoint after each (for the --resume command)
+        return ["--max-steps", "2", "--save-steps", "1"], (0,)
     if "benchmarks/run_all.py" in argv:  # exit code 1 = ran, but missed a target: expected of a tiny model
         return ["--model", "glm-tiny-test", "--work", str(scratch), "--out", str(scratch)], (0, 1)
     return [], (0,)
@@ -84,22 +86,33 @@ def torch_layout(model_dir, tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """Where ADAPTER_DIR and OUT_DIR live: a finetune command writes them, later commands read them
+    (the commands run in README order)."""
+    return tmp_path_factory.mktemp("readme_shared")
+
+
 @pytest.mark.parametrize("i, command", list(command_params()))
-def test_shell_command_runs(model_dir, torch_layout, tmp_path, i, command):
+def test_shell_command_runs(model_dir, torch_layout, shared, tmp_path, i, command):
     src = torch_layout if "torch_to_paddle" in command else model_dir
     command = (command.replace("MODEL_DIR", str(model_dir)).replace("SRC_DIR", str(src))
-               .replace("DST_DIR", str(tmp_path / f"dst{i}")).replace("LOG_DIR", str(tmp_path / f"log{i}"))
+               .replace("DST_DIR", str(tmp_path / f"dst{i}")).replace("ADAPTER_DIR", str(shared / "adapter"))
+               .replace("OUT_DIR", str(shared / "finetuned")).replace("LOG_DIR", str(tmp_path / "launch_logs"))
                .replace("--out paddle_glm/demo_model", f"--out {tmp_path / f'out{i}'}"))
     argv = shlex.split(command)
     extra, success = brief(argv, tmp_path / f"brief{i}")
     argv += extra
-    if argv[0] == "paddle-glm":
+    # this venv's python and paddle-glm first on PATH, for the launcher and shell command lines
+    env = dict(os.environ, PYTHONWARNINGS="ignore",
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    if "$(" in command:  # a shell command line (the raw launcher)
+        argv = ["bash", "-c", " ".join([command] + [shlex.quote(a) for a in extra])]
+    elif argv[0] == "paddle-glm":
         argv = [sys.executable, "-m", "paddle_glm", *argv[1:]]
     elif argv[0] == "python":
         argv = [sys.executable, *argv[1:]]
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])  # paddle-glm, for the launcher
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore", PATH=path))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=README.parent, env=env)
     assert proc.returncode in success, f"{command}\n{proc.stderr[-2000:]}"
 
 

@@ -1,10 +1,11 @@
 """Train the embedded demo model: a small GLM that memorizes ``tools/corpus/zh_corpus.txt``.
 
 Steps: train a sentencepiece model on the corpus; build a small GLM with the project's
-``GLMForConditionalGeneration``; train it with GLM's blank-infilling objective
-(``blank_infilling.py``) using AdamW, linear warmup then cosine decay, and gradient
-clipping; write the model in PaddleNLP's sharded pdparams layout and the tokenizer.
-Everything is seeded; the run prints its progress, wall time and final loss.
+``GLMForConditionalGeneration`` (GLM's own initialisation); train it with GLM's blank-infilling
+objective (``blank_infilling.py``) and the model's loss, using AdamW, linear warmup then cosine
+decay, and gradient clipping, in worker processes under ``paddle.DataParallel``; write the model
+in PaddleNLP's sharded pdparams layout and the tokenizer. Everything is seeded; the run prints
+its progress, wall time and final loss.
 
 Usage: python tools/train_tiny.py --out paddle_glm/demo_model [--steps N] [--minutes 10] [--workers 2] [--seed 0]
 """
@@ -21,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import paddle
 import paddle.distributed as dist
-import paddle.nn.functional as F
 import sentencepiece as spm
 
 from blank_infilling import batches, build_sample, choose_blanks, collate
 from paddle_glm import GLMConfig, GLMForConditionalGeneration
 from paddle_glm.devices import use_cpu_threads
 from paddle_glm.tokenizer import MODEL_FILE, GLMChineseTokenizer
+from paddle_glm.training.loop import ModelLoss
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "zh_corpus.txt"
 # One piece per character: a text is tokenized the same way wherever blanks cut it, which
@@ -53,7 +54,6 @@ SENTENCEPIECE_OPTIONS = dict(
 # with two layers, 52% with three, 45% with four).
 MODEL_SHAPE = dict(num_layers=2, hidden_size=128, num_attention_heads=4, max_sequence_length=256)
 NO_DROPOUT = dict(embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0)
-INIT_STD = 0.02  # GLM's normal initialisation
 BATCH_SIZE = 32
 PEAK_LR = 3e-3
 WARMUP_STEPS = 200
@@ -79,46 +79,29 @@ def train_sentencepiece(lines, directory: str) -> str:
 
 
 def build_model(tokenizer: GLMChineseTokenizer) -> GLMForConditionalGeneration:
-    """A small GLM over the tokenizer's ids, initialised as GLM: normal weights, zero biases."""
+    """A small GLM over the tokenizer's ids, initialised as GLM (normal weights, zero biases)."""
     config = GLMConfig(vocab_size=tokenizer.vocab_size, bad_words_id=[tokenizer.gmask_token_id],
                        architectures=["GLMForConditionalGeneration"], **MODEL_SHAPE, **NO_DROPOUT)
-    model = GLMForConditionalGeneration(config)
-    for name, param in model.named_parameters():
-        if "layernorm" in name:
-            continue  # LayerNorm: weight 1, bias 0 by default
-        value = np.random.normal(0.0, INIT_STD, param.shape) if len(param.shape) > 1 else np.zeros(param.shape)
-        param.set_value(value.astype("float32"))
-    return model
+    return GLMForConditionalGeneration(config)
 
 
-def batch_loss(model, batch):
-    """The Part B targets' cross entropy (a weighted mean), their number of correct argmax
-    predictions and their count.
-
-    The model runs with ``config.output_predict`` off (see :func:`train`), so it returns hidden
-    states; the tied LM head (logits = hidden @ word_embeddingsᵀ, as ``model.py``) is applied to
-    the target positions only.
-    """
-    tensors = {key: paddle.to_tensor(value) for key, value in batch.items()}
-    hidden = model(tensors["input_ids"], tensors["position_ids"], tensors["attention_mask"],
-                   attention_backend=TRAINING_ATTENTION).last_hidden_state  # [b, T, h]
-    targets = paddle.to_tensor(np.flatnonzero(batch["loss_mask"]))  # indices into b*T
-    hidden = paddle.index_select(hidden.reshape([-1, hidden.shape[-1]]), targets)  # [n, h]
-    labels = paddle.index_select(tensors["labels"].reshape([-1]), targets)  # [n]
-    weights = paddle.index_select(tensors["loss_mask"].reshape([-1]), targets)  # [n]
-    logits = paddle.matmul(hidden, model.glm.word_embeddings.weight, transpose_y=True)  # [n, V]
-    losses = F.cross_entropy(logits, labels.unsqueeze(-1), reduction="none").squeeze(-1)  # [n]
-    loss = (losses * weights).sum() / weights.sum()
-    return loss, int((logits.argmax(-1) == labels).astype("int64").sum()), int(labels.shape[0])
+def tensors(batch) -> dict:
+    """A collated batch as paddle tensors, with the training attention backend."""
+    return dict({key: paddle.to_tensor(value) for key, value in batch.items()}, attention_backend=TRAINING_ATTENTION)
 
 
 def token_accuracy(model, eval_batches) -> float:
     """Teacher-forced accuracy of the Part B targets of fixed samples."""
     model.eval()
+    correct = total = 0
     with paddle.no_grad():
-        counts = [batch_loss(model, batch)[1:] for batch in eval_batches]
+        for batch in eval_batches:
+            predicted = model(**tensors(batch)).logits.argmax(-1).numpy()  # [b, T]
+            targets = batch["loss_mask"] > 0
+            correct += int((predicted[targets] == batch["labels"][targets]).sum())
+            total += int(targets.sum())
     model.train()
-    return sum(c for c, _ in counts) / sum(n for _, n in counts)
+    return correct / total
 
 
 def optimizer_for(model, steps: int):
@@ -131,24 +114,14 @@ def optimizer_for(model, steps: int):
     return optimizer, schedule
 
 
-def sync_workers(model, loss: float, over_budget: bool, workers: int):
-    """Average the gradients and the loss over the workers with one all_reduce.
-
-    Returns the mean loss and whether any worker has spent the time budget (so that all
-    of them stop at the same step).
-    """
+def agree(loss: float, over_budget: bool, workers: int):
+    """The mean loss over the workers, and whether any has spent the time budget (so that all stop
+    at the same step): one small all_reduce (gradients are averaged by ``paddle.DataParallel``)."""
     if workers == 1:
         return loss, over_budget
-    grads = [p.grad for p in model.parameters()]
-    flat = paddle.concat([g.reshape([-1]) for g in grads] + [paddle.to_tensor([loss, float(over_budget)])])
+    flat = paddle.to_tensor([loss, float(over_budget)], dtype="float32")
     dist.all_reduce(flat)
-    flat = flat / workers
-    offset = 0
-    for grad in grads:
-        size = int(np.prod(grad.shape))
-        grad.set_value(flat[offset:offset + size].reshape(grad.shape))
-        offset += size
-    return float(flat[offset]), float(flat[offset + 1]) > 0
+    return float(flat[0]) / workers, float(flat[1]) > 0
 
 
 def train(model, tokenizer, lines, args, rank: int) -> float:
@@ -161,12 +134,12 @@ def train(model, tokenizer, lines, args, rank: int) -> float:
     optimizer, schedule = optimizer_for(model, args.steps)
     recent, start = [], time.time()
     model.train()
-    model.config.output_predict = False  # hidden states out; batch_loss applies the LM head to targets only
+    train_model = paddle.DataParallel(ModelLoss(model)) if args.workers > 1 else ModelLoss(model)
     for step in range(1, args.steps + 1):
         share = collate(next(stream)[rank::args.workers], tokenizer.pad_token_id, tokenizer.eop_token_id)
-        loss, _, _ = batch_loss(model, share)
+        loss = train_model(**tensors(share))
         loss.backward()
-        mean_loss, stop = sync_workers(model, float(loss), time.time() - start > args.minutes * 60, args.workers)
+        mean_loss, stop = agree(float(loss), time.time() - start > args.minutes * 60, args.workers)
         optimizer.step()
         optimizer.clear_grad()
         schedule.step()
@@ -178,7 +151,6 @@ def train(model, tokenizer, lines, args, rank: int) -> float:
             if rank == 0:
                 print(f"stopping at step {step}: the {args.minutes}-minute budget is spent", flush=True)
             break
-    model.config.output_predict = True
     return float(np.mean(recent))
 
 
@@ -202,7 +174,6 @@ def worker(args, lines, model_file: str, start: float) -> None:
     paddle.set_device("cpu")
     use_cpu_threads()  # an entry point: building the model sets no threads
     paddle.seed(args.seed)
-    np.random.seed(args.seed)
     tokenizer = GLMChineseTokenizer(model_file)
     model = build_model(tokenizer)
     if rank == 0:

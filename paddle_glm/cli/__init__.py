@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "info": ".info_cmd",
     "demo": ".demo_cmd",
     "serve": ".serve_cmd",
+    "finetune": ".finetune_cmd",
 }
 
 
@@ -58,6 +59,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="strict")  # a non-UTF-8 line is an error, not surrogates passed on
+    args.argv = argv  # finetune --nproc re-runs the command line
     with _signals_raise_terminated():
         return _run(args, argv)
 

@@ -17,6 +17,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="weights dtype (float16/bfloat16 need a CUDA GPU; default float32)")
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
+    parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (paddle-glm finetune --lora, or PaddleNLP's "
+                        "peft) to merge into the model")
 
 
 def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
@@ -78,8 +80,16 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
     start = time.perf_counter()
+    tensor_parallel = getattr(args, "tensor_parallel", 1) > 1
+    if args.adapter and tensor_parallel:
+        raise GLMError("--adapter with --tensor-parallel is not supported: load the adapter in one process, "
+                       "merge it (paddle_glm.lora.merge_lora) and save_pretrained the merged model")
     model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
-                                                        tensor_parallel=getattr(args, "tensor_parallel", 1) > 1)
+                                                        tensor_parallel=tensor_parallel)
+    if args.adapter:
+        from ..lora import load_adapter, merge_lora
+
+        model = merge_lora(load_adapter(model, args.adapter))
     info(f"loaded {args.model_dir} ({args.dtype}) in {time.perf_counter() - start:.1f} s")
     return model, tokenizer
 

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("model_dir", metavar="MODEL_DIR")
     parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                         help="also print the memory per rank when the model is split over N processes")
+    parser.add_argument("--adapter", metavar="DIR", help="also describe this LoRA adapter")
     parser.set_defaults(run=run)
 
 
@@ -83,4 +84,8 @@ def run(args: argparse.Namespace) -> int:
           f"float16/bfloat16 {kv * 2 / GB:.3f} GB")
     if args.tensor_parallel > 1:
         print_memory_per_rank(config, args.tensor_parallel)
+    if args.adapter:
+        from ..lora import describe_adapter
+
+        print(describe_adapter(args.adapter))
     return 0
