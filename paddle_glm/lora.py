@@ -22,7 +22,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .checkpoint.safe_pickle import load_pdparams, save_pdparams
+from .checkpoint.safe_pickle import open_pdparams, save_pdparams
 from .errors import GLMError
 from .io_utils import atomic_write_text
 
@@ -199,7 +199,7 @@ def load_adapter(model: nn.Layer, directory: str) -> nn.Layer:
     if not os.path.isdir(directory):
         raise GLMError(f"{directory}: no such adapter directory")
     config = LoRAConfig.from_file(os.path.join(directory, CONFIG_FILE))
-    arrays = load_pdparams(os.path.join(directory, WEIGHTS_FILE))  # read before changing the model
+    arrays = _read_weights(os.path.join(directory, WEIGHTS_FILE))  # read before changing the model
     apply_lora(model, config)
     return load_adapter_weights(model, directory, arrays)
 
@@ -207,7 +207,7 @@ def load_adapter(model: nn.Layer, directory: str) -> nn.Layer:
 def load_adapter_weights(model: nn.Layer, directory: str, arrays: Optional[Dict[str, np.ndarray]] = None) -> nn.Layer:
     """Set the adapter weights of a model with LoRA already applied from ``directory``'s weights file."""
     path = os.path.join(directory, WEIGHTS_FILE)
-    arrays = load_pdparams(path) if arrays is None else arrays
+    arrays = _read_weights(path) if arrays is None else arrays
     expected = adapter_state(model)
     missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or unexpected:
@@ -215,14 +215,20 @@ def load_adapter_weights(model: nn.Layer, directory: str, arrays: Optional[Dict[
     for name, param in expected.items():
         if tuple(arrays[name].shape) != tuple(param.shape):
             raise GLMError(f"{path}: {name} has shape {list(arrays[name].shape)}, the model needs {list(param.shape)}")
-        param.set_value(paddle.to_tensor(np.array(arrays[name])).astype(param.dtype))
+        param.set_value(paddle.to_tensor(arrays[name]).astype(param.dtype))
     return model
+
+
+def _read_weights(path: str) -> Dict[str, np.ndarray]:
+    """The adapter file's arrays, copied out of its memory map (adapters are small)."""
+    with open_pdparams(path) as arrays:
+        return {name: np.array(array) for name, array in arrays.items()}
 
 
 def describe_adapter(directory: str) -> str:
     """One line on the adapter in ``directory``: rank, scaling, targets, wrapped layers, parameters."""
     lora = LoRAConfig.from_file(os.path.join(directory, CONFIG_FILE))
-    arrays = load_pdparams(os.path.join(directory, WEIGHTS_FILE))
+    arrays = _read_weights(os.path.join(directory, WEIGHTS_FILE))
     count = sum(int(np.prod(a.shape)) for a in arrays.values())
     layers = len({name.rsplit(".", 1)[0] for name in arrays})
     return (f"adapter: {directory}: LoRA r={lora.r}, alpha={lora.lora_alpha:g} (scaling {lora.scaling:g}), "
