@@ -41,6 +41,7 @@ import paddle.nn.functional as F
 from .checkpoint.layout import table_key
 from .devices import THREADS_ENV, cpu_thread_count, set_cpu_threads
 from .errors import GLMError
+from .generation.api import resolve_settings
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -237,11 +238,14 @@ class TensorParallelModel:
 
     tensor_parallel: TensorParallel
 
-    def generate(self, *args, **kwargs):
+    def generate(self, input_ids, position_ids=None, attention_mask=None, *, generation_config=None,
+                 streamer=None, generation_attention_mask=None, **kwargs):
         """As the model's ``generate``; sampling without a seed uses rank 0's seed on every rank."""
-        if kwargs.get("do_sample") and kwargs.get("seed") is None:
+        settings = resolve_settings(self, generation_config, kwargs)
+        if settings.do_sample and settings.seed is None:
             kwargs["seed"] = self.tensor_parallel.shared_seed()
-        return super().generate(*args, **kwargs)
+        return super().generate(input_ids, position_ids, attention_mask, generation_config=generation_config,
+                                streamer=streamer, generation_attention_mask=generation_attention_mask, **kwargs)
 
     def save_pretrained(self, path: str, safe_serialization: bool = True,
                         max_shard_size: Union[int, str] = "2GB") -> None:

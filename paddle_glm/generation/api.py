@@ -39,6 +39,16 @@ def default_bad_words(config) -> List[int]:
     return banned + list(range(max(banned) + 1, config.vocab_size)) if banned else []
 
 
+def resolve_settings(model, generation_config: Optional[GenerationConfig], overrides: dict) -> GenerationConfig:
+    """The validated settings of one ``generate`` call: ``generation_config`` (default: the
+    model's ``generation_config``, else its config's defaults) with ``overrides`` applied."""
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise GLMError(f"generation_config: expected a GenerationConfig, got {type(generation_config).__name__}")
+    base = generation_config or getattr(model, "generation_config", None) or \
+        GenerationConfig.from_model_config(model.config)
+    return base.updated(**overrides).validate()
+
+
 def generate(model, input_ids, position_ids=None, attention_mask=None, *,
              generation_config: Optional[GenerationConfig] = None, streamer=None, generation_attention_mask=None,
              **overrides):
@@ -47,11 +57,7 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
     The settings are ``generation_config`` (default: the model's ``generation_config``)
     with ``overrides`` (fields of :class:`GenerationConfig`) applied.
     """
-    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
-        raise GLMError(f"generation_config: expected a GenerationConfig, got {type(generation_config).__name__}")
-    base = generation_config or getattr(model, "generation_config", None) or \
-        GenerationConfig.from_model_config(model.config)
-    cfg = base.updated(**overrides).validate()
+    cfg = resolve_settings(model, generation_config, overrides)
     if generation_attention_mask is not None:
         if attention_mask is not None:
             raise GLMError("pass attention_mask or generation_attention_mask (its HF name), not both")
