@@ -35,15 +35,19 @@ class KVCache:
         self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
         self.seq_axis = 2 if layout == BHSD else 1
         self.max_length = keys[0].shape[self.seq_axis]
-        # index_put_ indices of every row and head, broadcast against a slot index [1]: they select
-        # [b, heads, 1] (bhsd: + d gives k's [b, heads, 1, d]) or [b, 1] (bshd: + heads, d gives k's shape)
-        batch, heads = key_bias.shape[0], key_bias.shape[1]
+        self._index_rows()
+        self._visible = paddle.zeros([1], dtype=key_bias.dtype)
+
+    def _index_rows(self) -> None:
+        """The ``index_put_`` indices of every row and head, for the current batch size."""
+        # broadcast against a slot index [1], they select [b, heads, 1] (bhsd: + d gives k's [b, heads, 1, d])
+        # or [b, 1] (bshd: + heads, d gives k's shape)
+        batch, heads = self.key_bias.shape[0], self.key_bias.shape[1]
         rows, head_ids = paddle.arange(batch, dtype="int64"), paddle.arange(heads, dtype="int64")
-        self._token_index = ((rows.reshape([batch, 1, 1]), head_ids.reshape([1, heads, 1])) if layout == BHSD
+        self._token_index = ((rows.reshape([batch, 1, 1]), head_ids.reshape([1, heads, 1])) if self.layout == BHSD
                              else (rows.reshape([batch, 1]),))
         # key_bias [b, heads, 1, t] at (row, head, 0, slot) -> [b, heads]
         self._bias_index = (rows.reshape([batch, 1]), head_ids.reshape([1, heads]), paddle.zeros([1], dtype="int64"))
-        self._visible = paddle.zeros([1], dtype=key_bias.dtype)
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
@@ -95,7 +99,11 @@ class KVCache:
         self.key_bias.index_put_(self._bias_index + (index,), self._visible)
 
     def reorder(self, index: paddle.Tensor) -> None:
-        """Keep rows ``index`` (beam search): row i becomes old row ``index[i]``."""
+        """Keep rows ``index``: row i becomes old row ``index[i]`` (beam search), and rows not in
+        ``index`` are dropped (a decode loop dropping finished rows: the batch shrinks)."""
+        batch = self.key_bias.shape[0]
         self.keys = [paddle.index_select(k, index, axis=0) for k in self.keys]
         self.values = [paddle.index_select(v, index, axis=0) for v in self.values]
         self.key_bias = paddle.index_select(self.key_bias, index, axis=0)
+        if self.key_bias.shape[0] != batch:
+            self._index_rows()

@@ -287,6 +287,62 @@ def test_text_streamers(pair, capsys):
     assert "".join(iterator) == expected
 
 
+class _DropAfter(TokenCollector):
+    """A streamer with ``active_rows()``: after ``steps`` puts, the rows in ``leaving`` are no longer wanted."""
+
+    def __init__(self, batch, steps, leaving):
+        super().__init__()
+        self.running, self.after, self.leaving = list(range(batch)), steps, set(leaving)
+
+    def active_rows(self):
+        keep = [len(self.steps) < self.after or row not in self.leaving for row in self.running]
+        self.running = [row for row, k in zip(self.running, keep) if k]
+        return keep
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "recompute"])
+def test_a_row_the_streamer_drops_stops_costing_compute(own, monkeypatch, use_cache):
+    """Row 0 is dropped after step 2: later steps run row 1 alone (the model sees one row), row 1's tokens
+    equal row 1 generated on its own, and row 0 comes back padded from the drop on."""
+    cfg, ours = own
+    lengths, mask_at = (9, 5), (2, 4)
+    prompt, pos, mask = glm_inputs(cfg, lengths=lengths, mask_at=mask_at)
+    kw = dict(max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None, pad_token_id=0, use_cache=use_cache)
+    full = ours.generate(prompt, pos, mask, **kw).numpy()
+    ids, p, k = generation_batch(cfg, lengths=(5,), gen=GEN, mask_at=(4,), seed=1)
+    alone = ours.generate(np.concatenate([prompt[1:, :5], [[SOP]]], axis=1), p[:, :, :5 + GEN],
+                          k[:, :, :5 + GEN, :5 + GEN], **kw).numpy()
+    rows_fed = []
+    spied = ours.decode_step if use_cache else ours.forward
+
+    def spy(input_ids, *args, **kwargs):
+        rows_fed.append(input_ids.shape[0])
+        return spied(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(ours, "decode_step" if use_cache else "forward", spy)
+    streamer = _DropAfter(2, steps=2, leaving=[0])
+    got = ours.generate(prompt, pos, mask, streamer=streamer, **kw).numpy()
+    monkeypatch.undo()
+    assert rows_fed == [2] * (1 if use_cache else 2) + [1] * (GEN - 2)  # the prefill (or step) runs both rows
+    n0 = prompt.shape[1]
+    assert got.shape == full.shape
+    np.testing.assert_array_equal(got[1, n0:], alone[0, 6:])
+    np.testing.assert_array_equal(got[0, :n0 + 2], full[0, :n0 + 2])
+    assert (got[0, n0 + 2:] == 0).all()
+    assert [len(s) for s in streamer.steps] == [2, 2] + [1] * (GEN - 2)  # put gets the kept rows only
+    np.testing.assert_array_equal(np.array(streamer.steps[2:])[:, 0], got[1, n0 + 2:])
+
+
+def test_the_loop_ends_when_the_streamer_drops_every_row(own):
+    cfg, ours = own
+    prompt, pos, mask = glm_inputs(cfg)
+    streamer = _DropAfter(2, steps=3, leaving=[0, 1])
+    got = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None, pad_token_id=0,
+                        streamer=streamer).numpy()
+    assert len(streamer.steps) == 3 and streamer.ended
+    assert got.shape == (2, prompt.shape[1] + 3)
+
+
 # ---- API details ----------------------------------------------------------------------------------
 
 def test_max_length_counts_the_whole_sequence(pair):

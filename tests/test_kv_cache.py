@@ -92,6 +92,23 @@ def test_reorder_moves_whole_rows(layout):
     np.testing.assert_array_equal(cache.key_bias.numpy(), before[2][order])
 
 
+@pytest.mark.parametrize("layout", [BHSD, BSHD])
+def test_reorder_can_drop_rows_and_later_writes_fit_the_smaller_batch(layout):
+    cache = new_cache(layout)
+    cache.show(paddle.ones([BATCH, 2], dtype="bool"))
+    cache.reorder(paddle.to_tensor([2, 0], dtype="int64"))  # row 1 dropped
+    assert cache.keys[0].shape[0] == cache.values[1].shape[0] == cache.key_bias.shape[0] == 2
+    k, v, _, _ = new_tokens(1, layout, seed=3)
+    keys, _ = cache.write(0, k[:2], v[:2], paddle.full([1], 4, "int64"))  # a decode step's write, by index
+    cache.reveal(paddle.full([1], 4, "int64"))
+    written = as_bhsd(keys, layout)
+    np.testing.assert_array_equal(written[:, :, 4:5], as_bhsd(k[:2], layout))
+    assert not np.delete(written, 4, axis=2).any()
+    expected = np.full((2, HEADS, 1, SLOTS), MIN, "float32")
+    expected[..., [0, 1, 4]] = 0
+    np.testing.assert_array_equal(cache.key_bias.numpy(), expected)
+
+
 def test_unknown_layout():
     with pytest.raises(ValueError, match="layout"):
         KVCache.allocate(1, 1, 8, 1, 4, "float32", "bsdh")

@@ -156,8 +156,6 @@ def test_a_cancelled_row_stops_the_real_decode_loop(tokenizer, model):
     assert stats.steps == 2 and stats.cancelled == 1 and not leaving.sink.finished
 
 
-@pytest.mark.xfail(strict=True, reason="the decode loop does not drop rows yet: it runs every row to the end of "
-                                       "the batch (BatchStreamer.active_rows is the hook)")
 def test_a_cancelled_row_is_dropped_from_a_running_batch(tokenizer, model):
     leaving = make_row(SPRING, max_tokens=64, sink=Recorder(cancel_after=2), index=0)
     staying = make_row(SPRING, max_tokens=64, index=1)

@@ -1,8 +1,8 @@
 """Greedy and sampling decoding: prefill once, then one token per row per step through the KV cache."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass, field, replace
+from typing import List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -15,7 +15,8 @@ from .logits_process import LogitsSettings, greedy_choice, process_logits, sampl
 
 @dataclass
 class StepRecord:
-    """Per-step outputs kept for ``return_dict_in_generate``."""
+    """Per-step outputs kept for ``return_dict_in_generate`` (after a streamer dropped rows, a step's
+    entries have the rows still running only)."""
 
     logits: List[paddle.Tensor] = field(default_factory=list)  # raw model logits, [rows, vocab] each
     scores: List[paddle.Tensor] = field(default_factory=list)  # after the processors
@@ -56,6 +57,13 @@ class Stepper:
         """Beam search: row i continues old row ``index[i]``."""
         if self.cache is not None:
             self.cache.reorder(index)
+
+    def keep(self, index: paddle.Tensor) -> None:
+        """Run only rows ``index`` from now on: the others are dropped from the inputs and the cache."""
+        self.inputs = replace(self.inputs, input_ids=paddle.index_select(self.inputs.input_ids, index),
+                              position_ids=paddle.index_select(self.inputs.position_ids, index),
+                              mask=paddle.index_select(self.inputs.mask, index))
+        self.reorder(index)
 
 
 def context_visibility(mask: paddle.Tensor, prompt: int) -> paddle.Tensor:
@@ -103,18 +111,39 @@ def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSet
     Rows stop independently at ``eos_token_id`` and are padded with ``pad_token_id``
     afterwards; the loop ends early once every row has stopped. ``decode_step`` replaces
     ``model.decode_step`` (e.g. :func:`static_decode_step`).
+
+    A streamer with ``active_rows()`` (one bool per running row, e.g. the server's
+    ``BatchStreamer``) is asked before each step; its False rows are dropped from the batch
+    (sequences, inputs, KV cache), so that later steps compute, and ``put``, the kept rows
+    only, in order. The loop ends once no row is kept. A dropped row is returned padded with
+    ``pad_token_id`` from its drop on. ``put`` may raise to end the run; that goes through.
     """
     sequences = inputs.input_ids
     b = sequences.shape[0]
     stepper = Stepper(model, inputs, b, use_cache, decode_step)
     finished = paddle.zeros([b], dtype="bool")
+    active_rows = getattr(streamer, "active_rows", None)
+    running = list(range(b))  # the batch row of each row still running
+    dropped: List[Tuple[int, paddle.Tensor]] = []  # (batch row, its sequence at the drop)
     start = 0
     for step in range(new_tokens):
+        if active_rows is not None:
+            keep = list(active_rows())
+            if len(keep) != len(running):
+                raise GLMError(f"streamer.active_rows() returned {len(keep)} flags for {len(running)} running rows")
+            if not all(keep):
+                dropped += [(running[i], sequences[i]) for i, k in enumerate(keep) if not k]
+                running = [row for row, k in zip(running, keep) if k]
+                if not running:
+                    break
+                index = paddle.to_tensor([i for i, k in enumerate(keep) if k], dtype="int64")
+                sequences, finished = paddle.index_select(sequences, index), paddle.index_select(finished, index)
+                stepper.keep(index)
         logits = stepper.logits(sequences, start)
         start = sequences.shape[1] if use_cache else 0
         scores = process_logits(logits, sequences, step, settings, sampling)
         token = sample_choice(scores, rng) if sampling else greedy_choice(scores)
-        token = paddle.where(finished, paddle.full_like(token, pad_token_id), token)  # [b]
+        token = paddle.where(finished, paddle.full_like(token, pad_token_id), token)  # [rows]
         sequences = paddle.concat([sequences, token.unsqueeze(1)], axis=1)
         if record is not None:
             record.logits.append(logits)
@@ -127,4 +156,20 @@ def decode(model, inputs: GenerationInputs, new_tokens: int, settings: LogitsSet
                 break
     if streamer is not None:
         streamer.end()
-    return sequences
+    return with_dropped_rows(sequences, running, dropped, pad_token_id) if dropped else sequences
+
+
+def with_dropped_rows(sequences: paddle.Tensor, running: List[int], dropped: List[Tuple[int, paddle.Tensor]],
+                      pad_token_id: int) -> paddle.Tensor:
+    """The whole batch ``[b, length]`` in its order: the running rows ``sequences`` ``[len(running), length]``
+    and each dropped row's sequence padded with ``pad_token_id`` to ``length``."""
+    length = sequences.shape[1]
+    rows = dict(dropped)
+    rows.update((row, sequences[i]) for i, row in enumerate(running))
+
+    def padded(sequence: paddle.Tensor) -> paddle.Tensor:
+        missing = length - sequence.shape[0]
+        return paddle.concat([sequence, paddle.full([missing], pad_token_id, dtype=sequence.dtype)]) if missing \
+            else sequence
+
+    return paddle.stack([padded(rows[i]) for i in range(len(rows))])
