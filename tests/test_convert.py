@@ -98,7 +98,7 @@ def test_from_torch_layout(tmp_path, fp32_dir, batch, kind, shards, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_to_torch_layout_reads_back_in_torch(tmp_path, dtype):
-    import torch
+    torch = pytest.importorskip("torch", reason="the independent reader here is torch")
     from safetensors import safe_open
     from safetensors.torch import load_file
 
