@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import NO_DROPOUT, TINY_A, generation_batch, logits_of, paddlenlp_model
+from conftest import NO_DROPOUT, TINY_A, generation_batch, logits_of, random_model
 from convert_helpers import (TOKENIZER_FILES, assert_bit_equal, checksums, paddle_state, read_dir, save_paddlenlp,
                              save_torch_dir, torch_layout, weight_files)
 
@@ -22,10 +22,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def fp32_dir(tmp_path_factory):
-    """PaddleNLP's sharded pdparams (fp32) + tokenizer files: (directory, model, state)."""
-    directory = tmp_path_factory.mktemp("paddlenlp") / "fp32"
-    model, state = save_paddlenlp(directory)
-    return directory, model, state
+    """Sharded fp32 pdparams + tokenizer files written by our save_pretrained (the same files as
+    PaddleNLP's, see test_checkpoint_loading.py), so the converter's own behaviour is tested without
+    PaddleNLP: (directory, model, state). Tests about PaddleNLP's files use ``save_paddlenlp``."""
+    directory = tmp_path_factory.mktemp("ours") / "fp32"
+    model = random_model(TINY_A)
+    model.save_pretrained(str(directory), safe_serialization=False, max_shard_size="30KB")
+    for name, data in TOKENIZER_FILES.items():
+        (directory / name).write_bytes(data)
+    return directory, model, paddle_state(model)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +67,11 @@ def test_round_trip_pdparams_safetensors_pdparams_is_bit_exact(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("to", ["safetensors", "pdparams"])
-def test_paddlenlp_loads_converted_output(tmp_path, fp32_dir, batch, to):
+def test_paddlenlp_loads_converted_output(tmp_path, batch, to):
+    src = tmp_path / "src"
+    model, _ = save_paddlenlp(src)
     from paddlenlp.transformers import GLMForConditionalGeneration as PaddleNLPGLM
 
-    src, model, _ = fp32_dir
     convert(str(src), str(tmp_path / "out"), to=to, max_shard_size="50KB", quiet=True)
     theirs = PaddleNLPGLM.from_pretrained(str(tmp_path / "out"), **NO_DROPOUT)
     theirs.eval()
@@ -79,7 +85,7 @@ def test_paddlenlp_loads_converted_output(tmp_path, fp32_dir, batch, to):
 def test_from_torch_layout(tmp_path, fp32_dir, batch, kind, shards, dtype):
     src_paddle, _, state = fp32_dir
     if dtype == "bfloat16":
-        state = paddle_state(paddlenlp_model(TINY_A).to(dtype="bfloat16"))
+        state = paddle_state(random_model(TINY_A).to(dtype="bfloat16"))
     src = tmp_path / "torch"
     save_torch_dir(src, state, (src_paddle / "config.json").read_text(), kind, shards)
 
@@ -132,7 +138,7 @@ def test_to_torch_layout_reads_back_in_torch(tmp_path, dtype):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_dtype_cast_is_exact(tmp_path, fp32_dir, dtype):
-    import torch
+    torch = pytest.importorskip("torch", reason="torch is the independent float16/bfloat16 caster here")
 
     src, _, state = fp32_dir
     report = convert(str(src), str(tmp_path / "out"), to="safetensors", dtype=dtype, verify=True, quiet=True)

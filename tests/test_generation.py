@@ -106,8 +106,8 @@ def test_greedy_matches_paddlenlp_with_eos(pair):
     assert eos not in got[1, n0:n0 + step + 1]
 
 
-def test_early_exit_when_all_rows_stop(pair):
-    cfg, _, ours = pair
+def test_early_exit_when_all_rows_stop(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, lengths=(7,), mask_at=(2,))
     free = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None).numpy()
     n0 = prompt.shape[1]
@@ -118,8 +118,8 @@ def test_early_exit_when_all_rows_stop(pair):
 
 # ---- 3. batch vs single ---------------------------------------------------------------------------
 
-def test_each_row_equals_row_alone(pair):
-    cfg, _, ours = pair
+def test_each_row_equals_row_alone(own):
+    cfg, ours = own
     lengths, mask_at = (9, 5), (2, 4)
     prompt, pos, mask = glm_inputs(cfg, lengths=lengths, mask_at=mask_at)
     batch = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None).numpy()
@@ -135,8 +135,8 @@ def test_each_row_equals_row_alone(pair):
 
 # ---- 4. sampling ----------------------------------------------------------------------------------
 
-def test_sampling_is_reproducible_with_seed(pair):
-    cfg, _, ours = pair
+def test_sampling_is_reproducible_with_seed(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     kw = dict(max_new_tokens=GEN, do_sample=True, bad_words_ids=[], eos_token_id=None)
     a = ours.generate(prompt, pos, mask, seed=123, **kw).numpy()
@@ -154,8 +154,8 @@ def _step_distributions(model, prompt, pos, mask, sequences):
 
 
 @pytest.mark.parametrize("top_k,top_p", [(5, 1.0), (0, 0.6), (8, 0.5)])
-def test_sampled_tokens_lie_in_top_k_and_nucleus(pair, top_k, top_p):
-    cfg, _, ours = pair
+def test_sampled_tokens_lie_in_top_k_and_nucleus(own, top_k, top_p):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     seqs = ours.generate(prompt, pos, mask, max_new_tokens=GEN, do_sample=True, top_k=top_k, top_p=top_p, seed=7,
                          bad_words_ids=[], eos_token_id=None).numpy()
@@ -241,8 +241,7 @@ def test_beam_search_cache_equals_recompute(own):
 def test_beam_search_finds_the_best_sequence_exhaustively():
     """With as many beams as continuations, beam search must return the most likely sequence."""
     cfg = dict(num_layers=1, hidden_size=16, num_attention_heads=2, vocab_size=6, max_sequence_length=32)
-    ref = paddlenlp_model(cfg, seed=2, spread=True)
-    ours = ours_from(ref, cfg)
+    ours = random_model(cfg, seed=2, spread=True)
     prompt = np.array([[1, 2, 3]], dtype="int64")
     steps = 3
     got = ours.generate(prompt, max_new_tokens=steps, num_beams=36, bad_words_ids=[], eos_token_id=None,
@@ -260,8 +259,8 @@ def test_beam_search_finds_the_best_sequence_exhaustively():
 
 # ---- 7. streaming ---------------------------------------------------------------------------------
 
-def test_streamer_receives_exactly_the_generated_tokens(pair):
-    cfg, _, ours = pair
+def test_streamer_receives_exactly_the_generated_tokens(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     collector = TokenCollector()
     out = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None,
@@ -275,8 +274,8 @@ class _DigitsTokenizer:
         return "".join(chr(ord("a") + i % 26) for i in ids)
 
 
-def test_text_streamers(pair, capsys):
-    cfg, _, ours = pair
+def test_text_streamers(own, capsys):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, lengths=(7,), mask_at=(1,))
     out = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None,
                         streamer=TextStreamer(_DigitsTokenizer())).numpy()
@@ -345,8 +344,8 @@ def test_the_loop_ends_when_the_streamer_drops_every_row(own):
 
 # ---- API details ----------------------------------------------------------------------------------
 
-def test_max_length_counts_the_whole_sequence(pair):
-    cfg, _, ours = pair
+def test_max_length_counts_the_whole_sequence(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     out = ours.generate(prompt, pos, mask, max_length=prompt.shape[1] + 4, bad_words_ids=[], eos_token_id=None)
     assert out.shape[1] == prompt.shape[1] + 4
@@ -356,15 +355,15 @@ def test_max_length_counts_the_whole_sequence(pair):
         ours.generate(prompt, pos, mask, max_length=prompt.shape[1])
 
 
-def test_default_length_is_what_positions_lay_out(pair):
-    cfg, _, ours = pair
+def test_default_length_is_what_positions_lay_out(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, gen=4)
     out = ours.generate(prompt, pos, mask, bad_words_ids=[], eos_token_id=None)
     assert out.shape[1] == prompt.shape[1] + 4
 
 
-def test_positions_and_mask_are_extended_with_glm_pattern(pair):
-    cfg, _, ours = pair
+def test_positions_and_mask_are_extended_with_glm_pattern(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, gen=GEN)
     t = max(9, 6) + 3  # laid out for 3 new tokens only
     a = ours.generate(prompt, pos[:, :, :t], mask[:, :, :t, :t], max_new_tokens=GEN, bad_words_ids=[],
@@ -373,8 +372,8 @@ def test_positions_and_mask_are_extended_with_glm_pattern(pair):
     np.testing.assert_array_equal(a, b)
 
 
-def test_past_the_position_table_is_a_clear_error(pair):
-    cfg, _, ours = pair
+def test_past_the_position_table_is_a_clear_error(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     with pytest.raises(GLMError, match="position table"):
         ours.generate(prompt, pos, mask, max_new_tokens=cfg["max_sequence_length"] + 5)
@@ -383,8 +382,8 @@ def test_past_the_position_table_is_a_clear_error(pair):
         ours.generate(ids, max_new_tokens=5)
 
 
-def test_min_new_tokens_suppresses_eos(pair):
-    cfg, _, ours = pair
+def test_min_new_tokens_suppresses_eos(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg, lengths=(7,), mask_at=(2,))
     free = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None).numpy()
     eos = int(free[0, prompt.shape[1]])  # greedy would stop at once
@@ -393,8 +392,8 @@ def test_min_new_tokens_suppresses_eos(pair):
     assert eos not in out[0, prompt.shape[1]:prompt.shape[1] + 4]
 
 
-def test_bad_words_default_to_config_gmask(pair):
-    cfg, _, ours = pair
+def test_bad_words_default_to_config_gmask(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     free = ours.generate(prompt, pos, mask, max_new_tokens=GEN, bad_words_ids=[], eos_token_id=None).numpy()
     favourite = int(np.bincount(free[:, prompt.shape[1]:].ravel()).argmax())
@@ -410,8 +409,8 @@ def test_bad_words_default_to_config_gmask(pair):
     assert multi[0, prompt.shape[1] + 1] != free[0, prompt.shape[1] + 1]
 
 
-def test_numpy_paddle_and_hf_alias_inputs_agree(pair):
-    cfg, _, ours = pair
+def test_numpy_paddle_and_hf_alias_inputs_agree(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     kw = dict(max_new_tokens=4, bad_words_ids=[], eos_token_id=None)
     a = ours.generate(prompt, pos, mask, **kw).numpy()
@@ -423,8 +422,8 @@ def test_numpy_paddle_and_hf_alias_inputs_agree(pair):
         ours.generate(prompt, pos, mask, decode_strategy="greedy_search")
 
 
-def test_list_inputs_and_int_sep(pair):
-    cfg, _, ours = pair
+def test_list_inputs_and_int_sep(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     kw = dict(bad_words_ids=[], eos_token_id=None)
     a = ours.generate(prompt.tolist(), pos.tolist(), mask.tolist(), **kw).numpy()
@@ -436,8 +435,8 @@ def test_list_inputs_and_int_sep(pair):
         ours(prompt, pos[:1, :, :prompt.shape[1]])  # one row of positions for two rows of ids
 
 
-def test_return_dict(pair):
-    cfg, _, ours = pair
+def test_return_dict(own):
+    cfg, ours = own
     prompt, pos, mask = glm_inputs(cfg)
     out = ours.generate(prompt, pos, mask, max_new_tokens=3, return_dict_in_generate=True, eos_token_id=None)
     assert isinstance(out, GenerateOutput) and len(out.logits) == len(out.scores) == 3
