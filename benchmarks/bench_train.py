@@ -33,6 +33,7 @@ import numpy as np
 import paddle
 import psutil
 from paddle_glm.devices import cpu_thread_count, set_cpu_threads
+from paddle_glm.glm_layout import blank_infilling_mask, blank_infilling_positions
 
 case, path, steps, batch, context, span = sys.argv[1], sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:7])
 if case == "paddlenlp":
@@ -55,13 +56,8 @@ total = context + span
 rng = np.random.default_rng(0)
 vocab = model.config.vocab_size
 ids = rng.integers(0, vocab - 100, size=(batch, total)).astype("int64")
-positions = np.zeros((batch, 2, total), dtype="int64")
-positions[:, 0, :context] = np.arange(context)
-positions[:, 0, context:] = context - 1
-positions[:, 1, context:] = np.arange(1, span + 1)
-mask = np.zeros((batch, 1, total, total), dtype="int64")
-mask[:, :, :, :context] = 1
-mask[:, :, context:, context:] = np.tril(np.ones((span, span), dtype="int64"))
+positions = blank_infilling_positions(np.full([batch], context - 1), context, span)  # [b, 2, total]
+mask = blank_infilling_mask(np.ones([batch, context], dtype="int64"), span)  # [b, 1, total, total]
 labels = np.zeros((batch, total), dtype="int64")
 labels[:, context:] = rng.integers(0, vocab - 100, size=(batch, span))
 loss_mask = np.zeros((batch, total), dtype="float32")
