@@ -17,6 +17,10 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 # Field names and defaults follow PaddleNLP 2.8.1's GLMConfig, except that
 # output_predict defaults to True (the LM head is what this package is for).
+# Kept only for PaddleNLP compatibility (read, validated, written back; the model ignores them):
+# checkpoint_num_layers (recompute here is per block), parallel_output (see parallel.py for
+# tensor parallelism), spell_length / spell_func (P-tuning prompts) and pool_token
+# (classification heads, which this package does not have).
 _DEFAULTS: Dict[str, Any] = {
     "num_layers": 24,
     "vocab_size": 30592,
