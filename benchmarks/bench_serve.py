@@ -41,7 +41,7 @@ import uvicorn
 
 from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMForConditionalGeneration
 from paddle_glm.demo_cases import DEMO_MODEL_DIR
-from paddle_glm.devices import cpu_thread_count
+from paddle_glm.devices import cpu_thread_count, use_cpu_threads
 from paddle_glm.serving.app import create_app
 from paddle_glm.serving.runner import ModelRunner
 from paddle_glm.serving.scheduler import Scheduler
@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     paddle.set_device("cpu")
+    use_cpu_threads()  # as the server does through from_pretrained (this model is built from a config)
     tokenizer = GLMChineseTokenizer.from_pretrained(str(DEMO_MODEL_DIR))
     preset = GLMConfig.from_name(args.model)
     config = GLMConfig.from_name(args.model, embedding_dropout_prob=0.0, attention_dropout_prob=0.0,

@@ -38,6 +38,12 @@ GMASK_TOKEN = "[gMASK]"
 SPECIAL_TOKENS = (EOS_TOKEN, SEP_TOKEN, CLS_TOKEN, MASK_TOKEN, "[UNUSED1]", "[UNUSED2]",
                   SOP_TOKEN, EOP_TOKEN, SMASK_TOKEN, GMASK_TOKEN)
 MASK_TOKENS = (MASK_TOKEN, SMASK_TOKEN, GMASK_TOKEN)
+
+
+def with_mask(text: str) -> str:
+    """``text``, with ``[gMASK]`` appended when it has no mask token (left-to-right generation),
+    as the CLI, the server and the finetuning data treat a text without a blank."""
+    return text if any(token in text for token in MASK_TOKENS) else text + GMASK_TOKEN
 # The ids encode() adds around a text: [CLS] and <|endoftext|>.
 TEXT_SPECIAL_IDS = 2
 # A target span needs room for <|startofpiece|> and <|endofpiece|> (PaddleNLP's rule).

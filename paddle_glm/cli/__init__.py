@@ -27,7 +27,7 @@ SUBCOMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-glm", description="GLM for PaddlePaddle: generate, fill blanks, "
-                                     "convert checkpoints, inspect models.")
+                                     "convert checkpoints, inspect models, finetune, serve.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in SUBCOMMANDS.items():
         importlib.import_module(module, __name__).add_parser(sub)

@@ -28,18 +28,20 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def with_mask(prompt: str, tokenizer) -> str:
+def prompt_with_mask(prompt: str) -> str:
     """The prompt, with [gMASK] appended if it has no mask token (and a note saying so)."""
-    if any(token in prompt for token in ("[MASK]", "[sMASK]", GMASK)):
-        return prompt
-    info(f"no mask token in the prompt: appending {GMASK} for left-to-right generation")
-    return prompt + GMASK
+    from ..tokenizer import with_mask  # imports paddle: not at module level, so --help stays fast
+
+    completed = with_mask(prompt)
+    if completed != prompt:
+        info(f"no mask token in the prompt: appending {GMASK} for left-to-right generation")
+    return completed
 
 
 def generate_one(model, tokenizer, prompt: str, config, stream: bool) -> None:
     from ..generation import TextStreamer
 
-    prompt = with_mask(prompt, tokenizer)
+    prompt = prompt_with_mask(prompt)
     inputs = tokenizer(prompt, return_tensors="pd")
     # laid out for the prompt only: generate extends the span once it fits the position table
     inputs = tokenizer.build_inputs_for_generation(inputs, max_gen_length=1)

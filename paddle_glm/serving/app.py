@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..cli.generate_cmd import with_mask
+from ..tokenizer import with_mask
 from .middleware import APIKey, BodyLimit
 from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, \
     usage
@@ -146,7 +146,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
 
 
 def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: int) -> Row:
-    prompt = with_mask(prompt, runner.tokenizer)
+    prompt = with_mask(prompt)
     prompt_tokens = runner.prompt_tokens(prompt)
     _check_lengths(runner, prompt_tokens, body.max_tokens, "prompt")
     return Row(prompt, prompt_tokens, body.max_tokens, body.stops(), body.sampling(), channel, index)

@@ -29,9 +29,9 @@ class ModelRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.position_rows = model.config.num_position_embeddings
-        self.vocab_size = model.config.vocab_size
-        defaults = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
-        self.bad_words = defaults.with_tokenizer(tokenizer, model.config).bad_words_ids
+        # Each request's fields are its settings: the model's generation_config.json (beams,
+        # penalties) does not apply here. eos = <|endofpiece|>; rows past the tokenizer are banned.
+        self.settings = GenerationConfig.from_model_config(model.config).with_tokenizer(tokenizer, model.config)
 
     def prompt_tokens(self, text: str) -> int:
         """Context tokens of ``text`` (``[CLS]`` and ``<|endoftext|>`` included)."""
@@ -50,8 +50,8 @@ class ModelRunner:
         inputs = tokenizer.build_inputs_for_generation(batch, max_gen_length=new_tokens)
         streamer = BatchStreamer(rows, tokenizer)
         try:
-            self.model.generate(**inputs, max_new_tokens=new_tokens, eos_token_id=tokenizer.eop_token_id,
-                                bad_words_ids=self.bad_words, streamer=streamer, **rows[0].sampling.generate_kwargs())
+            self.model.generate(**inputs, generation_config=self.settings, max_new_tokens=new_tokens,
+                                streamer=streamer, **rows[0].sampling.generate_kwargs())
         except BatchFinished:
             pass
         return BatchStats(len(rows), len(streamer.step_times), streamer.step_seconds(), streamer.cancelled())
@@ -59,7 +59,7 @@ class ModelRunner:
     def fill(self, text: str, max_tokens: int, sampling: Sampling) -> Tuple[str, List[str], int]:
         """``fill_blanks`` on one text: the completed text, the spans and the tokens generated."""
         counter = TokenCollector()
-        completed, spans = fill_blanks(self.model, self.tokenizer, text, streamer=counter, max_new_tokens=max_tokens,
-                                       bad_words_ids=self.bad_words, **sampling.generate_kwargs())
+        completed, spans = fill_blanks(self.model, self.tokenizer, text, generation_config=self.settings,
+                                       streamer=counter, max_new_tokens=max_tokens, **sampling.generate_kwargs())
         return completed, spans, len(counter.steps)
 

@@ -16,9 +16,7 @@ import numpy as np
 import paddle
 
 from ..errors import GLMError
-
-MASK_TOKENS = ("[MASK]", "[sMASK]", "[gMASK]")
-
+from ..tokenizer import with_mask
 
 @dataclass(frozen=True)
 class Example:
@@ -54,11 +52,6 @@ def read_jsonl(path: str) -> List[Example]:
     if not examples:
         raise GLMError(f"{path}:1: no examples (the file is empty)")
     return examples
-
-
-def with_mask(src: str) -> str:
-    """``src``, with ``[gMASK]`` appended when it has no mask token."""
-    return src if any(token in src for token in MASK_TOKENS) else src + "[gMASK]"
 
 
 def check_examples(tokenizer, path: str, examples: Sequence[Example], src_length: int) -> None:
