@@ -9,6 +9,7 @@ from typing import Tuple
 
 from ..errors import GLMError
 from ..io_utils import require_local_dir
+from .launch import ADAPTER_WITH_TP
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,8 +83,7 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     start = time.perf_counter()
     tensor_parallel = getattr(args, "tensor_parallel", 1) > 1
     if args.adapter and tensor_parallel:
-        raise GLMError("--adapter with --tensor-parallel is not supported: load the adapter in one process, "
-                       "merge it (paddle_glm.lora.merge_lora) and save_pretrained the merged model")
+        raise GLMError(ADAPTER_WITH_TP)  # also checked before the ranks start; here for a job launched by hand
     model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
                                                         tensor_parallel=tensor_parallel)
     if args.adapter:

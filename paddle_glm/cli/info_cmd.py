@@ -56,6 +56,8 @@ def checkpoint_dtype(source) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tensor_parallel < 1:
+        raise GLMError(f"--tensor-parallel must be at least 1, got {args.tensor_parallel}")
     require_local_dir(args.model_dir)
     config = GLMConfig.from_pretrained(args.model_dir)
     params = parameter_count(config)

@@ -65,6 +65,10 @@ def run_command(args: argparse.Namespace, argv: List[str]) -> int:
     return _launch(args.tensor_parallel, argv)
 
 
+ADAPTER_WITH_TP = ("--adapter with --tensor-parallel is not supported: load the adapter in one process, "
+                   "merge it (paddle_glm.lora.merge_lora) and save_pretrained the merged model")
+
+
 def _check_before_launch(args: argparse.Namespace) -> None:
     """The errors every rank would meet, found before N processes start."""
     from ..config import GLMConfig
@@ -72,6 +76,8 @@ def _check_before_launch(args: argparse.Namespace) -> None:
     from ..parallel import check_split
 
     _refuse_interactive(args)
+    if getattr(args, "adapter", None):
+        raise GLMError(ADAPTER_WITH_TP)
     require_local_dir(args.model_dir)
     check_split(GLMConfig.from_pretrained(args.model_dir), args.tensor_parallel)
 
