@@ -1,6 +1,10 @@
 """Run the load, convert, generate, tensor-parallel, serve and train benchmarks and rewrite benchmarks/RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
+                                 [--only bench_serve.py ...]
+
+``--only`` reruns the named scripts and replaces their sections of an existing RESULTS.md
+(and their entries of RESULTS.json), saying so in its header.
 
 ``--model glm-tiny-test --work W --out O`` runs every script in seconds (a check that they
 work; the targets are for glm-large).
@@ -54,12 +58,19 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="glm-large-chinese", help="preset in configs/")
     parser.add_argument("--work", default=os.path.join(HERE, "_work"), help="generated checkpoints (reused)")
     parser.add_argument("--out", default=HERE, help="directory for RESULTS.md and RESULTS.json")
+    parser.add_argument("--only", nargs="+", metavar="SCRIPT",
+                        help="rerun these scripts only and replace their sections of the existing results")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or []) - {command[0] for _, command in BENCHMARKS})
+    if unknown:
+        parser.error(f"--only: unknown script(s) {', '.join(unknown)}")
     work, default_work = os.path.abspath(args.work), os.path.join(HERE, "_work")  # the scripts run in HERE
     os.makedirs(work, exist_ok=True)
-    sections, results, status = [], {}, 0
+    sections, results, status = {}, {}, 0
     for title, command in BENCHMARKS:
+        if args.only and command[0] not in args.only:
+            continue
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
@@ -77,19 +88,37 @@ def main(argv=None) -> int:
             raise SystemExit(f"{shown} failed with exit code {proc.returncode}")
         status |= proc.returncode
         results[command[0]] = json.loads(json_lines[-1])
-        sections.append(f"## {title}\n\nCommand: `{shown}`\n\n{table}\n")
-    header = (f"# Benchmark results\n\nWritten by `{' '.join(['python', 'benchmarks/run_all.py', *argv])}` on "
-              f"{datetime.date.today().isoformat()}.\n\nMachine: {machine()}.\n\n"
-              "Times are medians on a shared machine; compare the ratios, which are measured side by side "
-              "in one run. Raw figures: `RESULTS.json`.\n\n")
+        sections[title] = f"## {title}\n\nCommand: `{shown}`\n\n{table}\n"
+    command_line = " ".join(["python", "benchmarks/run_all.py", *argv])
+    today = datetime.date.today().isoformat()
+    if args.only:
+        header, sections, results = _merge_into_previous(args.out, sections, results, command_line, today)
+    else:
+        header = (f"# Benchmark results\n\nWritten by `{command_line}` on {today}.\n\nMachine: {machine()}.\n\n"
+                  "Times are medians on a shared machine; compare the ratios, which are measured side by side "
+                  "in one run. Raw figures: `RESULTS.json`.\n\n")
+    text = header + "\n".join(sections[title] for title, _ in BENCHMARKS if title in sections)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "RESULTS.md"), "w", encoding="utf-8") as f:
-        f.write(header + "\n".join(sections))
+        f.write(text)
     with open(os.path.join(args.out, "RESULTS.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
         f.write("\n")
-    print(header + "\n".join(sections))
+    print(text)
     return status
+
+
+def _merge_into_previous(out: str, sections: dict, results: dict, command_line: str, today: str):
+    """The previous RESULTS.md header (with a line on this rerun) and sections, the new ones replacing theirs."""
+    with open(os.path.join(out, "RESULTS.md"), encoding="utf-8") as f:
+        previous = f.read()
+    with open(os.path.join(out, "RESULTS.json"), encoding="utf-8") as f:
+        previous_results = json.load(f)
+    header, *old = previous.split("\n## ")
+    merged = {part.split("\n", 1)[0]: "## " + part.rstrip("\n") + "\n" for part in old}
+    merged.update(sections)
+    note = f"The {', '.join(sections)} section(s) again by `{command_line}` on {today}.\n\n"
+    return header.rstrip("\n") + "\n\n" + note, merged, {**previous_results, **results}
 
 
 if __name__ == "__main__":
