@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--api-key", default=os.environ.get("PADDLE_GLM_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/ (default: $PADDLE_GLM_API_KEY, else none)")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                        help="largest request body; larger ones get HTTP 413 (default 1 MiB)")
+                        help="largest request body; larger ones get HTTP 400 (default 1 MiB)")
     parser.add_argument("--model-name", default=None, help="the model id in /v1/models (default: MODEL_DIR's name)")
     parser.set_defaults(run=run)
 

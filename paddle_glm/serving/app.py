@@ -59,7 +59,7 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         scheduler: the queue and model thread; its ``runner`` also validates prompt lengths.
         model_name: the id ``/v1/models`` shows.
         api_key: if given, ``/v1/`` needs ``Authorization: Bearer api_key``.
-        max_body_bytes: larger request bodies get 413.
+        max_body_bytes: larger request bodies get 400.
     """
     runner = scheduler.runner
 

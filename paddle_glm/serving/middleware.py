@@ -15,7 +15,8 @@ async def _answer(error: APIError, scope, receive, send) -> None:
 
 
 class BodyLimit:
-    """Answers 413 to a request whose body is over ``max_bytes``, before any route reads it.
+    """Answers 400 (an OpenAI-style invalid request) to a request whose body is over ``max_bytes``,
+    before any route reads it.
 
     The body is read here (up to the limit) and replayed to the app; later
     ``receive`` calls (a client disconnect) pass through.
@@ -28,7 +29,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = APIError(413, f"the request body is over the server's limit of {self.max_bytes} bytes")
+        too_big = APIError(400, f"the request body is over the server's limit of {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _answer(too_big, scope, receive, send)
