@@ -111,3 +111,13 @@ def test_demo_runs_offline_and_fills_the_corpus_blanks():
     for case in DEMO_CASES:
         assert case.text in out
     assert f"{len(DEMO_CASES)} of {len(DEMO_CASES)} texts filled exactly" in out
+
+
+def test_convert_and_help_do_not_import_paddle():
+    """Conversion and every --help start without Paddle (its import costs about a second)."""
+    code = ("import sys\nfrom paddle_glm.cli import main\n"
+            "for argv in (['--help'], ['convert', '--help'], ['generate', '--help'], ['finetune', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'paddle' not in sys.modules, 'paddle was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
