@@ -114,13 +114,14 @@ def paddlenlp_per_token(reference, context: int, tokens: int) -> float:
     return timer.per_token()
 
 
-def roofline_seconds(model, repeats: int = 10) -> float:
-    """One batch-1 matmul pass over every weight matrix and the output projection (median of repeats)."""
+def roofline_seconds(model, batch: int = 1, repeats: int = 10) -> float:
+    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (median of
+    repeats): the time a decode step of that batch cannot beat when it must read every weight."""
     h = model.config.hidden_size
     weights = [p for n, p in model.named_parameters() if len(p.shape) == 2 and "position" not in n
                and "word_embeddings" not in n]
     embedding = model.glm.word_embeddings.weight
-    x = {h: paddle.randn([1, 1, h]), 4 * h: paddle.randn([1, 1, 4 * h])}
+    x = {h: paddle.randn([batch, 1, h]), 4 * h: paddle.randn([batch, 1, 4 * h])}
 
     def one_pass():
         for w in weights:

@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 import paddle
 import uvicorn
+from bench_generate import roofline_seconds
 
 from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMForConditionalGeneration
 from paddle_glm.demo_cases import DEMO_MODEL_DIR
@@ -48,28 +49,6 @@ from paddle_glm.serving.scheduler import Scheduler
 
 CLIENTS = (1, 4, 8)
 CORPUS = Path(__file__).resolve().parent.parent / "tools" / "corpus" / "zh_corpus.txt"
-
-
-def roofline_seconds(model, batch: int, repeats: int = 10) -> float:
-    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (median)."""
-    h = model.config.hidden_size
-    weights = [p for n, p in model.named_parameters() if len(p.shape) == 2 and "position" not in n
-               and "word_embeddings" not in n]
-    embedding = model.glm.word_embeddings.weight
-    x = {h: paddle.randn([batch, 1, h]), 4 * h: paddle.randn([batch, 1, 4 * h])}
-
-    def one_pass():
-        for w in weights:
-            paddle.matmul(x[w.shape[0]], w)
-        paddle.matmul(x[h], embedding, transpose_y=True)
-
-    one_pass()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        one_pass()
-        times.append(time.perf_counter() - start)
-    return float(statistics.median(times))
 
 
 def free_port() -> int:
