@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 import tempfile
-from typing import Iterator, Union
+from typing import Any, Dict, Iterator, Union
 
 from .errors import GLMError
 
@@ -37,6 +38,18 @@ def parse_size(size: Union[int, str]) -> int:
     if value <= 0:
         raise GLMError(f"max_shard_size must be positive, got {size!r}")
     return value
+
+
+def read_json_object(path: str) -> Dict[str, Any]:
+    """A JSON object file's contents; an unreadable file, bad JSON or another JSON type is a GLMError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise GLMError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ import sentencepiece as spm
 from .config import CONFIG_NAME
 from .errors import GLMError
 from .glm_layout import ID_DTYPE, generation_inputs, multiple_choice_inputs, target_inputs
-from .io_utils import atomic_write_bytes, atomic_write_text, require_local_dir
+from .io_utils import atomic_write_bytes, atomic_write_text, read_json_object, require_local_dir
 
 MODEL_FILE = "cog-pretrain.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -129,8 +129,8 @@ class GLMChineseTokenizer:
             raise GLMError(f"{path}: no {MODEL_FILE} (the sentencepiece model); copy it from the model's files")
         config_file = os.path.join(path, TOKENIZER_CONFIG_FILE)
         added_file = os.path.join(path, ADDED_TOKENS_FILE)
-        config = _read_json_object(config_file) if os.path.isfile(config_file) else None
-        added = _read_json_object(added_file) if os.path.isfile(added_file) else None
+        config = read_json_object(config_file) if os.path.isfile(config_file) else None
+        added = read_json_object(added_file) if os.path.isfile(added_file) else None
         if added is not None:
             added = _checked_added_tokens(added, added_file)
         tokenizer = cls(model_file, added_tokens=added, tokenizer_config=config)
@@ -561,17 +561,6 @@ def _checked_added_tokens(added: Mapping[str, Any], source: str) -> Dict[str, in
     if bad:
         raise GLMError(f"{source}: ids must be non-negative ints, got {bad}")
     return dict(added)
-
-
-def _read_json_object(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise GLMError(f"{path}: cannot read it as JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _to_json(data: Mapping[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ..errors import GLMError
-from ..io_utils import atomic_write_text, require_local_dir
+from ..io_utils import atomic_write_text, read_json_object, require_local_dir
 
 GENERATION_CONFIG_NAME = "generation_config.json"
 # Keys HF and PaddleNLP write into generation_config.json that are bookkeeping, not settings.
@@ -212,13 +212,7 @@ def _valid_bad_words(bad_words) -> bool:
 
 def _read_settings(path: str) -> Dict[str, Any]:
     """The settings of a ``generation_config.json`` (none from a file derived from ``config.json``)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise GLMError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(path)
     if data.get(_DERIVED_MARK) is True:
         return {}
     return {key: value for key, value in data.items() if key not in _METADATA_KEYS}
