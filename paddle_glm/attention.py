@@ -26,6 +26,7 @@ from typing import Optional
 import paddle
 import paddle.nn.functional as F
 
+from .devices import cuda_capability, device_type, dtype_str
 from .errors import GLMError
 
 MATH, SDPA, FLASHMASK = "math", "sdpa", "flashmask"
@@ -33,11 +34,9 @@ BHSD, BSHD = "bhsd", "bshd"  # [batch, heads, seq, dim] / [batch, seq, heads, di
 LAYOUT = {MATH: BHSD, SDPA: BSHD, FLASHMASK: BSHD}
 DECODE_BACKEND = {BHSD: MATH, BSHD: SDPA}  # a decode step (one query row) by cache layout: no FlashMask encoding
 _HALF = ("float16", "bfloat16")
-
-
-def dtype_str(dtype) -> str:
-    """'float32', 'float16' or 'bfloat16' from a paddle dtype or a string."""
-    return str(dtype).replace("paddle.", "")
+# Cache lengths are rounded up to a multiple of this: Paddle's memory-efficient attention
+# needs the mask's key dimension divisible by 8 (else it falls back to the math kernel).
+CACHE_ALIGN = 8
 
 
 def select_backend(device: str, dtype: str, head_dim: int, mask_kind: str, query_len: int,
@@ -64,6 +63,24 @@ def select_backend(device: str, dtype: str, head_dim: int, mask_kind: str, query
 def cache_layout(backend: str) -> str:
     """The KV-cache layout a backend reads without copying: bhsd for math, bshd for the fused kernels."""
     return LAYOUT[backend]
+
+
+def cache_backend(attention_backend: Optional[str] = None) -> str:
+    """The backend a new KV cache is laid out for: ``attention_backend`` when given, else the one this
+    device's decode steps use (sdpa on a GPU, math on CPU)."""
+    return attention_backend or (SDPA if device_type() == "gpu" else MATH)
+
+
+def aligned_cache_length(length: int) -> int:
+    """``length`` rounded up to a multiple of ``CACHE_ALIGN`` (the fused kernels want aligned key lengths)."""
+    return -(-length // CACHE_ALIGN) * CACHE_ALIGN
+
+
+def check_cache_layout(backend: str, layout: str) -> None:
+    """Refuse a prefill whose backend reads another cache layout than the cache's."""
+    if layout != cache_layout(backend):
+        raise GLMError(f"attention backend {backend!r} reads a {cache_layout(backend)} cache, but this cache is "
+                       f"{layout}; build it with new_cache(..., attention_backend=...)")
 
 
 def flashmask_indices(mask: paddle.Tensor) -> Optional[paddle.Tensor]:
@@ -98,16 +115,6 @@ class PreparedMask:
     backend: str
     bias: Optional[paddle.Tensor] = None  # math and sdpa: additive [b, 1, q, k], 0 or the dtype's minimum
     startend_row_indices: Optional[paddle.Tensor] = None  # flashmask: [b, 1, k, 2]
-
-
-def device_type() -> str:
-    """"gpu" when Paddle's current place is a CUDA GPU, else "cpu"."""
-    return "gpu" if paddle.get_device().startswith("gpu") else "cpu"
-
-
-def cuda_capability() -> int:
-    major, minor = paddle.device.cuda.get_device_capability()
-    return major * 10 + minor
 
 
 def additive_bias(mask: paddle.Tensor, dtype: str) -> paddle.Tensor:

@@ -1,4 +1,5 @@
-"""dtype choice and the CPU float32 rule, checked before any weights are touched; CPU threads."""
+"""The device and dtype a model runs in: which device is current, dtype names and the CPU float32 rule
+(checked before any weights are touched), and CPU threads."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +14,22 @@ from .errors import GLMError
 THREADS_ENV = "PADDLE_GLM_NUM_THREADS"
 
 
+def device_type() -> str:
+    """"gpu" when Paddle's current place is a CUDA GPU, else "cpu"."""
+    return "gpu" if paddle.get_device().startswith("gpu") else "cpu"
+
+
+def cuda_capability() -> int:
+    """The current GPU's compute capability as major*10 + minor (80 = A100)."""
+    major, minor = paddle.device.cuda.get_device_capability()
+    return major * 10 + minor
+
+
+def dtype_str(dtype) -> str:
+    """A dtype's name ('float32', 'int64', ...) from a paddle dtype or a string."""
+    return str(dtype).replace("paddle.", "")
+
+
 def resolve_dtype(dtype: Optional[str], device: Optional[str] = None) -> str:
     """The dtype to build a model in: ``dtype`` (default float32), validated for ``device``.
 
@@ -20,7 +37,7 @@ def resolve_dtype(dtype: Optional[str], device: Optional[str] = None) -> str:
     matmul, layer_norm or softmax kernels, so asking for them on CPU is refused
     here rather than failing deep inside a forward pass.
     """
-    name = "float32" if dtype is None else str(dtype).replace("paddle.", "")
+    name = "float32" if dtype is None else dtype_str(dtype)
     if name not in DTYPE_NAMES:
         raise GLMError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     device = device or paddle.get_device()

@@ -13,7 +13,10 @@ of PaddleNLP 2.8.1's ``GLMTokenizerMixin``), multi-blank infilling, training
 samples (``tools/blank_infilling.py``), the benchmarks, and ``generate``, which
 extends a layout to the tokens it decodes (:func:`extend_positions`,
 :func:`generation_mask`) after checking it against the position table
-(:func:`largest_position`, :func:`check_position_table`) before allocating anything.
+(:func:`check_run_positions`) before allocating anything. The model's forward takes
+its default positions (:func:`default_positions`), the 2-D form of a model without
+block positions (:func:`with_block_row`) and its range check (:func:`check_positions`)
+from here too, and every message names the table as :func:`position_table` does.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import numpy as np
 import paddle
 
 from .errors import GLMError
-from .masks import build_attention_mask
+from .ids import check_id_range
+from .masks import build_attention_mask, check_binary_mask
 
 ID_DTYPE = "int64"
 
@@ -262,34 +266,70 @@ def _choice_sample(context: np.ndarray, context_mask: np.ndarray, choices: List[
     }
 
 
-# ----- generate: the layout of a whole run, checked against the position table first
+# ----- positions of a whole input or run, checked against the position table
 
 
-def largest_position(position_ids: Optional[paddle.Tensor], total: int) -> int:
-    """The largest position or block position a run of ``total`` tokens needs, computed from the
-    given ``position_ids`` ``[b, 2, n]`` (None: ``0..total-1``) without building the extension."""
-    if position_ids is None:
-        return total - 1
-    given = position_ids.shape[2]
-    if given >= total:
-        return int(position_ids[:, :, :total].max())
-    # the extension repeats row 0's last value and counts row 1 on from its last value
-    return max(int(position_ids.max()), int(position_ids[:, 1, -1].max()) + total - given)
+def position_table(rows: int) -> str:
+    """How every message names a position table of ``rows`` rows (``max_sequence_length + 1`` with
+    block positions): by the positions it holds, ``0..rows-1``."""
+    return f"the model's position table (positions 0..{rows - 1})"
 
 
-def check_position_table(largest: int, table_rows: int, what: str) -> None:
+def default_positions(batch: int, length: int) -> paddle.Tensor:
+    """``[b, 2, length]`` int64: positions ``0..length-1`` and zero block positions (a causal LM)."""
+    positions = paddle.arange(length, dtype=ID_DTYPE).expand([batch, length])  # [b, length]
+    return paddle.stack([positions, paddle.zeros_like(positions)], axis=1)  # [b, 2, length]
+
+
+def with_block_row(position_ids: paddle.Tensor, block_position_encoding: bool) -> paddle.Tensor:
+    """Positions ``[b, s]`` of a model without block positions as ``[b, 2, s]`` (a zero block row);
+    anything else unchanged (the callers check the shape)."""
+    if position_ids.ndim == 2 and not block_position_encoding:
+        return paddle.stack([position_ids, paddle.zeros_like(position_ids)], axis=1)  # [b, 2, s]
+    return position_ids
+
+
+def check_position_table(largest: int, table_rows: int, what: str, advice: str) -> None:
     """Raise GLMError when position ``largest`` is past a position table of ``table_rows`` rows."""
     if largest >= table_rows:
-        raise GLMError(f"{what} needs position {largest}, but the model's position table has {table_rows} rows: "
-                       "shorten the text or ask for fewer tokens")
+        raise GLMError(f"{what} needs position {largest}, past {position_table(table_rows)}: {advice}")
+
+
+def check_positions(position_ids: paddle.Tensor, table_rows: int) -> None:
+    """Every given position and block position indexes the position table (one host read)."""
+    check_id_range(position_ids, "position_ids", table_rows, f"{position_table(table_rows)}: shorten the input")
+
+
+def check_run_positions(position_ids: Optional[paddle.Tensor], prompt_length: int, new_tokens: int,
+                        table_rows: int) -> None:
+    """Refuse a ``generate`` run past the position table before anything of its length is allocated.
+
+    A prompt whose own positions are past the table is refused as too long whatever the
+    number of new tokens; otherwise the run's largest position (of :func:`extend_positions`,
+    computed without building it) is checked. One host read.
+    """
+    total = prompt_length + new_tokens - 1
+    if position_ids is None:
+        prompt_largest, run_largest = prompt_length - 1, total - 1
+    else:
+        given = position_ids.shape[2]
+        if given >= total:
+            run_largest = position_ids[:, :, :total].max()
+        else:  # the extension repeats row 0's last value and counts row 1 on from its last value
+            run_largest = paddle.maximum(position_ids.max(), position_ids[:, 1, -1].max() + (total - given))
+        both = paddle.stack([position_ids[:, :, :prompt_length].max(), run_largest]).numpy()
+        prompt_largest, run_largest = (int(x) for x in both)
+    check_position_table(prompt_largest, table_rows, f"the prompt alone is too long: its {prompt_length} tokens",
+                         "shorten the text")
+    check_position_table(run_largest, table_rows, f"generating {new_tokens} new tokens after a "
+                         f"{prompt_length}-token prompt", "ask for fewer new tokens")
 
 
 def extend_positions(position_ids: Optional[paddle.Tensor], batch: int, total: int) -> paddle.Tensor:
     """``[b, 2, total]`` positions: the given ones, extended with GLM's pattern (row 0 repeats its
     last value, the blank's position; block positions keep counting), or ``0..total-1`` and zeros."""
     if position_ids is None:
-        positions = paddle.arange(total, dtype="int64").expand([batch, total])
-        return paddle.stack([positions, paddle.zeros_like(positions)], axis=1)  # [b, 2, total]
+        return default_positions(batch, total)
     given = position_ids.shape[2]
     if given >= total:
         return position_ids[:, :, :total]
@@ -317,10 +357,7 @@ def generation_mask(attention_mask, batch: int, prompt_length: int, total: int) 
                 or given.shape[2] < prompt_length:
             raise GLMError(f"attention_mask: expected a square [{batch}, 1, L, L] mask with L >= {prompt_length} "
                            f"(the prompt length), got {list(given.shape)}")
-        if given.dtype != paddle.bool and bool(paddle.logical_and(given != 0, given != 1).any()):
-            raise GLMError("attention_mask: a 4-D mask must hold only 0 and 1 (1 = may attend), not values such as "
-                           "0.5 or additive 0/-10000")
-        given = given.astype("bool")
+        given = check_binary_mask(given)
         m = given.shape[2]
         if m >= total:
             mask = given[:, :, :total, :total]

@@ -5,7 +5,8 @@ from typing import List, Tuple, Union
 
 import paddle
 
-from .attention import BHSD, BSHD, additive_bias, dtype_str
+from .attention import BHSD, BSHD, additive_bias
+from .devices import dtype_str
 from .errors import GLMError
 
 

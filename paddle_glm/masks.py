@@ -73,9 +73,14 @@ def _from_dense(mask: paddle.Tensor, batch: int, query_len: int, key_len: int) -
     if rows != query_len or cols != key_len:
         raise GLMError(f"attention_mask: expected [{batch}, 1, {query_len}, {key_len}] (query rows, key columns) for "
                        f"{query_len} tokens, got {list(mask.shape)}")
-    if mask.dtype != paddle.bool:
-        if bool(paddle.logical_and(mask != 0, mask != 1).any()):
-            raise GLMError("attention_mask: a 4-D mask must hold 0/1 (1 = may attend), not additive values "
-                           "such as 0/-10000")
-        mask = mask.astype("bool")
-    return mask
+    return check_binary_mask(mask)
+
+
+def check_binary_mask(mask: paddle.Tensor) -> paddle.Tensor:
+    """A 4-D 0/1 (or bool) mask as bool; any other value (0.5, an additive 0/-10000 mask) is a GLMError."""
+    if mask.dtype == paddle.bool:
+        return mask
+    if bool(paddle.logical_and(mask != 0, mask != 1).any()):
+        raise GLMError("attention_mask: a 4-D mask must hold only 0 and 1 (a 0/1 mask, 1 = may attend), not values "
+                       "such as 0.5 or an additive 0/-10000 mask")
+    return mask.astype("bool")

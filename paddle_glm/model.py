@@ -19,18 +19,16 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute as fleet_recompute
 
-from .attention import (BHSD, DECODE_BACKEND, MATH, SDPA, PreparedMask, attend, cache_layout, device_type,
-                        dtype_str, prepare_mask)
+from .attention import (BHSD, DECODE_BACKEND, PreparedMask, aligned_cache_length, attend, cache_backend,
+                        cache_layout, check_cache_layout, prepare_mask)
 from .config import GLMConfig
 from .errors import GLMError
 from .generation.mixin import GenerationMixin
+from .glm_layout import check_position_table, check_positions, default_positions, with_block_row
+from .ids import check_id_range, to_int64
 from .kv_cache import KVCache
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
-
-# Cache lengths are rounded up to a multiple of this: Paddle's memory-efficient attention
-# needs the mask's key dimension divisible by 8 (else it falls back to the math kernel).
-CACHE_ALIGN = 8
 
 
 @dataclass
@@ -180,18 +178,17 @@ class GLMModel(PretrainedMixin, nn.Layer):
             last_token_only: compute logits for the last position only (``[b, 1, vocab]``), as
                 generation needs; saves the ``[s, vocab]`` projection of a long prompt.
         """
-        input_ids = _int_tensor(input_ids, "input_ids")
+        input_ids = to_int64(input_ids, "input_ids")
         if input_ids.ndim != 2:
             raise GLMError(f"input_ids: expected shape [batch, length], got {list(input_ids.shape)}")
-        _check_range(input_ids, "input_ids", self.config.vocab_size, "the vocabulary (vocab_size): ids come from the "
-                     "model's own tokenizer")
+        check_id_range(input_ids, "input_ids", self.config.vocab_size, "the vocabulary (vocab_size): ids come from "
+                       "the model's own tokenizer")
         b, s = input_ids.shape
         position_ids = self._positions(position_ids, b, s)
         mask = build_attention_mask(attention_mask, b, s, s)
         prepared = prepare_mask(mask, self.word_embeddings.weight.dtype, self.config.head_dim, attention_backend)
-        if cache is not None and cache.layout != cache_layout(prepared.backend):
-            raise GLMError(f"attention backend {prepared.backend!r} reads a {cache_layout(prepared.backend)} cache, "
-                           f"but this cache is {cache.layout}; build it with new_cache(..., attention_backend=...)")
+        if cache is not None:
+            check_cache_layout(prepared.backend, cache.layout)
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, prepared, cache)
         return self._output(hidden[:, -1:] if last_token_only else hidden)
 
@@ -227,30 +224,23 @@ class GLMModel(PretrainedMixin, nn.Layer):
         return GLMOutput(logits=logits, last_hidden_state=hidden)
 
     def _positions(self, position_ids, b: int, s: int) -> paddle.Tensor:
-        """``[b, 2, s]`` int64 positions (row 1 is ignored without block positions)."""
+        """``[b, s]``'s positions, checked: ``[b, 2, s]`` int64 (row 1 is ignored without block positions)."""
+        rows = self.config.num_position_embeddings
         if position_ids is None:
-            if s > self.config.max_sequence_length:
-                raise GLMError(f"{s} tokens exceed the model's position table "
-                               f"(max_sequence_length={self.config.max_sequence_length})")
-            positions = paddle.arange(s, dtype="int64").expand([b, s])
-            return paddle.stack([positions, paddle.zeros_like(positions)], axis=1)  # [b, 2, s]
-        position_ids = _int_tensor(position_ids, "position_ids")
-        if position_ids.ndim == 2 and not self.config.block_position_encoding:
-            position_ids = paddle.stack([position_ids, paddle.zeros_like(position_ids)], axis=1)
-        if position_ids.ndim != 3 or position_ids.shape[0] != b or position_ids.shape[1] != 2 or \
-                position_ids.shape[2] != s:
+            check_position_table(s - 1, rows, f"a {s}-token input", "shorten the input")
+            return default_positions(b, s)
+        position_ids = with_block_row(to_int64(position_ids, "position_ids"), self.config.block_position_encoding)
+        if list(position_ids.shape) != [b, 2, s]:
             raise GLMError(f"position_ids: expected shape [{b}, 2, {s}] (positions, block positions), "
                            f"got {list(position_ids.shape)}")
-        _check_range(position_ids, "position_ids", self.config.num_position_embeddings,
-                     "the position table (max_sequence_length + 1 rows with block positions): shorten the input")
+        check_positions(position_ids, rows)
         return position_ids
 
     def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
         """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads."""
-        backend = attention_backend or (SDPA if device_type() == "gpu" else MATH)
-        max_length = -(-max_length // CACHE_ALIGN) * CACHE_ALIGN  # fused kernels want aligned key lengths
-        return KVCache.allocate(self.config.num_layers, batch, max_length, self.transformer.layers[0].attention.num_heads,
-                                self.config.head_dim, self.word_embeddings.weight.dtype, cache_layout(backend))
+        return KVCache.allocate(self.config.num_layers, batch, aligned_cache_length(max_length),
+                                self.transformer.layers[0].attention.num_heads, self.config.head_dim,
+                                self.word_embeddings.weight.dtype, cache_layout(cache_backend(attention_backend)))
 
 
 class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
@@ -298,7 +288,7 @@ def lm_loss(logits: paddle.Tensor, labels, loss_mask=None, label_smoothing: floa
     Computed in float32.
     """
     logits = _float32_tensor(logits)
-    labels = _int_tensor(labels, "labels")
+    labels = to_int64(labels, "labels")
     if list(labels.shape) != list(logits.shape[:2]):
         raise GLMError(f"labels: expected shape {list(logits.shape[:2])} (one per input token), "
                        f"got {list(labels.shape)}")
@@ -319,27 +309,3 @@ def _float32_tensor(value) -> paddle.Tensor:
     """float32 paddle tensor from a tensor, numpy array or list."""
     value = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(np.asarray(value))
     return value if value.dtype == paddle.float32 else value.astype("float32")
-
-
-_INT_DTYPES = (paddle.int64, paddle.int32, paddle.int16, paddle.int8, paddle.uint8)
-
-
-def _int_tensor(value, name: str) -> paddle.Tensor:
-    """int64 tensor from an integer tensor, numpy array or list; floats are refused, not truncated."""
-    if not isinstance(value, paddle.Tensor):
-        array = np.asarray(value)
-        if array.dtype.kind not in "iu":
-            raise GLMError(f"{name}: expected integer ids, got {array.dtype} values")
-        return paddle.to_tensor(array.astype("int64"))
-    if value.dtype not in _INT_DTYPES:
-        raise GLMError(f"{name}: expected integer ids, got {dtype_str(value.dtype)} values")
-    return value if value.dtype == paddle.int64 else value.astype("int64")
-
-
-def _check_range(ids: paddle.Tensor, name: str, limit: int, table: str) -> None:
-    """A one-line error for an id outside ``[0, limit)``, which an embedding lookup would read out of bounds."""
-    if ids.size == 0:
-        return
-    low, high = (int(x) for x in paddle.stack([ids.min(), ids.max()]).numpy())  # one host synchronisation
-    if low < 0 or high >= limit:
-        raise GLMError(f"{name}: value {low if low < 0 else high} is outside [0, {limit}), {table}")

@@ -11,7 +11,6 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .config import GLMConfig
-from .glm_layout import check_position_table
 from .model import GLMModel
 from .pretrained import PretrainedMixin
 
@@ -42,8 +41,6 @@ class GLMForMultipleChoice(PretrainedMixin, nn.Layer):
 
     def forward(self, input_ids, position_ids, attention_mask, choice_ids: Sequence[Sequence],
                 choice_indices: Sequence[Sequence], labels=None) -> MultipleChoiceOutput:
-        largest = int(np.max(position_ids.numpy() if isinstance(position_ids, paddle.Tensor) else position_ids))
-        check_position_table(largest, self.config.num_position_embeddings, "scoring these choices")
         lm_logits = self.glm(input_ids, position_ids, attention_mask).logits
         log_probs = F.log_softmax(lm_logits, axis=-1)  # [b, S, vocab]
         width = max(len(row) for row in choice_ids)

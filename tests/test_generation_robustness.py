@@ -126,7 +126,7 @@ def test_huge_max_new_tokens_is_refused_at_once_without_memory(model_dir):
         if name == "cli":
             assert result["message"] == "exit code 2", result
         else:
-            assert "position table has 65 rows" in result["message"], result
+            assert "past the model's position table (positions 0..64)" in result["message"], result
 
 
 def test_cli_huge_max_new_tokens_is_one_line(model_dir):
@@ -214,7 +214,8 @@ def test_multiple_choice_past_the_position_table(tokenizer):
     scorer = GLMForMultipleChoice(GLMConfig(**CFG)).eval()
     batch = tokenizer(["天" * 70 + "[MASK]。"], return_tensors="np")
     inputs = tokenizer.build_inputs_for_multiple_choice(batch, [["北京", "上海"]])
-    with pytest.raises(GLMError, match="scoring these choices needs position .* position table has 65 rows"):
+    table = r"the model's position table \(positions 0..64\)"
+    with pytest.raises(GLMError, match=rf"^position_ids: value 75 is outside \[0, 65\), {table}"):
         scorer(**inputs)
 
 

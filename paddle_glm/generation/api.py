@@ -8,10 +8,11 @@ import numpy as np
 import paddle
 
 from ..errors import GLMError
+from ..ids import to_int64
 from .beam import beam_search
 from .decode import StepRecord, decode
 from .config import DEFAULT_NEW_TOKENS, GenerationConfig
-from .inputs import covered_new_tokens, prepare_inputs, to_int64
+from .inputs import covered_new_tokens, prepare_inputs
 from .logits_process import LogitsSettings, normalize_bad_words
 
 

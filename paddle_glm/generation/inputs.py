@@ -8,11 +8,13 @@ and the boolean mask ``[b, 1, total, total]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import paddle
 
 from ..errors import GLMError
-from ..glm_layout import check_position_table, extend_positions, generation_mask, largest_position
+from ..glm_layout import check_run_positions, extend_positions, generation_mask, with_block_row
+from ..ids import to_int64
 
 
 @dataclass
@@ -33,24 +35,6 @@ class GenerationInputs:
     @property
     def total(self) -> int:
         return self.position_ids.shape[2]
-
-
-def to_int64(value, name: str) -> paddle.Tensor:
-    """A paddle int64 tensor from an integer paddle tensor, numpy array or nested list.
-
-    Floats are refused, not truncated: ids are integers.
-    """
-    if isinstance(value, paddle.Tensor):
-        if value.is_floating_point() or value.dtype == paddle.bool:
-            raise GLMError(f"{name}: expected integer ids, got a {str(value.dtype).replace('paddle.', '')} tensor")
-        return value if value.dtype == paddle.int64 else value.astype("int64")
-    try:
-        array = np.asarray(value)
-    except ValueError as e:
-        raise GLMError(f"{name}: expected integer ids (paddle tensor, numpy array or list), got {e}") from None
-    if array.dtype.kind not in "iu":
-        raise GLMError(f"{name}: expected integer ids (paddle tensor, numpy array or list), got {array.dtype} values")
-    return paddle.to_tensor(array.astype(np.int64))
 
 
 def covered_new_tokens(input_len: int, position_ids) -> int:
@@ -79,13 +63,11 @@ def prepare_inputs(input_ids, position_ids, attention_mask, new_tokens: int,
     covered = 0
     if position_ids is not None:
         position_ids = to_int64(position_ids, "position_ids")
-        if position_ids.ndim == 2 and not block_position_encoding:
-            position_ids = paddle.stack([position_ids, paddle.zeros_like(position_ids)], axis=1)
+        position_ids = with_block_row(position_ids, block_position_encoding)
         if position_ids.ndim != 3 or position_ids.shape[:2] != [b, 2] or position_ids.shape[2] < n0:
             raise GLMError(f"position_ids: expected shape [{b}, 2, >= {n0}] (positions, block positions) for "
                            f"input_ids of shape {[b, n0]}, got {list(position_ids.shape)}")
         covered = covered_new_tokens(n0, position_ids)
-    check_position_table(largest_position(position_ids, total), num_position_embeddings,
-                         f"generating {new_tokens} new tokens after a {n0}-token prompt")
+    check_run_positions(position_ids, n0, new_tokens, num_position_embeddings)
     positions = extend_positions(position_ids, b, total)
     return GenerationInputs(input_ids, positions, generation_mask(attention_mask, b, n0, total), covered)
