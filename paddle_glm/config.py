@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from .errors import GLMError
-from .io_utils import atomic_write_text, require_local_dir
+from .io_utils import atomic_write_text, read_json_object, require_local_dir
 
 CONFIG_NAME = "config.json"
 LEGACY_CONFIG_NAME = "model_config.json"
@@ -141,18 +141,7 @@ class GLMConfig:
     @classmethod
     def from_json_file(cls, path: str) -> "GLMConfig":
         """Read a config JSON file; errors name the file (and the field)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise GLMError(f"{path}: not valid JSON ({e})") from None
-        except UnicodeDecodeError as e:
-            raise GLMError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
-                           f"{e.start}); save it as UTF-8 JSON") from None
-        except OSError as e:
-            raise GLMError(f"{path}: cannot read it ({e.strerror or e})") from None
-        if not isinstance(data, dict):
-            raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = read_json_object(path)
         try:
             config = cls.from_dict(data)
         except GLMError as e:
@@ -185,7 +174,7 @@ class GLMConfig:
         presets = available_presets()
         if name not in presets:
             raise GLMError(f"unknown preset {name!r}; available: {', '.join(sorted(presets))}")
-        data = json.loads(presets[name].read_text(encoding="utf-8"))
+        data = read_json_object(str(presets[name]))
         data.update(overrides)
         return cls.from_dict(data)
 

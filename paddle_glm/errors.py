@@ -14,3 +14,19 @@ class CheckpointError(GLMError):
 
 class MissingFileError(CheckpointError):
     """A checkpoint file is not there; when a save replaced the checkpoint meanwhile, loading again works."""
+
+
+class OutputExistsError(GLMError):
+    """An output directory holds files already; the message names the option that replaces it.
+
+    The Python API's option is ``overwrite=True``; a command line re-raises the error
+    :meth:`naming` its own flag.
+    """
+
+    def __init__(self, path: str, problem: str, option: str = "overwrite=True"):
+        self.path, self.problem, self.option = path, problem, option
+        super().__init__(f"{path}: {problem}; pass {option} to replace it")
+
+    def naming(self, option: str) -> "OutputExistsError":
+        """The same error, telling the user to pass ``option`` (e.g. ``--overwrite``)."""
+        return OutputExistsError(self.path, self.problem, option)

@@ -268,6 +268,8 @@ def _choice_sample(context: np.ndarray, context_mask: np.ndarray, choices: List[
 
 # ----- positions of a whole input or run, checked against the position table
 
+_PROMPT_TOO_LONG = "the prompt alone is too long: a {}-token prompt"
+
 
 def position_table(rows: int) -> str:
     """How every message names a position table of ``rows`` rows (``max_sequence_length + 1`` with
@@ -292,7 +294,11 @@ def with_block_row(position_ids: paddle.Tensor, block_position_encoding: bool) -
 def check_position_table(largest: int, table_rows: int, what: str, advice: str) -> None:
     """Raise GLMError when position ``largest`` is past a position table of ``table_rows`` rows."""
     if largest >= table_rows:
-        raise GLMError(f"{what} needs position {largest}, past {position_table(table_rows)}: {advice}")
+        raise GLMError(_past_the_table(what, largest, table_rows, advice))
+
+
+def _past_the_table(what: str, largest: int, table_rows: int, advice: str) -> str:
+    return f"{what} needs position {largest}, past {position_table(table_rows)}: {advice}"
 
 
 def check_positions(position_ids: paddle.Tensor, table_rows: int) -> None:
@@ -319,10 +325,23 @@ def check_run_positions(position_ids: Optional[paddle.Tensor], prompt_length: in
             run_largest = paddle.maximum(position_ids.max(), position_ids[:, 1, -1].max() + (total - given))
         both = paddle.stack([position_ids[:, :, :prompt_length].max(), run_largest]).numpy()
         prompt_largest, run_largest = (int(x) for x in both)
-    check_position_table(prompt_largest, table_rows, f"the prompt alone is too long: its {prompt_length} tokens",
-                         "shorten the text")
+    check_position_table(prompt_largest, table_rows, _PROMPT_TOO_LONG.format(prompt_length), "shorten the text")
     check_position_table(run_largest, table_rows, f"generating {new_tokens} new tokens after a "
                          f"{prompt_length}-token prompt", "ask for fewer new tokens")
+
+
+def blank_fill_problems(context_tokens: int, new_tokens: int, table_rows: int) -> List[Tuple[str, str]]:
+    """``(what, message)`` for each length a blank fill cannot have, known from the token counts alone
+    (a server checks before it queues): the context takes positions ``0..context_tokens-1`` and
+    the span block positions ``1..new_tokens``. ``what`` is "prompt" or "new_tokens"."""
+    problems = []
+    if context_tokens > table_rows:
+        problems.append(("prompt", _past_the_table(_PROMPT_TOO_LONG.format(context_tokens), context_tokens - 1,
+                                                   table_rows, "shorten the text")))
+    if new_tokens > table_rows - 1:
+        problems.append(("new_tokens", f"at most {table_rows - 1} new tokens fit {position_table(table_rows)} (a "
+                                       f"span's block positions count 1, 2, ...), got {new_tokens}"))
+    return problems
 
 
 def extend_positions(position_ids: Optional[paddle.Tensor], batch: int, total: int) -> paddle.Tensor:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, Iterator, Union
 
-from .errors import GLMError
+from .errors import GLMError, OutputExistsError
 
 _SIZE_UNITS = {
     "": 1, "B": 1,
@@ -41,12 +41,18 @@ def parse_size(size: Union[int, str]) -> int:
 
 
 def read_json_object(path: str) -> Dict[str, Any]:
-    """A JSON object file's contents; an unreadable file, bad JSON or another JSON type is a GLMError naming it."""
+    """A JSON object file's contents; an unreadable file, bad JSON, text that is not UTF-8 or another
+    JSON type is a GLMError naming the file."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise GLMError(f"{path}: cannot read it as JSON ({e})") from None
+    except json.JSONDecodeError as e:
+        raise GLMError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise GLMError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                       "save it as UTF-8 JSON") from None
+    except OSError as e:
+        raise GLMError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise GLMError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -95,7 +101,7 @@ def atomic_output_dir(dst: str, *, overwrite: bool = False) -> Iterator[str]:
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise GLMError(f"{dst}: exists and is not a directory")
     if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
-        raise GLMError(f"{dst}: directory exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(dst, "directory exists and is not empty")
     parent = os.path.dirname(dst)
     try:
         os.makedirs(parent, exist_ok=True)
@@ -144,9 +150,8 @@ def _rename_new(tmp: str, dst: str) -> None:
         os.rename(tmp, dst)
     except OSError as e:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise GLMError(f"{dst}: another process filled this directory while the output was being written; "
-                           "this output was discarded and DST left as it is (pass overwrite=True / --overwrite "
-                           "to replace it)") from None
+            raise OutputExistsError(dst, "another process filled this directory while the output was being "
+                                         "written; this output was discarded and the directory left as it is") from None
         raise GLMError(f"{dst}: cannot create it ({e.strerror or e})") from None
 
 

@@ -108,3 +108,9 @@ class KVCache:
         self.key_bias = paddle.index_select(self.key_bias, index, axis=0)
         if self.key_bias.shape[0] != batch:
             self._index_rows()
+
+
+def sequence_bytes(num_layers: int, hidden_size: int, length: int, itemsize: int) -> int:
+    """Bytes a :class:`KVCache` holds per sequence of ``length`` tokens: keys and values of every layer
+    and head (under tensor parallelism each rank holds its share of the heads)."""
+    return 2 * num_layers * length * hidden_size * itemsize

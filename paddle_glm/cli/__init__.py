@@ -8,6 +8,7 @@ import io
 import signal
 import sys
 import threading
+import warnings
 from typing import Iterator, List, Optional
 
 from ..errors import GLMError
@@ -34,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_paddle_import_warnings() -> None:
+    """Keep Paddle's import-time ``UserWarning: No ccache found`` off the command's stderr.
+
+    Paddle's C++-extension helpers look for ccache (a compiler cache) when Paddle is imported,
+    and warn when it is absent; no command here compiles anything. Called before Paddle's import.
+    """
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM/SIGHUP, so temporary outputs are cleaned up as on Ctrl-C."""
 
@@ -48,6 +58,7 @@ def _raise_terminated(signum, frame) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``."""
+    quiet_paddle_import_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
     for position, arg in enumerate(argv, 1):
         try:

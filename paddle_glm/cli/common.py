@@ -99,5 +99,21 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def format_count(count: int) -> str:
+    """``count`` with thousands separators and its size in words: ``672,256 (672.3 thousand)``."""
+    for scale, word in ((1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
+        if count >= scale:
+            return f"{count:,} ({count / scale:.1f} {word})"
+    return f"{count:,}"
+
+
+def format_bytes(size: float) -> str:
+    """A byte count in the largest decimal unit that keeps it at 1 or more: ``2.69 MB``, ``19.76 GB``."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{int(size)} B"
+
+
 def speed_line(tokens: int, seconds: float) -> str:
     return f"{tokens} tokens in {seconds:.2f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)"

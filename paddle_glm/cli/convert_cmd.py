@@ -5,6 +5,7 @@ import argparse
 
 from ..checkpoint.layout import LAYOUTS
 from ..conversion import DTYPES, FROM_LAYOUTS, OUTPUT_FORMATS, convert
+from ..errors import OutputExistsError
 
 
 def add_parser(subparsers) -> None:
@@ -36,9 +37,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the conversion and print a one-line summary."""
-    report = convert(args.src, args.dst, to=args.to, from_layout=args.from_layout, to_layout=args.to_layout,
-                     dtype=args.dtype, max_shard_size=args.max_shard_size, verify=args.verify,
-                     overwrite=args.overwrite, allow_unknown=args.allow_unknown, quiet=args.quiet)
+    try:
+        report = convert(args.src, args.dst, to=args.to, from_layout=args.from_layout, to_layout=args.to_layout,
+                         dtype=args.dtype, max_shard_size=args.max_shard_size, verify=args.verify,
+                         overwrite=args.overwrite, allow_unknown=args.allow_unknown, quiet=args.quiet)
+    except OutputExistsError as e:
+        raise e.naming("--overwrite") from None
     print(f"converted {args.src} ({report.source_layout} layout) -> {args.dst} ({args.to}, {args.to_layout} "
           f"layout): {report.summary()}")
     return 0

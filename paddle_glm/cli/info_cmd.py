@@ -12,9 +12,8 @@ from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
+from .common import format_bytes, format_count
 from .launch import print_memory_per_rank
-
-GB = 1e9
 
 
 def add_parser(subparsers) -> None:
@@ -55,6 +54,16 @@ def checkpoint_dtype(source) -> str:
     return ", ".join(sorted(found))
 
 
+def print_kv_cache_size(config: GLMConfig) -> None:
+    """The KV cache of one sequence of ``max_sequence_length`` tokens, in each dtype's size."""
+    from ..kv_cache import sequence_bytes
+
+    length = config.max_sequence_length
+    sizes = {dtype: format_bytes(sequence_bytes(config.num_layers, config.hidden_size, length, itemsize))
+             for dtype, itemsize in (("float32", 4), ("float16/bfloat16", 2))}
+    print(f"KV cache per sequence of {length} tokens: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tensor_parallel < 1:
         raise GLMError(f"--tensor-parallel must be at least 1, got {args.tensor_parallel}")
@@ -63,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     params = parameter_count(config)
     print(f"model: {args.model_dir}")
     print(f"config: {config.num_layers} layers, hidden {config.hidden_size}, {config.num_attention_heads} heads "
-          f"(head_dim {config.head_dim}), vocab {config.vocab_size}, {config.max_sequence_length} positions, "
+          f"(head_dim {config.head_dim}), vocab {config.vocab_size}, positions 0..{config.num_position_embeddings - 1} "
+          f"(max_sequence_length {config.max_sequence_length}), "
           f"block positions {'on' if config.block_position_encoding else 'off'}")
     shown = ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_sequence_length",
              "block_position_encoding")
@@ -71,19 +81,17 @@ def run(args: argparse.Namespace) -> int:
     if defaulted:
         print(f"  WARNING: the config file does not set {', '.join(defaulted)}: those values (and the counts "
               "below) are PaddleNLP's defaults, not facts about this model")
-    print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
+    print(f"parameters: {format_count(params)}")
     source = find_checkpoint(args.model_dir)
     print(f"checkpoint: {source.format}, {len(source.shards)} file(s)"
           + (f", index {os.path.basename(source.index_file)}" if source.index_file else "")
           + (f", metadata format '{source.metadata_format}'" if source.metadata_format else ""))
     for shard in source.shards:
-        print(f"  {shard}  {os.path.getsize(source.path(shard)) / GB:.3f} GB")
-    print(f"total on disk: {source.total_bytes / GB:.3f} GB; dtype: {checkpoint_dtype(source)}")
-    print("weights in memory: " + ", ".join(f"{name} {params * storage.itemsize / GB:.2f} GB"
+        print(f"  {shard}  {format_bytes(os.path.getsize(source.path(shard)))}")
+    print(f"total on disk: {format_bytes(source.total_bytes)}; dtype: {checkpoint_dtype(source)}")
+    print("weights in memory: " + ", ".join(f"{name} {format_bytes(params * storage.itemsize)}"
                                             for name, storage in STORAGE.items()))
-    kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size
-    print(f"KV cache per sequence at {config.max_sequence_length} tokens: float32 {kv * 4 / GB:.3f} GB, "
-          f"float16/bfloat16 {kv * 2 / GB:.3f} GB")
+    print_kv_cache_size(config)
     if args.tensor_parallel > 1:
         print_memory_per_rank(config, args.tensor_parallel)
     if args.adapter:

@@ -40,13 +40,15 @@ def add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
 
 def print_memory_per_rank(config, world: int) -> None:
     """``paddle-glm info --tensor-parallel N``: what one of N ranks holds (weights, and the KV cache of one sequence)."""
+    from ..kv_cache import sequence_bytes
     from ..parallel import parameters_per_rank
+    from .common import format_bytes
 
     params = parameters_per_rank(config, world)
-    kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size // world
+    kv = sequence_bytes(config.num_layers, config.hidden_size, config.max_sequence_length, 2) // world
     print(f"tensor parallel over {world} ranks: {params:,} parameters per rank; weights per rank float32 "
-          f"{params * 4 / 1e9:.2f} GB, float16/bfloat16 {params * 2 / 1e9:.2f} GB; KV cache per sequence at "
-          f"{config.max_sequence_length} tokens per rank float16/bfloat16 {kv * 2 / 1e9:.3f} GB")
+          f"{format_bytes(params * 4)}, float16/bfloat16 {format_bytes(params * 2)}; KV cache per sequence of "
+          f"{config.max_sequence_length} tokens per rank float16/bfloat16 {format_bytes(kv)}")
 
 
 def run_command(args: argparse.Namespace, argv: List[str]) -> int:

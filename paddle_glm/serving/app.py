@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..glm_layout import blank_fill_problems
 from ..tokenizer import with_mask
 from .middleware import APIKey, BodyLimit
 from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, \
@@ -154,13 +155,9 @@ def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: 
 
 def _check_lengths(runner, prompt_tokens: int, max_tokens: int, param: str) -> None:
     """GLM's position table bounds the context (positions) and the span (block positions) separately."""
-    rows = runner.position_rows
-    if prompt_tokens > rows:
-        raise APIError(400, f"the {param} has {prompt_tokens} tokens, more than the model's {rows} positions: "
-                            "shorten it", param)
-    if max_tokens > rows - 1:
-        raise APIError(400, f"max_tokens: at most {rows - 1} for this model (its position table), got {max_tokens}",
-                       "max_tokens")
+    for what, message in blank_fill_problems(prompt_tokens, max_tokens, runner.position_rows):
+        raise APIError(400, message if what == "prompt" else f"max_tokens: {message}",
+                       param if what == "prompt" else "max_tokens")
 
 
 def _failure(status: int, message: str, param: Optional[str] = None) -> APIError:
