@@ -72,7 +72,7 @@ def generation_batch(config_kwargs: dict, lengths=(9, 6), gen=5, seed=1, mask_at
     """A right-padded batch in GLM's generation form, built independently of the tokenizer.
 
     Returns numpy ``input_ids [b, L+gen]``, ``position_ids [b, 2, L+gen]`` and the 0/1
-    ``attention_mask [b, 1, L+gen, L+gen]`` of GLM_NOTES §1.
+    ``attention_mask [b, 1, L+gen, L+gen]`` of GLM's generation layout (the README's model card flow).
     """
     rng = np.random.default_rng(seed)
     vocab = config_kwargs["vocab_size"]

@@ -95,7 +95,7 @@ def test_flashmask_encodes_glm_generation_mask(lengths, gen):
     S, L = mask.shape[2], max(lengths)
     enc = indices.numpy()[:, 0]
     for r, n in enumerate(lengths):
-        # the notes' encoding: context [S, 0], padding [0, 0], generated column j [S, j]
+        # flashmask_indices' documented encoding: context [S, 0], padding [0, 0], generated column j [S, j]
         assert (enc[r, :n] == [S, 0]).all()
         assert (enc[r, n:L] == [0, 0]).all()
         for j in range(L, S):

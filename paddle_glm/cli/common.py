@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 from ..errors import GLMError
 from ..io_utils import require_local_dir
@@ -17,9 +17,26 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="directory with config.json, the weights and cog-pretrain.model")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="weights dtype (float16/bfloat16 need a CUDA GPU; default float32)")
-    parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
+    add_device_flag(parser)
     parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (paddle-glm finetune --lora, or PaddleNLP's "
                         "peft) to merge into the model")
+
+
+def add_device_flag(parser) -> None:
+    """``--device``, read by :func:`use_device` (``parser`` may be an argument group)."""
+    parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
+
+
+def use_device(device: Optional[str]) -> None:
+    """Make ``--device`` Paddle's current device when it was given; a bad name is a GLMError naming the flag."""
+    if not device:
+        return
+    import paddle
+
+    try:
+        paddle.set_device(device)
+    except (ValueError, RuntimeError) as e:
+        raise GLMError(f"--device {device}: {e}") from None
 
 
 def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
@@ -72,11 +89,7 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
     require_local_dir(args.model_dir)
-    if args.device:
-        try:
-            paddle.set_device(args.device)
-        except (ValueError, RuntimeError) as e:
-            raise GLMError(f"--device {args.device}: {e}") from None
+    use_device(args.device)
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from .common import add_device_flag, use_device
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -42,7 +44,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--recompute", action="store_true", help="recompute activations in the backward pass")
     group.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                        help="float16/bfloat16: paddle.amp O2 (CUDA GPU only; default float32)")
-    group.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
+    add_device_flag(group)
     group.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started "
                        "through paddle.distributed.launch (--batch-size is per process)")
     group.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0 = at the end only)")
@@ -58,18 +60,12 @@ def finetune_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import paddle
-
     from ..errors import GLMError
     from ..training import finetune
     from ..training.launch import launch
     from ..training.loop import check_inputs
 
-    if args.device:
-        try:
-            paddle.set_device(args.device)
-        except (ValueError, RuntimeError) as e:
-            raise GLMError(f"--device {args.device}: {e}") from None
+    use_device(args.device)
     settings = finetune_args(args)
     if args.nproc > 1:
         check_inputs(settings)  # one clear error here rather than one per process

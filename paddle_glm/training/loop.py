@@ -158,7 +158,7 @@ class ModelLoss(paddle.nn.Layer):
 
 
 class _Mean:
-    """Loss sums across processes (an all_reduce when there are several)."""
+    """Loss means across processes (an all_reduce of the values, divided by the process count)."""
 
     def __init__(self, world_size: int):
         self.world_size = world_size
