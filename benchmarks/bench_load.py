@@ -20,7 +20,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from bench_convert import MODEL, preset_shapes
 
 SLACK = 300e6  # bytes allowed beyond model + largest shard, per the issue

@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from paddle_glm.devices import THREADS_ENV, cpu_thread_count
+from paddle_glm.io_utils import read_json_object
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTEXT, TOKENS = 128, 16  # decode measurement: prompt tokens, new tokens
@@ -41,8 +42,8 @@ def child(out_dir: str, path: str, label: str) -> None:
     warnings.filterwarnings("ignore")
     import paddle
     import psutil
-
     from bench_generate import StepTimer, glm_inputs
+
     from paddle_glm import GLMForConditionalGeneration
     from paddle_glm.parallel import in_launched_job
 
@@ -98,9 +99,9 @@ def main(argv=None) -> int:
         run(out, src, 1)
         run(out, src, 1, "single-1-thread", threads="1")
         run(out, src, 2)
-        single = json.load(open(os.path.join(out, "single.json")))
-        one_thread = json.load(open(os.path.join(out, "single-1-thread.json")))
-        ranks = [json.load(open(os.path.join(out, f"{r}.json"))) for r in range(2)]
+        single = read_json_object(os.path.join(out, "single.json"))
+        one_thread = read_json_object(os.path.join(out, "single-1-thread.json"))
+        ranks = [read_json_object(os.path.join(out, f"{r}.json")) for r in range(2)]
     r = {"benchmark": "tp", "model": args.model, "dtype": "float32", "context": CONTEXT, "tokens": TOKENS,
          "single": single, "single_1_thread": one_thread, "ranks": ranks,
          "rank_peak_ratio": max(x["peak_after_load"] for x in ranks) / single["peak_after_load"],

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
-        if command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py") and work != default_work:
+        uses_work = command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py")
+        if uses_work and work != default_work:
             extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])
         print(f"running {shown} ...", file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """PaddleNLP .pdparams shards to PaddleNLP safetensors shards (Paddle layout, dtype kept).
 
-Usage: python converters/pdparams_to_safetensors.py SRC_DIR DST_DIR [more `paddle-glm convert` options, which override these]
+Usage: python converters/pdparams_to_safetensors.py SRC_DIR DST_DIR
+       [more `paddle-glm convert` options, which override these]
 """
 import sys
 

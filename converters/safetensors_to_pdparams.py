@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Safetensors shards (PaddleNLP or HF; HF's are transposed to the Paddle layout) to PaddleNLP .pdparams shards.
 
-Usage: python converters/safetensors_to_pdparams.py SRC_DIR DST_DIR [more `paddle-glm convert` options, which override these]
+Usage: python converters/safetensors_to_pdparams.py SRC_DIR DST_DIR
+       [more `paddle-glm convert` options, which override these]
 """
 import sys
 

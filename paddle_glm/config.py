@@ -135,11 +135,11 @@ class GLMConfig:
         return dict(sorted(out.items()))
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "GLMConfig":
+    def from_dict(cls, data: Dict[str, Any]) -> GLMConfig:
         return cls(**copy.deepcopy(data))
 
     @classmethod
-    def from_json_file(cls, path: str) -> "GLMConfig":
+    def from_json_file(cls, path: str) -> GLMConfig:
         """Read a config JSON file; errors name the file (and the field)."""
         data = read_json_object(path)
         try:
@@ -151,7 +151,7 @@ class GLMConfig:
         return config
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "GLMConfig":
+    def from_pretrained(cls, path: str) -> GLMConfig:
         """Read ``config.json`` (or the legacy ``model_config.json``) from a local directory."""
         require_local_dir(path, what="config")
         for name in (CONFIG_NAME, LEGACY_CONFIG_NAME):
@@ -169,7 +169,7 @@ class GLMConfig:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "GLMConfig":
+    def from_name(cls, name: str, **overrides: Any) -> GLMConfig:
         """A named preset from ``configs/`` (for example ``"glm-10b-chinese"``)."""
         presets = available_presets()
         if name not in presets:

@@ -33,7 +33,8 @@ def parse_size(size: Union[int, str]) -> int:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(size))
         unit = match.group(2).upper() if match else None
         if unit not in _SIZE_UNITS:
-            raise GLMError(f"max_shard_size: cannot read {size!r}; use bytes or a number with KB, MB, GB (or KiB, MiB, GiB)")
+            raise GLMError(f"max_shard_size: cannot read {size!r}; use bytes or a number with KB, MB, GB "
+                           "(or KiB, MiB, GiB)")
         value = int(float(match.group(1)) * _SIZE_UNITS[unit])
     if value <= 0:
         raise GLMError(f"max_shard_size must be positive, got {size!r}")

@@ -19,8 +19,17 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.distributed.fleet.utils import recompute as fleet_recompute
 
-from .attention import (BHSD, DECODE_BACKEND, PreparedMask, aligned_cache_length, attend, cache_backend,
-                        cache_layout, check_cache_layout, prepare_mask)
+from .attention import (
+    BHSD,
+    DECODE_BACKEND,
+    PreparedMask,
+    aligned_cache_length,
+    attend,
+    cache_backend,
+    cache_layout,
+    check_cache_layout,
+    prepare_mask,
+)
 from .config import GLMConfig
 from .errors import GLMError
 from .generation.mixin import GenerationMixin

@@ -114,7 +114,7 @@ class GLMChineseTokenizer:
     # ----- loading and saving
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike]) -> "GLMChineseTokenizer":
+    def from_pretrained(cls, path: Union[str, os.PathLike]) -> GLMChineseTokenizer:
         """Load from a local directory with ``cog-pretrain.model`` and, optionally,
         ``tokenizer_config.json`` and ``added_tokens.json``.
 

@@ -114,11 +114,11 @@ def read_dir(directory) -> Dict[str, np.ndarray]:
         else:
             try:  # numpy has no bfloat16: such files are read through torch
                 with safe_open(path, framework="np") as f:
-                    tensors.update({n: f.get_tensor(n) for n in f.keys()})
+                    tensors.update({n: f.get_tensor(n) for n in f.keys()})  # noqa: SIM118 (safe_open has no __iter__)
             except TypeError:
                 pytest.importorskip("torch", reason="reading bfloat16 safetensors needs torch")
                 with safe_open(path, framework="pt") as f:
-                    tensors.update({n: _to_numpy(f.get_tensor(n)) for n in f.keys()})
+                    tensors.update({n: _to_numpy(f.get_tensor(n)) for n in f.keys()})  # noqa: SIM118
     return tensors
 
 
@@ -138,5 +138,6 @@ def checksums(directory) -> Dict[str, str]:
         for name in files:
             path = os.path.join(root, name)
             with open(path, "rb") as f:
-                sums[os.path.relpath(path, directory)] = (hashlib.sha256(f.read()).hexdigest(), os.stat(path).st_mtime_ns)
+                digest = hashlib.sha256(f.read()).hexdigest()
+                sums[os.path.relpath(path, directory)] = (digest, os.stat(path).st_mtime_ns)
     return sums

@@ -1,8 +1,8 @@
 """Loading and saving checkpoints in PaddleNLP's formats, with PaddleNLP itself as producer and consumer."""
 import json
 import os
-import re
 import pickle
+import re
 
 import numpy as np
 import paddle

@@ -51,7 +51,8 @@ def test_generate_fill_and_info(model_dir):
                              "--seed", "3", "--stream")
     assert code == 0, err
     assert "appending [gMASK]" in err and "tokens/s" in err
-    code, out, err = run_cli("fill", str(model_dir), "春眠不觉晓，[MASK]闻啼鸟。夜来[MASK]雨声。", "--max-new-tokens", "4")
+    code, out, err = run_cli("fill", str(model_dir), "春眠不觉晓，[MASK]闻啼鸟。夜来[MASK]雨声。",
+                             "--max-new-tokens", "4")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[1].startswith("[1] ") and lines[2].startswith("[2]")  # a random model's span may be empty

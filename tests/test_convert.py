@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import NO_DROPOUT, TINY_A, generation_batch, logits_of, random_model
-from convert_helpers import (TOKENIZER_FILES, assert_bit_equal, checksums, paddle_state, read_dir, save_paddlenlp,
-                             save_torch_dir, torch_layout, weight_files)
+from convert_helpers import (
+    TOKENIZER_FILES,
+    assert_bit_equal,
+    checksums,
+    paddle_state,
+    read_dir,
+    save_paddlenlp,
+    save_torch_dir,
+    torch_layout,
+    weight_files,
+)
 
 import paddle_glm
 from paddle_glm import CheckpointError, GLMError
@@ -290,12 +299,14 @@ def test_numpy_pickled_edge_cases(tmp_path):
     with open(src / "model_state.pdparams", "wb") as f:
         pickle.dump(state, f, protocol=4)
     convert(str(src), str(tmp_path / "out"), to="safetensors", to_layout="torch", quiet=True)
-    assert_bit_equal(read_dir(tmp_path / "out"), {n: np.require(a, requirements="C") for n, a in torch_layout(state).items()})
+    expected = {n: np.require(a, requirements="C") for n, a in torch_layout(state).items()}
+    assert_bit_equal(read_dir(tmp_path / "out"), expected)
 
 
 def test_streaming_writer_shards_like_the_planned_one(tmp_path, fp32_dir):
     _, _, state = fp32_dir
-    for sizes, out in ((None, tmp_path / "streamed"), ([(n, a.nbytes) for n, a in state.items()], tmp_path / "planned")):
+    planned = [(n, a.nbytes) for n, a in state.items()]
+    for sizes, out in ((None, tmp_path / "streamed"), (planned, tmp_path / "planned")):
         out.mkdir()
         writer = ShardedWriter(str(out), "safetensors", sizes, 45_000)
         for name, array in state.items():

@@ -4,9 +4,19 @@ import paddle
 import pytest
 
 from conftest import generation_batch
+
 from paddle_glm import GLMError
-from paddle_glm.attention import (BHSD, BSHD, FLASHMASK, MATH, SDPA, cache_layout, flashmask_indices, prepare_mask,
-                                  select_backend)
+from paddle_glm.attention import (
+    BHSD,
+    BSHD,
+    FLASHMASK,
+    MATH,
+    SDPA,
+    cache_layout,
+    flashmask_indices,
+    prepare_mask,
+    select_backend,
+)
 from paddle_glm.masks import build_attention_mask
 
 

@@ -28,7 +28,7 @@ def test_model_card_usage_verbatim(setup):
     assert text.startswith("[CLS]" + TEXT + "<|endoftext|><|startofpiece|>")
     assert outputs.shape[1] <= 512
     generated = outputs[0, inputs["input_ids"].shape[1]:].numpy()
-    assert ((generated < tokenizer.vocab_size)).all()
+    assert (generated < tokenizer.vocab_size).all()
 
 
 def test_padded_vocabulary_rows_are_never_generated(setup):

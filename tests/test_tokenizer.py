@@ -13,9 +13,10 @@ import paddle
 import pytest
 import sentencepiece as spm
 
+from tokenizer_helpers import MODEL_FILE, MODEL_VOCAB_SIZE, TOKENIZER_DIR, train_sentencepiece
+
 from paddle_glm.errors import GLMError
 from paddle_glm.tokenizer import GLMChineseTokenizer
-from tokenizer_helpers import MODEL_FILE, MODEL_VOCAB_SIZE, TOKENIZER_DIR, train_sentencepiece
 
 SECOND_VOCAB_SIZE = 1100
 # The original GLM table: token -> id - N, N = the sentencepiece size.
@@ -142,7 +143,8 @@ def test_from_pretrained_errors(tmp_path):
 
 # (text, its segments after whitespace left of a mask token is dropped)
 MASK_CASES = [
-    (CARD_TEXT, ["凯旋门位于意大利米兰市古城堡旁。1807年为纪念", "[MASK]", "而建，门高25米，顶上矗立两武士青铜古兵车铸像。"]),
+    (CARD_TEXT, ["凯旋门位于意大利米兰市古城堡旁。1807年为纪念", "[MASK]",
+                 "而建，门高25米，顶上矗立两武士青铜古兵车铸像。"]),
     ("北京是 [MASK] 的首都。", ["北京是", "[MASK]", " 的首都。"]),
     ("[MASK] 北京 [sMASK]", ["[MASK]", " 北京", "[sMASK]"]),  # only the left of a mask is stripped
     ("[sMASK]春天来了，花开了。  [sMASK]", ["[sMASK]", "春天来了，花开了。", "[sMASK]"]),
@@ -224,7 +226,8 @@ def test_encoding_argument_errors(tok):
 def test_encoding_matches_paddlenlp(tok, paddlenlp_tok):
     # PaddleNLP strips whitespace on both sides of every special token (we strip it only left
     # of a mask token, as issue 3 specifies), so these texts have none next to one.
-    texts = [CARD_TEXT, MASK_TEXT, GMASK_TEXT, "[sMASK]春天来了。[MASK]夏天的傍晚<|endoftext|>秋天", "价格：￥2,999.00（含税）"]
+    texts = [CARD_TEXT, MASK_TEXT, GMASK_TEXT, "[sMASK]春天来了。[MASK]夏天的傍晚<|endoftext|>秋天",
+             "价格：￥2,999.00（含税）"]
     for text in texts:
         assert tok.encode(text) == paddlenlp_tok(text)["input_ids"]
         assert tok.encode(text, add_special_tokens=False) == paddlenlp_tok(text, add_special_tokens=False)["input_ids"]
@@ -318,7 +321,8 @@ def test_target_inputs_by_hand(tok, sp):
     assert padded.labels.tolist() == [inputs.labels[0].tolist() + [tok.pad_token_id] * pad]
     assert padded.loss_mask.tolist() == [inputs.loss_mask[0].tolist() + [0] * pad]
     long_target = sp.encode("是世界上最伟大的建筑工程之一，也是")
-    cut = tok.build_inputs_for_generation(batch, max_gen_length=GEN_LENGTH, targets="是世界上最伟大的建筑工程之一，也是")
+    cut = tok.build_inputs_for_generation(batch, max_gen_length=GEN_LENGTH,
+                                          targets="是世界上最伟大的建筑工程之一，也是")
     kept = long_target[:GEN_LENGTH - 2]  # cut on the right; room for <|startofpiece|> and <|endofpiece|>
     assert cut.input_ids.tolist() == [batch.input_ids[0].tolist() + [tok.sop_token_id] + kept]
     assert cut.labels[0, length:].tolist() == kept + [tok.eop_token_id]

@@ -29,7 +29,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from paddle_glm.glm_layout import part_a_b_mask, part_b_sequence
-from paddle_glm.tokenizer import GLMChineseTokenizer, GMASK_TOKEN, MASK_TOKEN, SMASK_TOKEN
+from paddle_glm.tokenizer import GMASK_TOKEN, MASK_TOKEN, SMASK_TOKEN, GLMChineseTokenizer
 
 SPAN_LENGTH_MEAN = 3  # GLM's Poisson lambda for span lengths
 # Share of a line's characters in [MASK] spans, drawn uniformly per sample.

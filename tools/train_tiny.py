@@ -23,8 +23,8 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 import sentencepiece as spm
-
 from blank_infilling import batches, build_sample, choose_blanks, collate
+
 from paddle_glm import GLMConfig, GLMForConditionalGeneration
 from paddle_glm.devices import use_cpu_threads
 from paddle_glm.tokenizer import MODEL_FILE, GLMChineseTokenizer

@@ -34,7 +34,7 @@ class SafetensorsFile:
     def __init__(self, path: str):
         self.path = path
         try:
-            self._file = open(path, "rb")
+            self._file = open(path, "rb")  # noqa: SIM115 (open until close(): tensors are read one by one)
         except FileNotFoundError:
             raise MissingFileError(f"{path}: file not found") from None
         except OSError as e:
@@ -93,7 +93,8 @@ class SafetensorsFile:
         start, end = entry["data_offsets"]
         count = int(np.prod(entry["shape"], dtype=np.int64))
         if end - start != count * dtype.itemsize:
-            raise CheckpointError(f"{self.path}: tensor {name!r}: {end - start} bytes do not fit shape {entry['shape']}")
+            raise CheckpointError(f"{self.path}: tensor {name!r}: {end - start} bytes do not fit shape "
+                                  f"{entry['shape']}")
         self._file.seek(self._data_start + start)
         array = np.fromfile(self._file, dtype=dtype.newbyteorder("<"), count=count)
         if array.size != count:
@@ -107,7 +108,7 @@ class SafetensorsFile:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:
         return self
 
     def __exit__(self, *exc) -> None:

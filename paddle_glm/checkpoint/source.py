@@ -25,7 +25,7 @@ SUFFIX = {"safetensors": ".safetensors", "pdparams": ".pdparams", "torch": ".bin
 
 def is_checkpoint_file(name: str, formats: Tuple[str, ...] = ("safetensors", "pdparams", "torch")) -> bool:
     """Whether a file name is a weight file or index of one of ``formats``."""
-    return any(name == idx or name == single or (name.startswith(SHARD_PREFIX[fmt] + "-") and name.endswith(SUFFIX[fmt]))
+    return any(name in (idx, single) or (name.startswith(SHARD_PREFIX[fmt] + "-") and name.endswith(SUFFIX[fmt]))
                for fmt, idx, single in CHECKPOINT_KINDS if fmt in formats)
 
 
@@ -76,7 +76,8 @@ class CheckpointSource:
         path = self.path(shard)
         if self.format == "safetensors":
             with SafetensorsFile(path) as f:
-                return {n: TensorSpec(f.storage_dtype(n), f.shape(n)) for n in f.keys()}
+                names = f.keys()
+                return {n: TensorSpec(f.storage_dtype(n), f.shape(n)) for n in names}
         if self.format == "pdparams":
             return {n: TensorSpec(np.dtype(d), tuple(s)) for n, (d, s) in safe_pickle.scan_pdparams(path).items()}
         return {n: TensorSpec(a.dtype, a.shape) for n, a in iter_torch_bin(path)}
@@ -117,7 +118,8 @@ class CheckpointSource:
                                   f"{', '.join(missing[:10])}")
 
 
-def find_checkpoint(directory: str, formats: Tuple[str, ...] = ("safetensors", "pdparams", "torch")) -> CheckpointSource:
+def find_checkpoint(directory: str,
+                    formats: Tuple[str, ...] = ("safetensors", "pdparams", "torch")) -> CheckpointSource:
     """The checkpoint in ``directory``: an index with its shards, or a single weight file.
 
     Raises CheckpointError naming the directory if none is there, and naming the

@@ -40,8 +40,7 @@ def iter_torch_bin(path: str) -> Iterator[Tuple[str, np.ndarray]]:
         if not isinstance(tensor, torch.Tensor):
             raise CheckpointError(f"{path}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
         tensor = tensor.detach().contiguous()
-        if tensor.dtype == torch.bfloat16:
-            array = tensor.view(torch.int16).numpy().view(np.uint16)
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: its bit patterns as uint16
+            yield name, tensor.view(torch.int16).numpy().view(np.uint16)
         else:
-            array = tensor.numpy()
-        yield name, array
+            yield name, tensor.numpy()

@@ -150,11 +150,12 @@ def save_checkpoint_dir(dst: str, write: Callable[[str, Optional[str]], None]) -
     holds one, the switch is atomic for readers: the new shards get names no earlier save
     used (``tag``) and an index; they and the other new files (config.json) are moved in,
     then the index is renamed in, which is the switch; then the old Paddle-format files
-    are deleted, entry points (indices, single files) before shards. A reader resolves every shard through one index read, so it sees the whole old
-    checkpoint or the whole new one; if an old shard vanishes under it, it reads the new
-    index again (``load_checkpoint``). Everything else in ``dst`` (tokenizer files, notes,
-    a PyTorch checkpoint) is left alone. A crash before the switch leaves ``dst`` as it
-    was. If ``dst`` is a symlink, the checkpoint goes into its target. One writer at a time.
+    are deleted, entry points (indices, single files) before shards. A reader resolves every
+    shard through one index read, so it sees the whole old checkpoint or the whole new one;
+    if an old shard vanishes under it, it reads the new index again (``load_checkpoint``).
+    Everything else in ``dst`` (tokenizer files, notes, a PyTorch checkpoint) is left alone.
+    A crash before the switch leaves ``dst`` as it was. If ``dst`` is a symlink, the
+    checkpoint goes into its target. One writer at a time.
     """
     dst = os.path.realpath(dst)
     if not os.path.isdir(dst) or not os.listdir(dst):

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-glm", description="GLM for PaddlePaddle: generate, fill blanks, "
                                      "convert checkpoints, inspect models, finetune, serve.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         importlib.import_module(module, __name__).add_parser(sub)
     return parser
 

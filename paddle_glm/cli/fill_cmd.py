@@ -4,8 +4,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
-    load_model_and_tokenizer, speed_line
+from .common import (
+    add_generation_flags,
+    add_model_flags,
+    generation_config,
+    generation_overrides,
+    info,
+    load_model_and_tokenizer,
+    speed_line,
+)
 from .launch import add_tensor_parallel_flag
 
 

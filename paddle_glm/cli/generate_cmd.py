@@ -6,8 +6,15 @@ import sys
 import time
 
 from ..errors import GLMError
-from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
-    load_model_and_tokenizer, speed_line
+from .common import (
+    add_generation_flags,
+    add_model_flags,
+    generation_config,
+    generation_overrides,
+    info,
+    load_model_and_tokenizer,
+    speed_line,
+)
 from .launch import add_tensor_parallel_flag
 
 GMASK = "[gMASK]"
