@@ -33,7 +33,7 @@ MATH, SDPA, FLASHMASK = "math", "sdpa", "flashmask"
 BHSD, BSHD = "bhsd", "bshd"  # [batch, heads, seq, dim] / [batch, seq, heads, dim]
 LAYOUT = {MATH: BHSD, SDPA: BSHD, FLASHMASK: BSHD}
 DECODE_BACKEND = {BHSD: MATH, BSHD: SDPA}  # a decode step (one query row) by cache layout: no FlashMask encoding
-_HALF = ("float16", "bfloat16")
+_HALF = ("float16", "bfloat16")  # the dtypes flash attention runs in
 # Cache lengths are rounded up to a multiple of this: Paddle's memory-efficient attention
 # needs the mask's key dimension divisible by 8 (else it falls back to the math kernel).
 CACHE_ALIGN = 8

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Optional, Tuple
 
+from ..checkpoint.dtypes import DTYPE_NAMES
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from .launch import ADAPTER_WITH_TP
@@ -15,7 +16,7 @@ from .launch import ADAPTER_WITH_TP
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", metavar="MODEL_DIR",
                         help="directory with config.json, the weights and cog-pretrain.model")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                         help="weights dtype (float16/bfloat16 need a CUDA GPU; default float32)")
     add_device_flag(parser)
     parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (paddle-glm finetune --lora, or PaddleNLP's "

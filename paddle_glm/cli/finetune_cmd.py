@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..checkpoint.dtypes import DTYPE_NAMES
 from .common import add_device_flag, use_device
 
 
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--seed", type=int, default=42, help="seeds initialisation, dropout and data order")
     group = parser.add_argument_group("engine")
     group.add_argument("--recompute", action="store_true", help="recompute activations in the backward pass")
-    group.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+    group.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
                        help="float16/bfloat16: paddle.amp O2 (CUDA GPU only; default float32)")
     add_device_flag(group)
     group.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine, started "

@@ -13,7 +13,6 @@ from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
 from .common import format_bytes, format_count
-from .launch import print_memory_per_rank
 
 
 def add_parser(subparsers) -> None:
@@ -62,6 +61,18 @@ def print_kv_cache_size(config: GLMConfig) -> None:
     sizes = {dtype: format_bytes(sequence_bytes(config.num_layers, config.hidden_size, length, itemsize))
              for dtype, itemsize in (("float32", 4), ("float16/bfloat16", 2))}
     print(f"KV cache per sequence of {length} tokens: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+
+
+def print_memory_per_rank(config: GLMConfig, world: int) -> None:
+    """``--tensor-parallel N``: what one of N ranks holds (weights, and the KV cache of one sequence)."""
+    from ..kv_cache import sequence_bytes
+    from ..parallel import parameters_per_rank
+
+    params = parameters_per_rank(config, world)
+    kv = sequence_bytes(config.num_layers, config.hidden_size, config.max_sequence_length, 2) // world
+    print(f"tensor parallel over {world} ranks: {params:,} parameters per rank; weights per rank float32 "
+          f"{format_bytes(params * 4)}, float16/bfloat16 {format_bytes(params * 2)}; KV cache per sequence of "
+          f"{config.max_sequence_length} tokens per rank float16/bfloat16 {format_bytes(kv)}")
 
 
 def run(args: argparse.Namespace) -> int:

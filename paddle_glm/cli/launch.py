@@ -38,19 +38,6 @@ def add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(runs_as_ranks=True)
 
 
-def print_memory_per_rank(config, world: int) -> None:
-    """``paddle-glm info --tensor-parallel N``: what one of N ranks holds (weights, and the KV cache of one sequence)."""
-    from ..kv_cache import sequence_bytes
-    from ..parallel import parameters_per_rank
-    from .common import format_bytes
-
-    params = parameters_per_rank(config, world)
-    kv = sequence_bytes(config.num_layers, config.hidden_size, config.max_sequence_length, 2) // world
-    print(f"tensor parallel over {world} ranks: {params:,} parameters per rank; weights per rank float32 "
-          f"{format_bytes(params * 4)}, float16/bfloat16 {format_bytes(params * 2)}; KV cache per sequence of "
-          f"{config.max_sequence_length} tokens per rank float16/bfloat16 {format_bytes(kv)}")
-
-
 def run_command(args: argparse.Namespace, argv: List[str]) -> int:
     """Run ``args.run(args)``: directly, as one rank of a launched job, or by launching ``--tensor-parallel`` ranks."""
     if not getattr(args, "runs_as_ranks", False):
