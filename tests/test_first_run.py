@@ -91,3 +91,14 @@ def test_make_browser_installs_chromium_unless_browser_0(fake_apt):
                                timeout=60)
     assert installed.returncode == 0, installed.stderr
     assert log.read_text().splitlines() == ["update", "install -y chromium chromium-driver"]
+
+
+def test_device_flag_is_read_one_way_by_every_command(tmp_path):
+    errors = set()
+    for command in (["generate", str(DEMO_MODEL_DIR), "x[MASK]"],
+                    ["finetune", str(DEMO_MODEL_DIR), "--train", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]):
+        code, out, err = run_cli(*command, "--device", "tpu:7")
+        assert code == 2, err
+        errors.add(err.strip().splitlines()[-1].split(": error: ", 1)[1])
+    (message,) = errors
+    assert message.startswith("--device tpu:7: ")
