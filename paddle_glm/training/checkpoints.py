@@ -18,8 +18,8 @@ from typing import Dict, Optional
 
 import paddle
 
-from ..devices import dtype_str
 from ..checkpoint.loader import load_checkpoint as load_weights
+from ..devices import dtype_str
 from ..io_utils import atomic_output_dir
 from ..lora import load_adapter_weights, save_adapter
 
