@@ -102,7 +102,7 @@ def test_shard_maps_are_released_without_the_garbage_collector(tmp_path):
     gc.disable()
     try:
         for shard in source.shards:
-            for name, array in source.read_shard(shard):
+            for _name, array in source.read_shard(shard):
                 assert _mapped(tmp_path / "ckpt") == 1  # the shard's data is a map, not a copy
                 del array
             assert _mapped(tmp_path / "ckpt") == 0, f"{shard} is still mapped after its last tensor"
@@ -325,7 +325,7 @@ def test_safetensors_offset_checks_agree_with_the_library(tmp_path, corruption):
     blob += b" " * (-len(blob) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob + data)
-    with pytest.raises(Exception):
+    with pytest.raises(safetensors.SafetensorError):
         safetensors.safe_open(path, "np")
     with pytest.raises(CheckpointError, match="model.safetensors: corrupt safetensors header: .*'b'"):
         find_checkpoint(str(tmp_path)).specs("model.safetensors")
