@@ -84,7 +84,6 @@ def _flag(name: str) -> str:
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     """Model and tokenizer from ``args.model_dir`` on ``args.device``; user errors become GLMError."""
-
     from ..model import GLMForConditionalGeneration
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
