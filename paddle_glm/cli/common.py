@@ -66,17 +66,13 @@ def _flag(name: str) -> str:
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     """Model and tokenizer from ``args.model_dir`` on ``args.device``; user errors become GLMError."""
-    import paddle
-
+    from ..devices import set_device
     from ..model import GLMForConditionalGeneration
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
     require_local_dir(args.model_dir)
     if args.device:
-        try:
-            paddle.set_device(args.device)
-        except (ValueError, RuntimeError) as e:
-            raise GLMError(f"--device {args.device}: {e}") from None
+        set_device(args.device)
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
