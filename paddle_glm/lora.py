@@ -88,7 +88,9 @@ class LoRAConfig:
         values = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": list(DEFAULT_TARGETS),
                   "base_model_name_or_path": None}
         values.update({name: data[name] for name in values if name in data})
-        if isinstance(values["target_modules"], str):
+        if values["target_modules"] in (None, []):  # PaddleNLP's unset value: our default targets
+            values["target_modules"] = list(DEFAULT_TARGETS)
+        elif isinstance(values["target_modules"], str):
             values["target_modules"] = [values["target_modules"]]
         problem = config_problem(values)
         if problem:

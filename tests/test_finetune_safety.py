@@ -6,7 +6,6 @@ command (``python -m paddle_glm finetune``); the refusals call the same CLI entr
 After each test no process it started is alive and no temporary directory or lock file is left.
 """
 import contextlib
-import errno
 import glob
 import json
 import os
@@ -236,7 +235,8 @@ def test_numbers_that_cannot_train_are_refused(tmp_path, capsys, flags, named):
 
 def test_a_number_refused_by_the_command(tmp_path):
     proc = _cli(*TRAIN, "--out", tmp_path / "out", "--epochs", "inf")
-    assert _error(proc.returncode, proc.stderr) == "paddle-glm finetune: error: --epochs: must be a finite number > 0, got inf"
+    line = _error(proc.returncode, proc.stderr)
+    assert line == "paddle-glm finetune: error: --epochs: must be a finite number > 0, got inf"
 
 
 def test_nan_loss_stops_at_its_step_and_writes_no_nan(tmp_path, capsys):
@@ -280,7 +280,8 @@ def test_save_total_limit_keeps_the_newest(finished):
     (lambda c: (c / "optimizer.pdopt").unlink(), r"optimizer.pdopt: no such file"),
     (lambda c: (c / "trainer_state.json").write_text('{"step": 2,'), r"trainer_state.json: cannot read it as JSON"),
     (lambda c: (c / "trainer_state.json").write_text(json.dumps(
-        {**json.loads((c / "trainer_state.json").read_text()), "stepz": 1})), r"trainer_state.json: unknown key 'stepz'"),
+        {**json.loads((c / "trainer_state.json").read_text()), "stepz": 1})),
+     r"trainer_state.json: unknown key 'stepz'"),
 ])
 def test_damaged_checkpoint_is_one_line_naming_the_file(finished, tmp_path, capsys, damage, expected):
     out = _copy(finished, "full", tmp_path)
@@ -339,7 +340,8 @@ def adapter(tmp_path_factory):
 
 @pytest.mark.parametrize("edit, field", [
     (lambda c: [c], None), (lambda c: {**c, "lora_alpha": "abc"}, '"lora_alpha"'),
-    (lambda c: {**c, "target_modules": 5}, '"target_modules"'), (lambda c: {**c, "target_modules": ["(["]}, '"target_modules"'),
+    (lambda c: {**c, "target_modules": 5}, '"target_modules"'),
+    (lambda c: {**c, "target_modules": ["(["]}, '"target_modules"'),
     (lambda c: {**c, "r": None}, '"r"'),
 ])
 def test_bad_lora_config_is_one_line_naming_file_and_field(adapter, tmp_path, capsys, edit, field):

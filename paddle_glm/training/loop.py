@@ -31,8 +31,17 @@ from ..devices import resolve_dtype, use_cpu_threads
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, config_problem, save_adapter
-from .checkpoints import (STATE_FILE, TrainerState, check_resumable, file_sha256, latest_checkpoint, load_checkpoint,
-                          load_weights_of, micro_batch_seed, save_checkpoint)
+from .checkpoints import (
+    STATE_FILE,
+    TrainerState,
+    check_resumable,
+    file_sha256,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights_of,
+    micro_batch_seed,
+    save_checkpoint,
+)
 from .data import Collate, Example, check_examples, data_loader, read_jsonl
 from .launch import rank_and_world
 from .output import check_output_path, output_complete, output_lock, run_directory, writing
@@ -128,7 +137,7 @@ def check_flags(args: FinetuneArgs) -> None:
         if not valid(getattr(args, name)):
             raise GLMError(f"{_flag(name)}: must be {what}, got {getattr(args, name)}")
     problem = config_problem(lora_config(args))  # the LoRA flags: LoRAConfig's own rules
-    if args.lora and problem:
+    if problem:
         raise GLMError(f"{LORA_FLAGS.get(problem[0], problem[0])}: {problem[1]}")
     if args.resume and args.overwrite:
         raise GLMError("--resume continues the run in --out; --overwrite starts afresh: give one of them")
