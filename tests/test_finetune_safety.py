@@ -216,6 +216,18 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
                                            "model.safetensors", "tokenizer_config.json"]
 
 
+def test_a_checkpoint_is_written_in_one_temporary_directory(tmp_path, capsys, monkeypatch):
+    import paddle_glm.io_utils as io_utils
+
+    made = []
+    real = io_utils.make_temp_dir
+    monkeypatch.setattr(io_utils, "make_temp_dir", lambda parent, prefix: made.append(real(parent, prefix)) or made[-1])
+    code, captured = _run([*TRAIN, "--out", tmp_path / "out", "--max-steps", 1, "--save-steps", 1], capsys)
+    assert code == 0, captured.err
+    # Before: .checkpoint-1.tmp-X for the checkpoint, and ..checkpoint-1.tmp-X.tmp-Y for the model in it.
+    assert [os.path.basename(d)[:18] for d in made if "checkpoint-1" in d] == [".checkpoint-1.tmp-"]
+
+
 # ---- 5. numbers that cannot train ------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, named", [
@@ -377,3 +389,4 @@ def test_device_the_build_lacks_is_one_line(tmp_path, capsys):
         pytest.skip("a CUDA build")
     code, captured = _run([*TRAIN, "--out", tmp_path / "out", "--device", "gpu:7"], capsys)
     assert "--device gpu:7: this Paddle build has no CUDA support" in _error(code, captured.err)
+
