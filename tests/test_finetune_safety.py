@@ -157,6 +157,16 @@ def test_overwrite_swaps_at_the_end(tmp_path, capsys):
     assert not (out / "old.txt").exists() and (out / "config.json").is_file() and (out / "cog-pretrain.model").is_file()
 
 
+def test_an_overwrite_killed_mid_swap_is_undone_by_the_next_run(tmp_path, capsys):
+    # What SIGKILL between the swap's two renames leaves: the old output aside, the new one in its temporary name.
+    (tmp_path / ".out.old-k1ll3d").mkdir()
+    (tmp_path / ".out.old-k1ll3d" / "old.txt").write_text("the old output")
+    (tmp_path / ".out.tmp-k1ll3d").mkdir()
+    code, captured = _run([*TRAIN, "--out", tmp_path / "out", "--max-steps", 1], capsys)
+    assert "not empty; pass --overwrite" in _error(code, captured.err)  # the old output is back in place
+    assert os.listdir(tmp_path / "out") == ["old.txt"] and sorted(os.listdir(tmp_path)) == ["out", "tmp"]
+
+
 # ---- 4. output paths checked before training; a full disk ------------------------------------------
 
 def test_out_below_a_file_is_refused_before_training(tmp_path, capsys):
@@ -389,4 +399,5 @@ def test_device_the_build_lacks_is_one_line(tmp_path, capsys):
         pytest.skip("a CUDA build")
     code, captured = _run([*TRAIN, "--out", tmp_path / "out", "--device", "gpu:7"], capsys)
     assert "--device gpu:7: this Paddle build has no CUDA support" in _error(code, captured.err)
+
 

@@ -6,7 +6,8 @@
   ``finetune --nproc N`` takes it in the starting process, which tells the ranks through
   ``LOCK_ENV``; a job started by hand through ``paddle.distributed.launch`` has rank 0 take it.
 - **Leftovers.** Under the lock, the temporary directories an earlier run killed mid-save left
-  (``OUT/.checkpoint-N.tmp-*``, ``OUT/.save-tmp-*``, ``.OUT.tmp-*`` beside it) are removed.
+  (``OUT/.checkpoint-N.tmp-*``, ``OUT/.save-tmp-*``, ``.OUT.tmp-*`` beside it) are removed, and an
+  ``--overwrite`` killed mid-swap is finished or undone (``.OUT.old-*``).
 - **--overwrite.** :func:`run_directory` has the run write everything (checkpoints included)
   into ``.OUT.tmp-*`` beside ``OUT``, swapped onto ``OUT`` once the output is complete; a run
   that fails or stops leaves the old ``OUT`` as it was.
@@ -113,7 +114,8 @@ def _holder(path: str) -> str:
 
 
 def remove_leftovers(out: str) -> None:
-    """Delete the temporary directories of earlier runs on ``out`` that were killed mid-save."""
+    """Delete the temporary directories of earlier runs on ``out`` that were killed mid-save; put back an
+    old output that a run killed mid-swap (``--overwrite``) had moved aside."""
     out = os.path.realpath(out)
     parent, name = os.path.split(out)
     patterns = [os.path.join(glob.escape(out), ".checkpoint-*.tmp-*"), os.path.join(glob.escape(out), ".save-tmp-*"),
@@ -121,6 +123,11 @@ def remove_leftovers(out: str) -> None:
     for pattern in patterns:
         for path in glob.glob(pattern):
             remove_tree(path)
+    for old in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.old-*")):
+        if os.path.lexists(out):  # killed after the swap, before deleting the old output
+            remove_tree(old)
+        else:  # killed between the swap's two renames: the old output goes back
+            os.rename(old, out)
 
 
 @contextlib.contextmanager
