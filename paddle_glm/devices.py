@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Iterator, Optional
 
 import paddle
@@ -45,6 +46,25 @@ def resolve_dtype(dtype: Optional[str], device: Optional[str] = None) -> str:
         raise GLMError(f"dtype={name} needs a CUDA GPU: Paddle has no {name} matmul/layer_norm/softmax kernels on "
                        f"CPU (current device: {device}). Use dtype='float32' on CPU, or install paddlepaddle-gpu.")
     return name
+
+
+def set_device(name: str) -> None:
+    """Make ``name`` (the CLI's ``--device``: cpu, gpu or gpu:N) Paddle's current device; a GLMError naming
+    the flag when it is malformed or this build or machine has no such device."""
+    match = re.fullmatch(r"(cpu|gpu|xpu|npu|dcu)(?::(\d+))?", name)
+    if not match or (match.group(1) == "cpu" and match.group(2)):
+        raise GLMError(f"--device {name}: expected cpu, gpu or gpu:N (or Paddle's xpu, npu, dcu)")
+    if match.group(1) == "gpu":
+        if not paddle.is_compiled_with_cuda():
+            raise GLMError(f"--device {name}: this Paddle build has no CUDA support (the CPU build); use --device "
+                           "cpu, or install paddlepaddle-gpu")
+        count = paddle.device.cuda.device_count()
+        if match.group(2) and int(match.group(2)) >= count:
+            raise GLMError(f"--device {name}: this machine has {count} GPU(s), numbered from 0")
+    try:
+        paddle.set_device(name)
+    except (ValueError, RuntimeError) as e:
+        raise GLMError(f"--device {name}: {e}") from None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -24,7 +24,7 @@ import paddle.nn.functional as F
 
 from .checkpoint.safe_pickle import open_pdparams, save_pdparams
 from .errors import GLMError
-from .io_utils import atomic_write_text
+from .io_utils import atomic_write_text, read_json_object
 
 CONFIG_FILE = "lora_config.json"  # PaddleNLP's LORA_CONFIG_NAME
 WEIGHTS_FILE = "lora_model_state.pdparams"  # PaddleNLP's LORA_WEIGHTS_NAME
@@ -56,10 +56,9 @@ class LoRAConfig:
     def __post_init__(self):
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
-            raise GLMError(f"LoRA: r must be a positive integer, got {self.r!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise GLMError(f"LoRA: lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        problem = config_problem(vars(self))
+        if problem:
+            raise GLMError(f"LoRA config: {problem[0]}: {problem[1]}")
 
     @property
     def scaling(self) -> float:
@@ -75,23 +74,59 @@ class LoRAConfig:
 
     @classmethod
     def from_file(cls, path: str) -> "LoRAConfig":
-        """Read a ``lora_config.json`` written by :func:`save_adapter` or by PaddleNLP."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
+        """Read a ``lora_config.json`` written by :func:`save_adapter` or by PaddleNLP; a bad field is a
+        GLMError naming the file and the field."""
+        if not os.path.isfile(path):
             raise GLMError(f"{path}: no LoRA config here (an adapter directory holds {CONFIG_FILE} and "
-                           f"{WEIGHTS_FILE})") from None
-        except json.JSONDecodeError as e:
-            raise GLMError(f"{path}: not valid JSON ({e})") from None
+                           f"{WEIGHTS_FILE})")
+        data = read_json_object(path)
         for name, plain in _UNSUPPORTED.items():
             if data.get(name, plain) not in (plain, False, None, []):
                 raise GLMError(f"{path}: '{name}' = {data[name]!r} is not supported (plain LoRA only)")
         if data.get("lora_plus_scale", 1.0) != 1.0:
             raise GLMError(f"{path}: lora_plus_scale != 1 is not supported")
-        return cls(r=data.get("r", 8), lora_alpha=data.get("lora_alpha", 8), lora_dropout=data.get("lora_dropout", 0.0),
-                   target_modules=data.get("target_modules") or list(DEFAULT_TARGETS),
-                   base_model_name_or_path=data.get("base_model_name_or_path"))
+        values = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": list(DEFAULT_TARGETS),
+                  "base_model_name_or_path": None}
+        values.update({name: data[name] for name in values if name in data})
+        if values["target_modules"] in (None, []):  # PaddleNLP's unset value: our default targets
+            values["target_modules"] = list(DEFAULT_TARGETS)
+        elif isinstance(values["target_modules"], str):
+            values["target_modules"] = [values["target_modules"]]
+        problem = config_problem(values)
+        if problem:
+            raise GLMError(f"{path}: \"{problem[0]}\": {problem[1]}")
+        return cls(**values)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def config_problem(values: Dict) -> Optional[Tuple[str, str]]:
+    """The first invalid field of a LoRA config's ``values`` as ``(field, what is wrong)``, or None.
+
+    The one place these rules live: :class:`LoRAConfig`, :meth:`LoRAConfig.from_file` and the
+    finetune flags (``--lora-rank``, ``--lora-alpha``, ``--lora-dropout``) report what it finds.
+    """
+    r, alpha, dropout = values["r"], values["lora_alpha"], values["lora_dropout"]
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        return "r", f"must be a positive integer, got {r!r}"
+    if not _is_number(alpha) or alpha <= 0:
+        return "lora_alpha", f"must be a finite number > 0, got {alpha!r}"
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        return "lora_dropout", f"must be a number in [0, 1), got {dropout!r}"
+    targets = values["target_modules"]
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        return "target_modules", f"must be a regex or a non-empty list of regexes, got {targets!r}"
+    for pattern in targets:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            return "target_modules", f"{pattern!r} is not a valid regex ({e})"
+    base = values.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        return "base_model_name_or_path", f"must be a string or null, got {base!r}"
+    return None
 
 
 class LoRALinear(nn.Layer):

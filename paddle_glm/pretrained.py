@@ -61,23 +61,31 @@ class PretrainedMixin:
         files already in ``path`` (a tokenizer, say) are kept; an older Paddle-format
         checkpoint there is replaced.
         """
+        save_checkpoint_dir(path, lambda directory, tag: self.write_into(directory, safe_serialization,
+                                                                         max_shard_size, tag))
+
+    def write_into(self, directory: str, safe_serialization: bool = True, max_shard_size: Union[int, str] = "2GB",
+                   tag: Optional[str] = None) -> None:
+        """Write ``save_pretrained``'s files straight into ``directory``, a temporary directory the caller
+        owns and installs (a training checkpoint's): no temporary directory of its own, no switch.
+        ``tag`` is :class:`~paddle_glm.checkpoint.writer.ShardedWriter`'s."""
         state = list(self.state_dict().items())
         sizes = [(name, int(np.prod(p.shape)) * p.element_size()) for name, p in state]
-        self._write_checkpoint(path, sizes, ((name, p.numpy()) for name, p in state), safe_serialization,
-                               max_shard_size)
+        self._write_files(directory, tag, sizes, ((name, p.numpy()) for name, p in state), safe_serialization,
+                          max_shard_size)
 
     def _write_checkpoint(self, path: str, sizes, arrays: Iterable[Tuple[str, np.ndarray]],
                           safe_serialization: bool, max_shard_size: Union[int, str]) -> None:
         """Write ``arrays`` (``(name, array)`` in the order of ``sizes``, ``(name, bytes)``) and
         ``config.json`` into ``path``, atomically for readers (see ``save_checkpoint_dir``)."""
+        save_checkpoint_dir(path, lambda directory, tag: self._write_files(directory, tag, sizes, arrays,
+                                                                           safe_serialization, max_shard_size))
+
+    def _write_files(self, directory: str, tag: Optional[str], sizes, arrays: Iterable[Tuple[str, np.ndarray]],
+                     safe_serialization: bool, max_shard_size: Union[int, str]) -> None:
         fmt = "safetensors" if safe_serialization else "pdparams"
-        shard_size = parse_size(max_shard_size)
-
-        def write(directory: str, tag: Optional[str]) -> None:
-            writer = ShardedWriter(directory, fmt, sizes, shard_size, tag=tag)
-            for name, array in arrays:
-                writer.add(name, array)
-            writer.finish()
-            self.config.save_pretrained(directory)
-
-        save_checkpoint_dir(path, write)
+        writer = ShardedWriter(directory, fmt, sizes, parse_size(max_shard_size), tag=tag)
+        for name, array in arrays:
+            writer.add(name, array)
+        writer.finish()
+        self.config.save_pretrained(directory)

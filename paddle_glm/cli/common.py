@@ -30,14 +30,10 @@ def add_device_flag(parser) -> None:
 
 def use_device(device: Optional[str]) -> None:
     """Make ``--device`` Paddle's current device when it was given; a bad name is a GLMError naming the flag."""
-    if not device:
-        return
-    import paddle
+    if device:
+        from ..devices import set_device
 
-    try:
-        paddle.set_device(device)
-    except (ValueError, RuntimeError) as e:
-        raise GLMError(f"--device {device}: {e}") from None
+        set_device(device)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:

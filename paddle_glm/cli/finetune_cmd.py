@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train", required=True, help="training data, JSON lines")
     parser.add_argument("--eval", help="evaluation data, JSON lines (loss at --eval-steps and at the end)")
     parser.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite/--resume)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (the old one stays "
+                        "until the new output is complete)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest --out/checkpoint-STEP")
     group = parser.add_argument_group("LoRA")
     group.add_argument("--lora", action="store_true", help="train a LoRA adapter on the qkv projections only")
@@ -50,6 +51,8 @@ def add_parser(subparsers) -> None:
                        "through paddle.distributed.launch (--batch-size is per process)")
     group.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0 = at the end only)")
     group.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0 = none)")
+    group.add_argument("--save-total-limit", type=int, default=None, metavar="N",
+                       help="keep only the newest N checkpoints, deleting older ones (default: keep all)")
     parser.set_defaults(run=run)
 
 
@@ -64,17 +67,20 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import GLMError
     from ..training import finetune
     from ..training.launch import launch
-    from ..training.loop import check_inputs
+    from ..training.loop import check_inputs, check_output_state
+    from ..training.output import output_lock
 
     use_device(args.device)
     settings = finetune_args(args)
-    if args.nproc > 1:
-        check_inputs(settings)  # one clear error here rather than one per process
-        return launch(args.nproc, _without_nproc(args.argv))
     if args.nproc < 1:
         raise GLMError(f"--nproc: must be at least 1, got {args.nproc}")
-    finetune(settings)
-    return 0
+    if args.nproc == 1:
+        finetune(settings)
+        return 0
+    check_inputs(settings)  # one clear error here rather than one per process
+    with output_lock(settings.out):  # held for the ranks, which learn it from the environment
+        check_output_state(settings)
+        return launch(args.nproc, _without_nproc(args.argv))
 
 
 def _without_nproc(argv):

@@ -18,6 +18,7 @@ import paddle
 from ..errors import GLMError
 from ..tokenizer import with_mask
 
+
 @dataclass(frozen=True)
 class Example:
     src: str
@@ -26,10 +27,14 @@ class Example:
 
 
 def read_jsonl(path: str) -> List[Example]:
-    """The examples of a JSON-lines file; a bad line raises ``GLMError("FILE:LINE: ...")``. Blank lines are skipped."""
+    """The examples of a JSON-lines file; a bad line raises ``GLMError("FILE:LINE: ...")``. Blank lines are skipped.
+
+    Lines end at a newline only (``\n``, ``\r\n`` or ``\r``): U+2028, U+0085 and the other characters
+    ``str.splitlines`` breaks at are text, which ``json.dumps(ensure_ascii=False)`` writes raw.
+    """
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")
     except FileNotFoundError:
         raise GLMError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -45,13 +50,22 @@ def read_jsonl(path: str) -> List[Example]:
         if not isinstance(record, dict):
             raise GLMError(f"{path}:{number}: expected a JSON object with \"src\" and \"tgt\"")
         for key in ("src", "tgt"):
-            if not isinstance(record.get(key), str) or not record[key]:
-                raise GLMError(f"{path}:{number}: missing \"{key}\" (a non-empty string; each line is "
-                               "{\"src\": \"text with [MASK]\", \"tgt\": \"what fills it\"})")
+            _check_field(path, number, record, key)
         examples.append(Example(record["src"], record["tgt"], number))
     if not examples:
         raise GLMError(f"{path}:1: no examples (the file is empty)")
     return examples
+
+
+def _check_field(path: str, number: int, record: dict, key: str) -> None:
+    """``record[key]`` must be a non-empty string."""
+    shape = "each line is {\"src\": \"text with [MASK]\", \"tgt\": \"what fills it\"}"
+    if key not in record:
+        raise GLMError(f"{path}:{number}: missing \"{key}\" ({shape})")
+    if not isinstance(record[key], str):
+        raise GLMError(f"{path}:{number}: \"{key}\" must be a string, got {json.dumps(record[key])[:40]} ({shape})")
+    if not record[key]:
+        raise GLMError(f"{path}:{number}: \"{key}\" is empty ({shape})")
 
 
 def check_examples(tokenizer, path: str, examples: Sequence[Example], src_length: int) -> None:
