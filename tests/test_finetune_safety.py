@@ -300,7 +300,7 @@ def test_save_total_limit_keeps_the_newest(finished):
     (lambda c: (c / "optimizer.pdopt").write_bytes((c / "optimizer.pdopt").read_bytes()[:5000]),
      r"optimizer.pdopt: cannot read it .*truncated"),
     (lambda c: (c / "optimizer.pdopt").unlink(), r"optimizer.pdopt: no such file"),
-    (lambda c: (c / "trainer_state.json").write_text('{"step": 2,'), r"trainer_state.json: cannot read it as JSON"),
+    (lambda c: (c / "trainer_state.json").write_text('{"step": 2,'), r"trainer_state.json: not valid JSON"),
     (lambda c: (c / "trainer_state.json").write_text(json.dumps(
         {**json.loads((c / "trainer_state.json").read_text()), "stepz": 1})),
      r"trainer_state.json: unknown key 'stepz'"),
