@@ -19,7 +19,7 @@ from conftest import TINY_A, TINY_B, random_model, paddlenlp_model
 from tokenizer_helpers import TOKENIZER_DIR
 from tp_worker import GENERATE, generation_inputs
 
-from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMError, GLMForConditionalGeneration
+from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMError, GLMForConditionalGeneration, tensor_parallel
 from paddle_glm.cli import main
 from paddle_glm.parallel import QKV, check_split, join_slices, local_slice
 
@@ -128,7 +128,7 @@ def test_outside_a_launched_job(tmp_path, monkeypatch):
     random_model(TINY_A).save_pretrained(str(tmp_path))
     with pytest.raises(GLMError, match=r"needs a job of N processes: start it with `python -m "
                                        r"paddle.distributed.launch --nproc_per_node N"):
-        GLMForConditionalGeneration.from_pretrained(str(tmp_path), tensor_parallel=True)
+        tensor_parallel.from_pretrained(GLMForConditionalGeneration, str(tmp_path))
 
 
 def test_qkv_split_takes_whole_heads_of_q_k_and_v():

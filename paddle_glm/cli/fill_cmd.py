@@ -6,7 +6,7 @@ import time
 
 from .common import add_generation_flags, add_model_flags, generation_config, generation_overrides, info, \
     load_model_and_tokenizer, speed_line
-from .launch import add_tensor_parallel_flag
+from .ranks import add_tensor_parallel_flag
 
 
 def add_parser(subparsers) -> None:

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
                        "through paddle.distributed.launch (--batch-size is per process)")
     group.add_argument("--eval-steps", type=int, default=0, help="evaluate every N steps (0 = at the end only)")
     group.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0 = none)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, stop_note=last_checkpoint_note)
 
 
 def finetune_args(args: argparse.Namespace):
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import GLMError
     from ..training import finetune
-    from ..training.launch import launch
+    from ..distributed import launch
     from ..training.loop import check_inputs
 
     if args.device:
@@ -78,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
         raise GLMError(f"--nproc: must be at least 1, got {args.nproc}")
     finetune(settings)
     return 0
+
+
+def last_checkpoint_note(args: argparse.Namespace) -> str:
+    """Where a stopped run can resume from (``--resume``)."""
+    from ..training.checkpoints import latest_checkpoint
+
+    latest = latest_checkpoint(args.out)
+    return f"the last complete checkpoint is {latest}" if latest else f"no checkpoint was written in {args.out}"
 
 
 def _without_nproc(argv):

@@ -12,7 +12,7 @@ from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
-from .launch import print_memory_per_rank
+from .ranks import print_memory_per_rank
 
 GB = 1e9
 

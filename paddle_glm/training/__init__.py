@@ -1,6 +1,6 @@
 """Finetuning GLM on Paddle's own engine: data (``data.py``), the loop (``loop.py``),
-checkpoints and resume (``checkpoints.py``), and the glue to ``paddle.distributed.launch``
-(``launch.py``). ``paddle-glm finetune`` is the command line over :func:`finetune`.
+and checkpoints and resume (``checkpoints.py``); ``paddle_glm/distributed.py`` starts the processes
+of ``--nproc``. ``paddle-glm finetune`` is the command line over :func:`finetune`.
 """
 from .loop import FinetuneArgs, finetune
 

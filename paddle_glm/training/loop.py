@@ -22,12 +22,12 @@ import paddle.distributed as dist
 from tqdm.auto import tqdm
 
 from ..devices import resolve_dtype, use_cpu_threads
+from ..distributed import init_job, on_rank_zero, rank_and_world
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import LoRAConfig, apply_lora, save_adapter
 from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, micro_batch_seed, save_checkpoint
 from .data import Collate, Example, check_examples, data_loader, read_jsonl
-from .launch import rank_and_world
 
 # PaddleNLP's GLM example (llm/glm): 608 source and 160 target tokens.
 DEFAULT_SRC_LENGTH, DEFAULT_TGT_LENGTH = 608, 160
@@ -220,7 +220,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     inputs = check_inputs(args)
     rank, world_size = rank_and_world()
     if world_size > 1:
-        dist.init_parallel_env()
+        init_job()
     use_cpu_threads()
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
     model = build_model(args, show_progress=rank == 0)
@@ -289,8 +289,8 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
                 eval_loss = evaluate(train_model, eval_loader, mean)
                 if rank == 0:
                     bar.write(f"step {state.step}: eval loss {eval_loss:.4f}", file=sys.stderr)
-            if rank == 0 and args.save_steps and state.step % args.save_steps == 0:
-                save_checkpoint(args.out, model, optimizer, state, args.lora)
+            if args.save_steps and state.step % args.save_steps == 0:  # rank 0 writes, every rank hears how it went
+                on_rank_zero(lambda: save_checkpoint(args.out, model, optimizer, state, args.lora))
             if state.step >= total_steps:
                 break
         else:
@@ -300,13 +300,11 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
     if eval_loader is not None:
         eval_loss = evaluate(train_model, eval_loader, mean)
     seconds = time.perf_counter() - start
+    on_rank_zero(lambda: write_output(model, tokenizer, args))  # every rank hears how it went: no barrier
     if rank == 0:
-        write_output(model, tokenizer, args)
         print(f"finetuned {state.step} steps in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s); "
               f"final loss {last_loss:.4f}" + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
               + f"; wrote {args.out}" + (" (LoRA adapter)" if args.lora else ""), flush=True)
-    if world_size > 1:
-        dist.barrier()
     return {"steps": state.step, "loss": last_loss, "eval_loss": eval_loss, "seconds": seconds}
 
 
