@@ -23,7 +23,8 @@ class BodyLimit:
 
     The body is read here (up to the limit) and replayed to the app; later
     ``receive`` calls (a client disconnect) pass through. A client that holds a half-sent
-    body therefore holds a connection for ``read_timeout`` at most.
+    body therefore holds a connection for ``read_timeout`` at most, and a request cancelled by
+    the server's shutdown ends quietly.
     """
 
     def __init__(self, app, max_bytes: int, read_timeout: float = BODY_READ_TIMEOUT):
@@ -34,6 +35,12 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        try:
+            await self._limited(scope, receive, send)
+        except asyncio.CancelledError:  # the server's shutdown grace is over: the request ends without a traceback
+            return
+
+    async def _limited(self, scope, receive, send):
         too_big = APIError(400, f"the request body is over the server's limit of {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
