@@ -337,7 +337,7 @@ class _Job:
         env = dict(os.environ, **QUIET_RANK_ENV, **{WORK_DIR_ENV: self.work})
         with open(os.path.join(self.work, "launcher.log"), "wb") as log:
             self.launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             env=env, start_new_session=True)
+                                             env=env, start_new_session=True, preexec_fn=_terminated_with_parent)
 
     def wait(self) -> None:
         """Until the launcher ends, or a rank dies without a word (then the job is stopped)."""
@@ -414,6 +414,15 @@ class _Job:
             with open(os.path.join(self.logs, name), encoding="utf-8", errors="replace") as f:
                 texts.append(f"--- {name}\n" + "".join(f.readlines()[-lines:]))
         return "".join(texts).rstrip()
+
+
+def _terminated_with_parent() -> None:
+    """In the launcher, before it runs: SIGTERM when the starting process dies, even by SIGKILL (Linux),
+    so that the launcher then stops the ranks."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _alive(pid: int) -> bool:

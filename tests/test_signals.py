@@ -5,6 +5,7 @@ Each test bounds its time, kills what it started if it must, and checks afterwar
 started is alive (by the root's tree and by a marker in their environment) and that no temporary
 directory is left (the launcher's in /tmp, ``.tmp-`` ones in --out)."""
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -138,4 +139,22 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     line = _last_line(err)
     assert line.startswith(f"paddle-glm finetune: error: rank 1 (pid {rank1.pid}) died without a word"), err
     assert "the last complete checkpoint is" in line and "Traceback" not in err and "RuntimeError" not in err
+    assert_nothing_left(tree.env, tree.before, out)
+
+
+def test_a_killed_starting_process_takes_its_ranks_along(tmp_path):
+    """SIGKILL to ``paddle-glm`` itself cannot be handled there; the launcher learns of it from the kernel and
+    stops the ranks (only the launcher's directory in /tmp is left, which this test removes)."""
+    out = tmp_path / "out"
+    with Tree(tmp_path, _finetune(out, "--nproc", "2")) as tree:
+        wait_for(lambda: len(_ranks(tree)) == 2, 60, tree.root)
+        ranks = _ranks(tree)
+        tree.root.kill()
+        tree.root.wait()
+        gone, alive = psutil.wait_procs(ranks, timeout=15)
+        assert alive == [], "ranks still run 15 s after their starting process was killed"
+        ours = {str(p.pid) for p in ranks}
+        for path in launch_dirs() - tree.before:  # the job's directory: its ranks wrote their PIDs there
+            if ours & {Path(path, f"pid.{rank}").read_text() for rank in (0, 1) if Path(path, f"pid.{rank}").exists()}:
+                shutil.rmtree(path)
     assert_nothing_left(tree.env, tree.before, out)
