@@ -1,5 +1,5 @@
-"""One rank of tests/test_collective_save.py (2 gloo ranks): rank 0 fails before, during and after the
-gathers of a tensor-parallel save, and in an ``on_rank_zero`` write; every rank records the error it ends with.
+"""One rank of tests/test_collective_save.py (2 gloo ranks): rank 0 fails before and during the
+gathers of a tensor-parallel save and in an ``on_rank_zero`` write; every rank records the error it ends with.
 
     python -m paddle.distributed.launch --nproc_per_node 2 tests/collective_save_worker.py -- OUT MODEL_DIR
 """
@@ -8,8 +8,6 @@ import json
 import os
 import sys
 import warnings
-
-import paddle
 
 from paddle_glm import GLMError, GLMForConditionalGeneration, tensor_parallel
 from paddle_glm.checkpoint import writer

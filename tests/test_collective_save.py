@@ -1,4 +1,4 @@
-"""Collective saves: when rank 0 fails before, during or after the gathers of a tensor-parallel
+"""Collective saves: when rank 0 fails before or during the gathers of a tensor-parallel
 ``save_pretrained`` (or in a rank-0 write that the others wait for), no rank waits forever; every rank
 ends with the same one-line error, and the job goes on to a good save afterwards."""
 import json

@@ -7,6 +7,7 @@ generation, parameter share, gathered save, errors inside a job); the CLI tests 
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -171,7 +172,9 @@ def test_cli_tensor_parallel_prints_what_one_process_prints(cli_model, capsys, c
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert parallel.stdout == single and single.strip()  # rank 0 only: printed once
     assert "tokens in" in parallel.stderr or "filled" in parallel.stderr  # rank 0's status lines come through
-    assert "LAUNCH" not in parallel.stderr + parallel.stdout  # none of the launcher's noise
+    noise = parallel.stderr + parallel.stdout
+    assert "LAUNCH" not in noise and "FLAGS" not in noise  # none of the launcher's or Paddle's set-up notes
+    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d", noise, flags=re.M)  # nor glog lines
 
 
 @pytest.mark.parametrize("size, message", [

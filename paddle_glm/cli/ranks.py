@@ -26,7 +26,7 @@ def add_tensor_parallel_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def print_memory_per_rank(config, world: int) -> None:
-    """``paddle-glm info --tensor-parallel N``: what one of N ranks holds (weights, and the KV cache of one sequence)."""
+    """``paddle-glm info --tensor-parallel N``: what one of N ranks holds (weights, the KV cache of one sequence)."""
     from ..model import GLMForConditionalGeneration
     from ..parallel import check_split
     from ..tensor_parallel import rank_parameters
