@@ -261,29 +261,34 @@ def run_as_rank(run: Callable[[], int]) -> int:
         return run()
     rank, world = rank_and_world()
     _write(os.path.join(work, f"pid.{rank}"), str(os.getpid()))
-    if world > 1:
-        init_job()  # before the redirection: Paddle's set-up notes stay in the rank's log
-    if rank == 0:
-        sys.stdout = open(os.path.join(work, "stdout"), "w", encoding="utf-8", buffering=1)
-        sys.stderr = open(os.path.join(work, "stderr"), "w", encoding="utf-8", buffering=1)
-    else:
-        sys.stdout = open(os.devnull, "w", encoding="utf-8")
     code, message = 1, ""
     try:
-        code = run()
+        if world > 1:
+            init_job()  # before the redirection: Paddle's set-up notes stay in the rank's log
+        _redirect_output(work, rank)
+        code = int(run() or 0)
         return code
-    except GLMError as e:
+    except (GLMError, UnicodeError) as e:  # the user's: the CLI prints it (rank 0's line is shown)
         code, message = 2, str(e)
         raise
     except (Terminated, KeyboardInterrupt) as e:
         code = exit_code_of(e)
         raise
-    except Exception as e:  # noqa: BLE001 - recorded for the starting process, the traceback kept in the log
+    except Exception as e:  # recorded for the starting process; the traceback stays in the rank's log
         traceback.print_exc(file=sys.__stderr__)
         message = describe_failure(e)
         return 1
     finally:
         _write(os.path.join(work, f"status.{rank}"), f"{code}\n{message}")
+
+
+def _redirect_output(work: str, rank: int) -> None:
+    """Rank 0's stdout and stderr into ``work`` (the starting process shows them); the others' stdout to nowhere."""
+    if rank == 0:
+        sys.stdout = open(os.path.join(work, "stdout"), "w", encoding="utf-8", buffering=1)
+        sys.stderr = open(os.path.join(work, "stderr"), "w", encoding="utf-8", buffering=1)
+    else:
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
 
 
 def _write(path: str, text: str) -> None:
@@ -346,8 +351,7 @@ class _Job:
             dead = self._dead_rank()
             if dead is not None:
                 self.stop()
-                raise RankFailed(f"rank {dead} (pid {self.pids()[dead]}) died without a word (killed by a "
-                                 "signal, or out of memory); the other ranks were stopped")
+                raise RankFailed(self._died(dead))
             time.sleep(_POLL_SECONDS)
         self._forward()
 
@@ -360,16 +364,26 @@ class _Job:
                     return code  # rank 0 printed its one-line error itself
                 raise (GLMError if code == 2 else RankFailed)(f"rank {rank}: {message}")
         missing = [rank for rank in range(self.nproc) if rank not in statuses]
+        started = [rank for rank in missing if rank in self.pids()]
+        if started:
+            raise RankFailed(self._died(started[0]))
         if missing:
-            raise RankFailed(f"rank {missing[0]} of the {self.nproc}-process job ended without a word (launcher "
-                             f"exit code {self.launcher.returncode}); the logs:\n{self._log_tail()}")
+            raise RankFailed(f"rank {missing[0]} of the {self.nproc}-process job did not start (launcher exit "
+                             f"code {self.launcher.returncode}); the logs:\n{self._log_tail()}")
         return statuses[0][0] or self.launcher.returncode
+
+    def _died(self, rank: int) -> str:
+        return (f"rank {rank} (pid {self.pids()[rank]}) died without a word (killed by a signal, or out of "
+                "memory); the other ranks were stopped")
 
     def stop(self) -> None:
         """SIGTERM to the launcher and every rank; SIGKILL to what is left after the grace period."""
         if self.launcher is None:
             return
         groups = [self.launcher.pid, *self.pids().values()]  # each rank leads its own process group
+        if self.launcher.poll() is not None and not any(_alive(pid) for pid in groups):
+            self._close()
+            return  # the job ended by itself
         _signal_groups(groups, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline and any(_alive(pid) for pid in groups):
@@ -378,6 +392,9 @@ class _Job:
         groups += self.pids().values()  # a rank may have started meanwhile
         _signal_groups(groups, signal.SIGKILL)
         self.launcher.wait()
+        self._close()
+
+    def _close(self) -> None:
         for stream in self.streams:
             stream.close()
 
