@@ -178,8 +178,9 @@ class _Stopping:
         raise Terminated(signum)
 
     def install(self) -> None:
-        for signum in _STOP_SIGNALS:
-            signal.signal(signum, self)
+        if threading.current_thread() is threading.main_thread():  # Python's rule for signal handlers
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, self)
 
 
 class _AfterPaddleImport(importlib.abc.MetaPathFinder):
