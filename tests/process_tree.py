@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,10 +19,13 @@ MARKER = "PADDLE_GLM_TEST_TREE"
 LAUNCH_DIRS = ("paddle-glm-launch-*", "paddle-glm-tp-*")
 
 
-def tree_env(**extra: str) -> dict:
-    """The environment for a started tree: this tree first on the path, quiet warnings, a fresh marker."""
+def tree_env(tmp_path: Path, **extra: str) -> dict:
+    """The environment for a started tree: this tree first on the path, quiet warnings, a fresh marker, and
+    its own temporary directory (``TMPDIR``, where the launcher makes its directory), checked afterwards."""
+    scratch = tmp_path / "TMPDIR"
+    scratch.mkdir(exist_ok=True)
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-                PYTHONWARNINGS="ignore", **{MARKER: uuid.uuid4().hex}, **extra)
+                PYTHONWARNINGS="ignore", TMPDIR=str(scratch), **{MARKER: uuid.uuid4().hex}, **extra)
 
 
 def marked(env: dict) -> List[psutil.Process]:
@@ -57,18 +59,19 @@ def kill_tree(root: subprocess.Popen, env: dict) -> None:
     root.wait()
 
 
-def launch_dirs() -> Set[str]:
-    return {path for pattern in LAUNCH_DIRS for path in glob.glob(os.path.join(tempfile.gettempdir(), pattern))}
+def launch_dirs(env: dict) -> Set[str]:
+    """The launcher directories in the tree's temporary directory."""
+    return {path for pattern in LAUNCH_DIRS for path in glob.glob(os.path.join(env["TMPDIR"], pattern))}
 
 
-def assert_nothing_left(env: dict, before: Set[str], *out_dirs: Path) -> None:
-    """No marked process alive (after a short grace for exits in flight), no launcher directory new since
-    ``before``, no temporary directory in ``out_dirs``."""
+def assert_nothing_left(env: dict, *out_dirs: Path) -> None:
+    """No marked process alive (after a short grace for exits in flight), no launcher directory left in
+    the tree's temporary directory, no temporary directory in ``out_dirs``."""
     deadline = time.time() + 2
     while marked(env) and time.time() < deadline:
         time.sleep(0.1)
     assert marked(env) == []
-    assert launch_dirs() - before == set()
+    assert launch_dirs(env) == set()
     for out in out_dirs:
         if out.exists():
             assert [n for n in os.listdir(out) if ".tmp-" in n or n.startswith(".save-tmp-")] == []

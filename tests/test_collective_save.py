@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import TINY_A, random_model
-from process_tree import assert_nothing_left, kill_tree, launch_dirs, tree_env
+from process_tree import assert_nothing_left, kill_tree, tree_env
 
 TESTS = Path(__file__).resolve().parent
 
@@ -16,7 +16,7 @@ def test_rank_zero_failures_reach_every_rank(tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "out"
     random_model(TINY_A).save_pretrained(str(model_dir))
     out.mkdir()
-    env, before = tree_env(), launch_dirs()
+    env = tree_env(tmp_path)
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
                str(tmp_path / "logs"), str(TESTS / "collective_save_worker.py"), "--", str(out), str(model_dir)]
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -34,4 +34,4 @@ def test_rank_zero_failures_reach_every_rank(tmp_path):
     assert all("\n" not in message for message in results.values())
     assert results["then a save"] == "ok" and (out / "saved" / "config.json").is_file()
     assert not (out / "full-disk").exists()
-    assert_nothing_left(env, before, out)
+    assert_nothing_left(env, out)

@@ -12,7 +12,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from process_tree import ROOT, assert_nothing_left, cli, kill_tree, launch_dirs, stop, tree_env  # noqa: E402
+from process_tree import ROOT, assert_nothing_left, cli, kill_tree, stop, tree_env  # noqa: E402
 
 from paddle_glm.serving.middleware import BodyLimit  # noqa: E402
 
@@ -49,7 +49,7 @@ def _wait_ready(url: str, process, timeout: float = 90) -> None:
 def test_bad_prompts_are_400s_and_sigterm_ends_a_held_server(tmp_path):
     import subprocess
 
-    port, env, before = _free_port(), tree_env(), launch_dirs()
+    port, env = _free_port(), tree_env(tmp_path)
     log = tmp_path / "log"
     with open(log, "w") as f:
         server = subprocess.Popen(cli("serve", DEMO, "--port", str(port), "--max-queue", "64", "--shutdown-grace", "2"),
@@ -76,7 +76,7 @@ def test_bad_prompts_are_400s_and_sigterm_ends_a_held_server(tmp_path):
     assert code == 143 and seconds < 2 + 5, text  # the grace, then the model thread's stop
     assert text.rstrip().splitlines()[-1] == "paddle-glm serve: stopped by SIGTERM"
     assert "Traceback" not in text and "FatalError" not in text
-    assert_nothing_left(env, before)
+    assert_nothing_left(env)
 
 
 def test_a_stalled_body_gets_408():

@@ -3,7 +3,7 @@
 
 Each test bounds its time, kills what it started if it must, and checks afterwards that no process it
 started is alive (by the root's tree and by a marker in their environment) and that no temporary
-directory is left (the launcher's in /tmp, ``.tmp-`` ones in --out)."""
+directory is left (the launcher's, in the tree's own TMPDIR; ``.tmp-`` ones in --out)."""
 import json
 import shutil
 import signal
@@ -34,11 +34,10 @@ def _last_line(err: str) -> str:
 
 
 class Tree:
-    """A started command: its root process (output in files), marker environment and the launcher
-    directories before it."""
+    """A started command: its root process (output in files) and its environment (marker, TMPDIR)."""
 
     def __init__(self, tmp_path: Path, command, stdin=subprocess.DEVNULL):
-        self.env, self.before = tree_env(), launch_dirs()
+        self.env = tree_env(tmp_path)
         self.out_path, self.err_path = tmp_path / "stdout", tmp_path / "stderr"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.root = subprocess.Popen(command, env=self.env, stdin=stdin, stdout=out, stderr=err, cwd=ROOT)
@@ -80,7 +79,7 @@ def test_finetune_two_ranks_stops_whole_tree(tmp_path, signum):
     assert _last_line(err) == f"paddle-glm finetune: stopped by {name}; the last complete checkpoint is {latest}"
     assert "Traceback" not in err and "FatalError" not in err
     assert json.loads((latest / "trainer_state.json").read_text())["step"] == int(latest.name.split("-")[1])
-    assert_nothing_left(tree.env, tree.before, out)
+    assert_nothing_left(tree.env, out)
 
 
 def test_single_process_finetune_stops_and_resumes(tmp_path):
@@ -94,7 +93,7 @@ def test_single_process_finetune_stops_and_resumes(tmp_path):
     assert _last_line(err) == f"paddle-glm finetune: stopped by SIGTERM; the last complete checkpoint is " \
                               f"{out / f'checkpoint-{step}'}"
     assert "Traceback" not in err and "FatalError" not in err  # Paddle's C++ handler is not the one that ran
-    assert_nothing_left(tree.env, tree.before, out)
+    assert_nothing_left(tree.env, out)
     with Tree(tmp_path, cli("finetune", DEMO, "--train", FACTS, "--out", str(out), "--resume", "--save-steps", "2",
                             "--max-steps", str(step + 1))) as tree:
         assert tree.root.wait(timeout=60) == 0, tree.stderr()
@@ -110,7 +109,7 @@ def test_generate_tensor_parallel_stops_whole_tree(tmp_path):
         err = tree.stderr()
     assert code == 130 and seconds < 10, err
     assert _last_line(err) == "paddle-glm generate: stopped by SIGINT"
-    assert_nothing_left(tree.env, tree.before)
+    assert_nothing_left(tree.env)
 
 
 def test_single_process_generate_sigterm(tmp_path):
@@ -121,7 +120,7 @@ def test_single_process_generate_sigterm(tmp_path):
     assert code == 143 and seconds < 10, err
     assert _last_line(err) == "paddle-glm generate: stopped by SIGTERM"
     assert "FatalError" not in err and "Traceback" not in err
-    assert_nothing_left(tree.env, tree.before)
+    assert_nothing_left(tree.env)
 
 
 def test_a_killed_rank_stops_the_job(tmp_path):
@@ -139,7 +138,7 @@ def test_a_killed_rank_stops_the_job(tmp_path):
     line = _last_line(err)
     assert line.startswith(f"paddle-glm finetune: error: rank 1 (pid {rank1.pid}) died without a word"), err
     assert "the last complete checkpoint is" in line and "Traceback" not in err and "RuntimeError" not in err
-    assert_nothing_left(tree.env, tree.before, out)
+    assert_nothing_left(tree.env, out)
 
 
 def test_a_killed_starting_process_takes_its_ranks_along(tmp_path):
@@ -154,6 +153,6 @@ def test_a_killed_starting_process_takes_its_ranks_along(tmp_path):
         tree.root.wait()
         gone, alive = psutil.wait_procs(ranks, timeout=15)
         assert alive == [], "ranks still run 15 s after their starting process was killed"
-        assert str(job_dir) in launch_dirs()
+        assert str(job_dir) in launch_dirs(tree.env)
         shutil.rmtree(job_dir)
-    assert_nothing_left(tree.env, tree.before, out)
+    assert_nothing_left(tree.env, out)
