@@ -87,8 +87,9 @@ def init_job() -> Tuple[int, int]:
 _MESSAGE_BYTES = 1024
 
 
-def tell_ranks(error: Optional[str]) -> None:
-    """Rank 0: tell every rank that all is well (``None``) or that it failed with ``error``.
+def tell_ranks(error: Optional[str]) -> Optional[str]:
+    """Rank 0: tell every rank that all is well (``None``) or that it failed with ``error``; returns the
+    error as they hear it (its first ``_MESSAGE_BYTES`` bytes).
 
     The other ranks call :func:`hear_rank_zero` at the same point (a broadcast)."""
     import paddle
@@ -97,6 +98,7 @@ def tell_ranks(error: Optional[str]) -> None:
     data = (error or "").encode("utf-8")[:_MESSAGE_BYTES]
     packet = [1 if error is not None else 0, len(data)] + list(data) + [0] * (_MESSAGE_BYTES - len(data))
     dist.broadcast(paddle.to_tensor(packet, dtype="int32"), src=0)
+    return None if error is None else data.decode("utf-8", "replace")
 
 
 def hear_rank_zero() -> None:
@@ -135,9 +137,7 @@ def on_rank_zero(action: Callable[[], T]) -> Optional[T]:
     try:
         result = action()
     except Exception as e:  # told to the other ranks, then raised here as theirs is
-        message = describe_failure(e)
-        tell_ranks(message)
-        raise GLMError(message) from None
+        raise GLMError(tell_ranks(describe_failure(e))) from None
     tell_ranks(None)
     return result
 

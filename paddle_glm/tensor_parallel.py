@@ -97,9 +97,7 @@ class TensorParallelModel:
         try:
             self._write_checkpoint(path, sizes, gathered(), safe_serialization, max_shard_size)
         except Exception as e:  # told to the other ranks, then raised here as theirs is
-            message = describe_failure(e)
-            tell_ranks(message)
-            raise GLMError(message) from None
+            raise GLMError(tell_ranks(describe_failure(e))) from None
         tell_ranks(None)
 
 
