@@ -81,9 +81,9 @@ def parse(model: type, raw: bytes):
     """``model`` from a JSON body (whatever its Content-Type), or a 400 :class:`APIError`."""
     try:
         data = json.loads(raw)
+        _check_text(data)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise APIError(400, f"the body is not valid JSON ({e})") from None
-    _check_text(data)
     try:
         return model.model_validate(data)
     except ValidationError as e:
