@@ -357,17 +357,18 @@ class _Job:
         self._forward()
 
     def result(self) -> int:
-        """Rank 0's exit code; a rank's failure that rank 0 did not print raises a one-line error."""
+        """Rank 0's exit code; a failure that rank 0 did not print raises a one-line error, naming the rank
+        that died first if one did (the others' errors are then only its consequences)."""
         statuses = self.statuses()
-        for rank, (code, message) in sorted(statuses.items()):
-            if code and message:
-                if rank == 0 and code == 2:
-                    return code  # rank 0 printed its one-line error itself
-                raise (GLMError if code == 2 else RankFailed)(f"rank {rank}: {message}")
+        if statuses.get(0, (0, ""))[0] == 2:
+            return 2  # rank 0 printed its one-line error itself
         missing = [rank for rank in range(self.nproc) if rank not in statuses]
         started = [rank for rank in missing if rank in self.pids()]
         if started:
             raise RankFailed(self._died(started[0]))
+        for rank, (code, message) in sorted(statuses.items()):
+            if code and message:
+                raise (GLMError if code == 2 else RankFailed)(f"rank {rank}: {message}")
         if missing:
             raise RankFailed(f"rank {missing[0]} of the {self.nproc}-process job did not start (launcher exit "
                              f"code {self.launcher.returncode}); the logs:\n{self._log_tail()}")

@@ -177,6 +177,15 @@ def test_cli_tensor_parallel_prints_what_one_process_prints(cli_model, capsys, c
     assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d", noise, flags=re.M)  # nor glog lines
 
 
+def test_a_users_error_inside_the_job_is_rank_zeros_one_line(cli_model, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"\xff[MASK]")  # found by the ranks, not before they start
+    proc = run_cli("generate", str(cli_model), "--file", str(prompt), "--tensor-parallel", "2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"paddle-glm generate: error: --file {prompt} is not valid UTF-8 (byte b'\\xff' at 0)"]
+
+
 @pytest.mark.parametrize("size, message", [
     ("3", "does not divide the 4 attention heads: use one of 1, 2, 4"),
     ("8", "exceeds the model's 4 attention heads (every rank needs at least one): use one of 1, 2, 4"),
