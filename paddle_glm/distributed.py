@@ -237,6 +237,21 @@ def signal_name(stop: BaseException) -> str:
     return signal.Signals(exit_code_of(stop) - 128).name
 
 
+STOPPED_EXIT_CODES = tuple(128 + signum for signum in _STOP_SIGNALS)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` now, its output flushed, without the interpreter's teardown.
+
+    For a command stopped by a signal once its cleanup has run: in the teardown, Paddle's C++ threads cut
+    off mid-work (the data loader's) can abort the process ("terminate called without an active
+    exception", exit -6) in place of the stop's exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
     """Stop signals wait (blocked) until the block is done: a cleanup runs to its end."""

@@ -7,7 +7,8 @@ import io
 import sys
 from typing import List, Optional
 
-from ..distributed import RankFailed, Terminated, exit_code_of, signal_name, stop_signals_raise
+from ..distributed import STOPPED_EXIT_CODES, RankFailed, Terminated, exit_code_of, exit_now, signal_name, \
+    stop_signals_raise
 from ..errors import GLMError
 from .ranks import run_command
 
@@ -33,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``."""
+    """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``.
+
+    Run as the program (``argv`` None: the process's own arguments), a command stopped by a signal
+    ends the process as soon as its cleanup is done (:func:`paddle_glm.distributed.exit_now`).
+    """
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     for position, arg in enumerate(argv, 1):
         try:
@@ -47,7 +53,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stdin.reconfigure(errors="strict")  # a non-UTF-8 line is an error, not surrogates passed on
     args.argv = argv  # finetune --nproc re-runs the command line
     with stop_signals_raise():
-        return _run(args, argv)
+        code = _run(args, argv)
+    if as_program and code in STOPPED_EXIT_CODES:
+        exit_now(code)
+    return code
 
 
 def _run(args: argparse.Namespace, argv: List[str]) -> int:
