@@ -3,7 +3,7 @@
 Every run loads the same random fp32 checkpoint (3 pdparams shards, as bench_load.py) in fresh
 processes: one plain process with paddle_glm's default threads (every core), one with a single
 thread, then a 2-process job started with ``python -m paddle.distributed.launch --nproc_per_node
-2`` (``from_pretrained(..., tensor_parallel=True)``, gloo; each rank gets half the cores). Each
+2`` (``tensor_parallel.from_pretrained``, gloo; each rank gets half the cores). Each
 process reports its RSS after imports, its peak RSS after loading (``ru_maxrss``), the parameter
 bytes it holds, and the median seconds per new token of a greedy decode (gaps between streamer
 callbacks, prefill excluded).
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 from paddle_glm.devices import THREADS_ENV, cpu_thread_count
 from paddle_glm.io_utils import read_json_object
@@ -44,15 +45,17 @@ def child(out_dir: str, path: str, label: str) -> None:
     import psutil
     from bench_generate import StepTimer, glm_inputs
 
-    from paddle_glm import GLMForConditionalGeneration
-    from paddle_glm.parallel import in_launched_job
+    from paddle_glm import GLMForConditionalGeneration, tensor_parallel
+    from paddle_glm.distributed import in_launched_job
 
     parallel = in_launched_job()
     if parallel:
         paddle.distributed.init_parallel_env()
     after_import = psutil.Process().memory_info().rss
     start = time.perf_counter()
-    model = GLMForConditionalGeneration.from_pretrained(path, tensor_parallel=parallel, show_progress=False)
+    load = partial(tensor_parallel.from_pretrained, GLMForConditionalGeneration) if parallel else \
+        GLMForConditionalGeneration.from_pretrained
+    model = load(path, show_progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     ids, pos, mask = glm_inputs(1, CONTEXT, TOKENS + 1, model.config.vocab_size)

@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 import paddle
 
 from .checkpoint.dtypes import DTYPE_NAMES
+from .distributed import local_ranks
 from .errors import GLMError
 
 THREADS_ENV = "PADDLE_GLM_NUM_THREADS"
@@ -79,11 +80,13 @@ def default_dtype(dtype: str) -> Iterator[None]:
 
 
 def cpu_thread_count() -> int:
-    """How many threads Paddle's CPU kernels should use.
+    """How many threads Paddle's CPU kernels should use in this process.
 
     ``PADDLE_GLM_NUM_THREADS`` when set; else ``OMP_NUM_THREADS`` when it is above 1 (the user
-    chose it before Paddle was imported); else every core this process may run on. Paddle sets
-    ``OMP_NUM_THREADS=1`` itself when it is unset, so a 1 there says nothing about the user's wish.
+    chose it before Paddle was imported; Paddle sets it to 1 itself when it is unset, so a 1 there
+    says nothing about the user's wish); else this process's share of the cores it may run on:
+    the ranks of a job started by ``paddle.distributed.launch`` (by ``paddle-glm`` or by hand) or
+    ``paddle.distributed.spawn`` on one machine split them evenly, so they do not oversubscribe them.
     """
     chosen = os.environ.get(THREADS_ENV, "")
     if chosen:
@@ -93,7 +96,8 @@ def cpu_thread_count() -> int:
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 1:
         return int(omp)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // local_ranks())
 
 
 def use_cpu_threads() -> None:

@@ -66,7 +66,6 @@ class GLMAttention(nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, weight_attr=_init(config))
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, weight_attr=_init(config))
@@ -76,8 +75,9 @@ class GLMAttention(nn.Layer):
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
                 layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
         b, s, _ = x.shape
-        # [b, s, 3h] -> [b, s, 3, heads, d]: q | k | v, heads one after another within each
-        qkv = self.query_key_value(x).reshape([b, s, 3, self.num_heads, self.head_dim])
+        # [b, s, 3h] -> [b, s, 3, heads, d]: q | k | v, heads one after another within each (the heads this
+        # layer holds: all of them, or a tensor-parallel rank's share)
+        qkv = self.query_key_value(x).reshape([b, s, 3, -1, self.head_dim])
         layout = cache.layout if cache is not None else cache_layout(mask.backend)
         if layout == BHSD:
             q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)  # [3, b, heads, s, d] -> each [b, heads, s, d]
@@ -92,7 +92,7 @@ class GLMAttention(nn.Layer):
         context = attend(q, k, v, mask, self.attention_dropout_prob if self.training else 0.0)
         if layout == BHSD:
             context = context.transpose([0, 2, 1, 3])  # [b, heads, s, d] -> [b, s, heads, d]
-        return _dropout(self.output_dropout, self.dense(context.reshape([b, s, self.num_heads * self.head_dim])))
+        return _dropout(self.output_dropout, self.dense(context.reshape([b, s, -1])))  # [b, s, heads * d]
 
 
 class GLMMLP(nn.Layer):
@@ -245,10 +245,14 @@ class GLMModel(PretrainedMixin, nn.Layer):
         check_positions(position_ids, rows)
         return position_ids
 
-    def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None) -> KVCache:
-        """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads."""
+    def new_cache(self, batch: int, max_length: int, attention_backend: Optional[str] = None,
+                  num_heads: Optional[int] = None) -> KVCache:
+        """A KV cache for ``batch`` rows and ``max_length`` tokens, in the layout this device's backend reads.
+
+        ``num_heads``: the heads each layer holds (default all; a tensor-parallel rank passes its share).
+        """
         return KVCache.allocate(self.config.num_layers, batch, aligned_cache_length(max_length),
-                                self.transformer.layers[0].attention.num_heads, self.config.head_dim,
+                                num_heads or self.config.num_attention_heads, self.config.head_dim,
                                 self.word_embeddings.weight.dtype, cache_layout(cache_backend(attention_backend)))
 
 

@@ -13,24 +13,17 @@ CPU (gloo) and GPU (NCCL); fleet's parallel layers have no CPU kernels. Per bloc
 
 The word embeddings are split by vocabulary rows: a rank looks up the ids it holds (the
 others give zeros) and an all_reduce sums the rows; the tied output projection then gives
-each rank its vocabulary slice of the logits, gathered so that every rank sees
-``[b, s, vocab]``. Attention layers get the local head count, and the KV cache takes it
-from them. Everything else (position embeddings, LayerNorms) is replicated. Generation
-runs unchanged on every rank and gives the same tokens everywhere: the logits are
-identical, and sampling without a seed uses rank 0's seed.
+each rank its vocabulary slice of the logits (gathered by ``tensor_parallel.py``). Everything
+else (position embeddings, LayerNorms) is replicated.
 
-Loading (``from_pretrained(..., tensor_parallel=True)``) builds the model without memory,
-rewrites it, and has the loader cut each checkpoint tensor to the rank's slice before it
-is cast or copied: with pdparams shards (memory-mapped) a rank reads only its slices'
-pages. ``save_pretrained`` gathers tensor by tensor and rank 0 writes the ordinary
-single-model layout.
+This file holds the sharding (which tensor is cut how, a rank's slice, the parallel layers and
+the rewrite of a built model) and the gathering. Loading, generating and saving a
+tensor-parallel model is ``tensor_parallel.py``; the job itself is ``distributed.py``.
 """
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 import paddle
@@ -39,9 +32,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .checkpoint.layout import table_key
-from .devices import THREADS_ENV, cpu_thread_count, set_cpu_threads
 from .errors import GLMError
-from .generation.api import resolve_settings
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -54,7 +45,6 @@ SPLITS: Dict[str, str] = {
     "transformer.layers.{i}.mlp.dense_h_to_4h.bias": COLUMNS,
     "transformer.layers.{i}.mlp.dense_4h_to_h.weight": ROWS,
 }
-LAUNCH_HINT = "python -m paddle.distributed.launch --nproc_per_node N your_script.py"
 
 
 def split_kind(name: str) -> Optional[str]:
@@ -110,29 +100,9 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
-def parameters_per_rank(config, world: int) -> int:
-    """Parameters one rank holds when ``GLMForConditionalGeneration(config)`` is split over ``world`` ranks."""
-    from .model import GLMForConditionalGeneration
-
-    check_split(config, world)
-    with paddle.LazyGuard():  # shapes only, no memory
-        model = GLMForConditionalGeneration(config)
-    return sum(int(np.prod(p.shape)) // (world if split_kind(name) else 1) for name, p in model.state_dict().items())
-
-
-def in_launched_job() -> bool:
-    """Whether this process was started by ``paddle.distributed.launch`` (or spawn)."""
-    return "PADDLE_TRAINERS_NUM" in os.environ
-
-
-def job_world() -> Tuple[int, int]:
-    """``(rank, world size)`` of the launched job, initialising Paddle's default process group once."""
-    if not in_launched_job():
-        raise GLMError(f"tensor_parallel=True needs a job of N processes: start it with `{LAUNCH_HINT}` "
-                       "(or `paddle-glm ... --tensor-parallel N`)")
-    if not dist.is_initialized():
-        dist.init_parallel_env()
-    return dist.get_rank(), dist.get_world_size()
+def parameters_per_rank(shapes: Dict[str, List[int]], world: int) -> int:
+    """Parameters one of ``world`` ranks holds, of a model whose state has these ``{name: shape}``."""
+    return sum(int(np.prod(shape)) // (world if split_kind(name) else 1) for name, shape in shapes.items())
 
 
 def _as_float32_on_cpu(x: paddle.Tensor) -> paddle.Tensor:
@@ -198,14 +168,6 @@ class VocabParallelEmbedding(nn.Layer):
         return all_reduce_sum(rows * mine.unsqueeze(-1).astype(rows.dtype))
 
 
-class GatheredLogits:
-    """Mixed into the base model's class: the tied LM head's ``[..., vocab/N]`` logits of this rank,
-    gathered to ``[..., vocab]`` on every rank (for ``forward`` and ``decode_step`` alike)."""
-
-    def lm_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
-        return all_gather_last_axis(super().lm_logits(hidden))
-
-
 @dataclass
 class TensorParallel:
     """Where a rewritten model sits in its job; the model carries it as ``model.tensor_parallel``."""
@@ -226,70 +188,18 @@ class TensorParallel:
         dist.all_gather(parts, _as_float32_on_cpu(local))
         return join_slices(kind, [p.astype(local.dtype).numpy() for p in parts])
 
-    def shared_seed(self) -> int:
-        """A fresh random seed, rank 0's, the same on every rank."""
-        seed = paddle.to_tensor([random.SystemRandom().randrange(2**31)], dtype="int64")
-        dist.broadcast(seed, src=0)
-        return int(seed.item())
 
+def parallelize(model: nn.Layer, rank: int, world: int) -> TensorParallel:
+    """Rewrite a built GLM (GLMModel or a model with a ``glm`` base) in place: each split Linear and the
+    word embeddings become rank ``rank``'s share of ``world``.
 
-class TensorParallelModel:
-    """Mixed into a rewritten model's class: generation and saving that work across the ranks."""
-
-    tensor_parallel: TensorParallel
-
-    def generate(self, input_ids, position_ids=None, attention_mask=None, *, generation_config=None,
-                 streamer=None, generation_attention_mask=None, **kwargs):
-        """As the model's ``generate``; sampling without a seed uses rank 0's seed on every rank."""
-        settings = resolve_settings(self, generation_config, kwargs)
-        if settings.do_sample and settings.seed is None:
-            kwargs["seed"] = self.tensor_parallel.shared_seed()
-        return super().generate(input_ids, position_ids, attention_mask, generation_config=generation_config,
-                                streamer=streamer, generation_attention_mask=generation_attention_mask, **kwargs)
-
-    def save_pretrained(self, path: str, safe_serialization: bool = True,
-                        max_shard_size: Union[int, str] = "2GB") -> None:
-        """Write the ordinary single-model checkpoint: each tensor is gathered in turn, rank 0 writes.
-
-        Every rank must call it (the gathers are collectives); it returns once the files are in place.
-        """
-        tp = self.tensor_parallel
-        state = list(self.state_dict().items())
-        sizes = [(name, int(np.prod(p.shape)) * p.element_size() * (tp.world if split_kind(name) else 1))
-                 for name, p in state]
-        full = ((name, tp.gather(name, p)) for name, p in state)
-        if tp.rank == 0:
-            self._write_checkpoint(path, sizes, full, safe_serialization, max_shard_size)
-        else:
-            for _ in full:  # take part in the gathers
-                pass
-        dist.barrier()
-
-
-_CLASSES: Dict[Tuple[type, type], type] = {}
-
-
-def _with_mixin(mixin: type, cls: type) -> type:
-    """``cls`` with ``mixin``'s methods in front (one class per pair, so isinstance checks hold)."""
-    if (mixin, cls) not in _CLASSES:
-        _CLASSES[mixin, cls] = type(f"{mixin.__name__}{cls.__name__}", (mixin, cls), {})
-    return _CLASSES[mixin, cls]
-
-
-def parallelize(model: nn.Layer, rank: Optional[int] = None, world: Optional[int] = None) -> TensorParallel:
-    """Rewrite a built GLM (GLMModel or a model with a ``glm`` base) for tensor parallelism, in place.
-
-    Loaded weights are cut to this rank's slices; a model built under ``paddle.LazyGuard``
-    gets parameters without memory, which ``load_checkpoint(..., select=tp.select)`` fills.
-    ``rank``/``world`` default to this process's place in the launched job.
-
-    Returns the :class:`TensorParallel` (also kept as ``model.tensor_parallel``).
+    Loaded weights are cut to this rank's slices; a model built under ``paddle.LazyGuard`` gets
+    parameters without memory, which ``load_checkpoint(..., select=tp.select)`` fills. The logits
+    stay this rank's vocabulary slice: ``tensor_parallel.py`` makes the whole model of it.
     """
-    if rank is None or world is None:
-        rank, world = job_world()
-    if isinstance(model, TensorParallelModel):
-        raise GLMError("this model is already tensor-parallel")
     base = getattr(model, "glm", model)
+    if isinstance(base.word_embeddings, VocabParallelEmbedding):
+        raise GLMError("this model is already tensor-parallel")
     check_split(base.config, world)
     tp = TensorParallel(rank, world)
     hidden = base.config.hidden_size
@@ -304,16 +214,9 @@ def parallelize(model: nn.Layer, rank: Optional[int] = None, world: Optional[int
               tp, layer + "mlp.dense_h_to_4h")
         _swap(mlp, "dense_4h_to_h", RowParallelLinear(4 * hidden // world, hidden, _dtype(mlp)),
               tp, layer + "mlp.dense_4h_to_h")
-        attention.num_heads = base.config.num_attention_heads // world
     rows = base.config.vocab_size // world
     _swap(base, "word_embeddings", VocabParallelEmbedding(rows, hidden, rank * rows, _dtype(base.word_embeddings)),
           tp, "word_embeddings")
-    base.__class__ = _with_mixin(GatheredLogits, type(base))
-    model.__class__ = _with_mixin(TensorParallelModel, type(model))
-    model.tensor_parallel = tp
-    if paddle.get_device() == "cpu" and not os.environ.get(THREADS_ENV):
-        # the ranks on one machine share its cores
-        set_cpu_threads(max(1, cpu_thread_count() // int(os.environ.get("PADDLE_LOCAL_SIZE", world))))
     return tp
 
 

@@ -1,7 +1,7 @@
 """``from_pretrained`` / ``save_pretrained`` for the GLM model classes."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple, Union
+from typing import Callable, Iterable, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -20,7 +20,8 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
-                        show_progress: bool = True, tensor_parallel: bool = False, recompute: bool = False):
+                        show_progress: bool = True, recompute: bool = False,
+                        rewrite: Optional[Callable[[object], Callable]] = None):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -31,9 +32,10 @@ class PretrainedMixin:
                 Tensors are cast while loading.
             strict: raise if the checkpoint lacks a model tensor (else initialise it randomly).
             show_progress: a progress bar per shard on stderr (when it is a terminal).
-            tensor_parallel: split the model over the processes of a ``paddle.distributed.launch``
-                job, each reading only its slices (see ``paddle_glm/parallel.py``).
             recompute: set ``config.recompute`` (recompute each block in the backward pass when training).
+            rewrite: applied from outside to the built model before any weight is read; it returns
+                the loader's ``select(name, array)`` hook, which cuts each checkpoint tensor to what
+                the rewritten model holds (``paddle_glm.tensor_parallel.from_pretrained`` passes one).
         """
         require_local_dir(path)
         use_cpu_threads()  # an entry point: the process will compute with this model
@@ -43,11 +45,7 @@ class PretrainedMixin:
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():
             model = cls(config)
-        select = None
-        if tensor_parallel:
-            from .parallel import parallelize  # paddle.distributed only when asked for
-
-            select = parallelize(model).select
+        select = rewrite(model) if rewrite else None
         load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select)
         model.eval()
         return model

@@ -1,4 +1,5 @@
-"""CPU thread policy: Paddle defaults to one thread; paddle_glm uses the cores it may run on."""
+"""CPU thread policy: Paddle defaults to one thread; paddle_glm uses the cores it may run on, shared among the
+ranks of a job on one machine."""
 import os
 from pathlib import Path
 
@@ -10,13 +11,26 @@ from paddle_glm.devices import THREADS_ENV, cpu_thread_count
 
 @pytest.fixture
 def env(monkeypatch):
-    monkeypatch.delenv(THREADS_ENV, raising=False)
+    for name in (THREADS_ENV, "PADDLE_TRAINERS_NUM", "PADDLE_LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Paddle's import leaves when the user set nothing
     return monkeypatch
 
 
 def test_default_is_every_usable_core(env):
     assert cpu_thread_count() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("launcher_env", [
+    {"PADDLE_TRAINERS_NUM": "2", "PADDLE_LOCAL_SIZE": "2"},  # paddle.distributed.launch, by paddle-glm or by hand
+    {"PADDLE_TRAINERS_NUM": "2"},  # paddle.distributed.spawn (tools/train_tiny.py)
+], ids=["launch", "spawn"])
+def test_ranks_on_one_machine_share_its_cores(env, launcher_env):
+    for name, value in launcher_env.items():
+        env.setenv(name, value)
+    assert cpu_thread_count() == max(1, len(os.sched_getaffinity(0)) // 2)
+    env.setenv(THREADS_ENV, "3")  # a per-process choice is kept
+    assert cpu_thread_count() == 3
 
 
 def test_users_omp_setting_above_one_is_kept(env):

@@ -386,7 +386,7 @@ def test_sigterm_during_convert_leaves_nothing(tmp_path, overwrite):
     code = run.wait(timeout=60)
     err = run.stderr.read()
     assert code == 128 + signal.SIGTERM, err
-    assert "Traceback" not in err and "terminated by SIGTERM" in err
+    assert "Traceback" not in err and "stopped by SIGTERM" in err
     assert leftovers(tmp_path) == []
     assert os.listdir(dst) == ["keep"] if overwrite else not os.path.exists(dst)
 

@@ -7,6 +7,7 @@ generation, parameter share, gathered save, errors inside a job); the CLI tests 
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from conftest import TINY_A, TINY_B, random_model, paddlenlp_model
 from tokenizer_helpers import TOKENIZER_DIR
 from tp_worker import GENERATE, generation_inputs
 
-from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMError, GLMForConditionalGeneration
+from paddle_glm import GLMChineseTokenizer, GLMConfig, GLMError, GLMForConditionalGeneration, tensor_parallel
 from paddle_glm.cli import main
 from paddle_glm.parallel import QKV, check_split, join_slices, local_slice
 
@@ -128,7 +129,7 @@ def test_outside_a_launched_job(tmp_path, monkeypatch):
     random_model(TINY_A).save_pretrained(str(tmp_path))
     with pytest.raises(GLMError, match=r"needs a job of N processes: start it with `python -m "
                                        r"paddle.distributed.launch --nproc_per_node N"):
-        GLMForConditionalGeneration.from_pretrained(str(tmp_path), tensor_parallel=True)
+        tensor_parallel.from_pretrained(GLMForConditionalGeneration, str(tmp_path))
 
 
 def test_qkv_split_takes_whole_heads_of_q_k_and_v():
@@ -171,7 +172,18 @@ def test_cli_tensor_parallel_prints_what_one_process_prints(cli_model, capsys, c
     assert parallel.returncode == 0, parallel.stderr[-2000:]
     assert parallel.stdout == single and single.strip()  # rank 0 only: printed once
     assert "tokens in" in parallel.stderr or "filled" in parallel.stderr  # rank 0's status lines come through
-    assert "LAUNCH" not in parallel.stderr + parallel.stdout  # none of the launcher's noise
+    noise = parallel.stderr + parallel.stdout
+    assert "LAUNCH" not in noise and "FLAGS" not in noise  # none of the launcher's or Paddle's set-up notes
+    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d", noise, flags=re.M)  # nor glog lines
+
+
+def test_a_users_error_inside_the_job_is_rank_zeros_one_line(cli_model, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"\xff[MASK]")  # found by the ranks, not before they start
+    proc = run_cli("generate", str(cli_model), "--file", str(prompt), "--tensor-parallel", "2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"paddle-glm generate: error: --file {prompt} is not valid UTF-8 (byte b'\\xff' at 0)"]
 
 
 @pytest.mark.parametrize("size, message", [

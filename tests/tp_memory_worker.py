@@ -10,12 +10,13 @@ import os
 import resource
 import sys
 import warnings
+from functools import partial
 
 import paddle
 import psutil
 
-from paddle_glm import GLMForConditionalGeneration
-from paddle_glm.parallel import in_launched_job
+from paddle_glm import GLMForConditionalGeneration, tensor_parallel
+from paddle_glm.distributed import in_launched_job
 
 if __name__ == "__main__":
     warnings.filterwarnings("ignore")
@@ -24,7 +25,9 @@ if __name__ == "__main__":
     if parallel:
         paddle.distributed.init_parallel_env()
     after_setup = psutil.Process().memory_info().rss
-    model = GLMForConditionalGeneration.from_pretrained(path, tensor_parallel=parallel, show_progress=False)
+    load = partial(tensor_parallel.from_pretrained, GLMForConditionalGeneration) if parallel else \
+        GLMForConditionalGeneration.from_pretrained
+    model = load(path, show_progress=False)
     result = {"after_setup": after_setup, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "param_bytes": sum(int(p.numel()) * p.element_size() for p in model.parameters())}
     with open(os.path.join(out, f"{paddle.distributed.get_rank() if parallel else 'single'}.json"), "w") as f:

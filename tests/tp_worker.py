@@ -2,7 +2,7 @@
 
     python -m paddle.distributed.launch --nproc_per_node 2 tests/tp_worker.py -- OUT MODEL_DIR... --errors DIR...
 
-For each model directory: load with ``tensor_parallel=True`` and record logits, greedy,
+For each model directory: load with ``tensor_parallel.from_pretrained`` and record logits, greedy,
 beam and sampled generations, the rank's parameter share, and save the model gathered
 into ``OUT/saved-<i>``. Each ``--errors`` directory must fail to load: its one-line
 error is recorded. Results go to ``OUT/rank<r>.pkl``; the test compares them with
@@ -19,6 +19,7 @@ import paddle
 from conftest import generation_batch
 
 from paddle_glm import GLMError, GLMForConditionalGeneration
+from paddle_glm import tensor_parallel
 from paddle_glm.parallel import split_kind
 
 GENERATE = dict(max_new_tokens=5, eos_token_id=None, bad_words_ids=[])
@@ -31,7 +32,7 @@ def generation_inputs(config):
 
 
 def run_model(path: str, save_to: str, safe: bool) -> dict:
-    model = GLMForConditionalGeneration.from_pretrained(path, tensor_parallel=True, show_progress=False)
+    model = tensor_parallel.from_pretrained(GLMForConditionalGeneration, path, show_progress=False)
     tp = model.tensor_parallel
     ids, pos, mask = generation_inputs(model.config)
     prompt = ids[:, :9]  # right-padded batch of 2, context + the generated block laid out in pos/mask
@@ -61,7 +62,7 @@ def main() -> None:
                           for i, p in enumerate(models)], "errors": []}
     for path in bad:
         try:
-            GLMForConditionalGeneration.from_pretrained(path, tensor_parallel=True, show_progress=False)
+            tensor_parallel.from_pretrained(GLMForConditionalGeneration, path, show_progress=False)
             results["errors"].append(None)
         except GLMError as e:
             results["errors"].append(str(e))

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import io
-import signal
 import sys
-import threading
 import warnings
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
+from ..distributed import (
+    STOPPED_EXIT_CODES,
+    RankFailed,
+    Terminated,
+    exit_code_of,
+    exit_now,
+    signal_name,
+    stop_signals_raise,
+)
 from ..errors import GLMError
-from .launch import run_command
+from .ranks import run_command
 
 # subcommand -> module (relative to this package) defining add_parser(subparsers) and run(args) -> int
 SUBCOMMANDS = {
@@ -44,21 +50,14 @@ def quiet_paddle_import_warnings() -> None:
     warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
 
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM/SIGHUP, so temporary outputs are cleaned up as on Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated(signum)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``."""
+    """Entry point of the ``paddle-glm`` console script and ``python -m paddle_glm``.
+
+    Run as the program (``argv`` None: the process's own arguments), a command stopped by a signal
+    ends the process as soon as its cleanup is done (:func:`paddle_glm.distributed.exit_now`).
+    """
     quiet_paddle_import_warnings()
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     for position, arg in enumerate(argv, 1):
         try:
@@ -71,22 +70,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if isinstance(sys.stdin, io.TextIOWrapper):
         sys.stdin.reconfigure(errors="strict")  # a non-UTF-8 line is an error, not surrogates passed on
     args.argv = argv  # finetune --nproc re-runs the command line
-    with _signals_raise_terminated():
-        return _run(args, argv)
-
-
-@contextlib.contextmanager
-def _signals_raise_terminated() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``Terminated`` while a command runs (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, _raise_terminated) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_signals_raise():
+        code = _run(args, argv)
+    if as_program and code in STOPPED_EXIT_CODES:
+        exit_now(code)
+    return code
 
 
 def _run(args: argparse.Namespace, argv: List[str]) -> int:
@@ -94,17 +82,21 @@ def _run(args: argparse.Namespace, argv: List[str]) -> int:
     try:
         return int(run_command(args, argv) or 0)
     except GLMError as e:
-        print(f"paddle-glm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        note = _stop_note(args) if isinstance(e, RankFailed) else ""
+        print(f"paddle-glm {args.command}: error: {e}{note}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
     except UnicodeError as e:
         print(f"paddle-glm {args.command}: error: {_unicode_culprit(args, e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"paddle-glm {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as e:
-        print(f"paddle-glm {args.command}: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
-        return 128 + e.signum
+    except (KeyboardInterrupt, Terminated) as e:
+        print(f"paddle-glm {args.command}: stopped by {signal_name(e)}{_stop_note(args)}", file=sys.stderr)
+        return exit_code_of(e)
+
+
+def _stop_note(args: argparse.Namespace) -> str:
+    """What a stopped or failed command left behind, for the commands that say (``args.stop_note``)."""
+    note = getattr(args, "stop_note", None)
+    return f"; {note(args)}" if note else ""
 
 
 def _unicode_culprit(args: argparse.Namespace, error: UnicodeError) -> str:

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from ..checkpoint.dtypes import DTYPE_NAMES
 from ..errors import GLMError
 from ..io_utils import require_local_dir
-from .launch import ADAPTER_WITH_TP
+from .ranks import ADAPTER_WITH_TP
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,8 +92,12 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     tensor_parallel = getattr(args, "tensor_parallel", 1) > 1
     if args.adapter and tensor_parallel:
         raise GLMError(ADAPTER_WITH_TP)  # also checked before the ranks start; here for a job launched by hand
-    model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
-                                                        tensor_parallel=tensor_parallel)
+    if tensor_parallel:
+        from .. import tensor_parallel as tp
+
+        model = tp.from_pretrained(GLMForConditionalGeneration, args.model_dir, dtype=args.dtype)
+    else:
+        model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype)
     if args.adapter:
         from ..lora import load_adapter, merge_lora
 

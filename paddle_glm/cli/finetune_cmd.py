@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--save-steps", type=int, default=0, help="checkpoint every N steps (0 = none)")
     group.add_argument("--save-total-limit", type=int, default=None, metavar="N",
                        help="keep only the newest N checkpoints, deleting older ones (default: keep all)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, stop_note=last_checkpoint_note)
 
 
 def finetune_args(args: argparse.Namespace):
@@ -64,9 +64,9 @@ def finetune_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import launch
     from ..errors import GLMError
     from ..training import finetune
-    from ..training.launch import launch
     from ..training.loop import check_inputs, check_output_state
     from ..training.output import output_lock
 
@@ -81,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
     with output_lock(settings.out):  # held for the ranks, which learn it from the environment
         check_output_state(settings)
         return launch(args.nproc, _without_nproc(args.argv))
+
+
+def last_checkpoint_note(args: argparse.Namespace) -> str:
+    """Where a stopped run can resume from (``--resume``)."""
+    from ..training.checkpoints import latest_checkpoint
+
+    latest = latest_checkpoint(args.out)
+    return f"the last complete checkpoint is {latest}" if latest else f"no checkpoint was written in {args.out}"
 
 
 def _without_nproc(argv):

@@ -15,7 +15,7 @@ from .common import (
     load_model_and_tokenizer,
     speed_line,
 )
-from .launch import add_tensor_parallel_flag
+from .ranks import add_tensor_parallel_flag
 
 GMASK = "[gMASK]"
 

@@ -66,9 +66,12 @@ def print_kv_cache_size(config: GLMConfig) -> None:
 def print_memory_per_rank(config: GLMConfig, world: int) -> None:
     """``--tensor-parallel N``: what one of N ranks holds (weights, and the KV cache of one sequence)."""
     from ..kv_cache import sequence_bytes
-    from ..parallel import parameters_per_rank
+    from ..model import GLMForConditionalGeneration
+    from ..parallel import check_split
+    from ..tensor_parallel import rank_parameters
 
-    params = parameters_per_rank(config, world)
+    check_split(config, world)
+    params = rank_parameters(GLMForConditionalGeneration, config, world)
     kv = sequence_bytes(config.num_layers, config.hidden_size, config.max_sequence_length, 2) // world
     print(f"tensor parallel over {world} ranks: {params:,} parameters per rank; weights per rank float32 "
           f"{format_bytes(params * 4)}, float16/bfloat16 {format_bytes(params * 2)}; KV cache per sequence of "

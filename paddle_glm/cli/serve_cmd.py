@@ -29,6 +29,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
                         help="largest request body; larger ones get HTTP 400 (default 1 MiB)")
     parser.add_argument("--model-name", default=None, help="the model id in /v1/models (default: MODEL_DIR's name)")
+    parser.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long requests in flight may take to finish before they are "
+                             "cancelled and the server exits (default 10)")
     parser.set_defaults(run=run)
 
 
@@ -47,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise GLMError(f"--port: expected 1..65535, got {args.port}")
     for flag, value, least in (("--max-batch", args.max_batch, 1), ("--max-queue", args.max_queue, 1),
                                ("--batch-window-ms", args.batch_window_ms, 0),
-                               ("--max-body-bytes", args.max_body_bytes, 1)):
-        if value < least:
+                               ("--max-body-bytes", args.max_body_bytes, 1),
+                               ("--shutdown-grace", args.shutdown_grace, 0)):
+        if not value >= least:  # NaN too
             raise GLMError(f"{flag}: expected at least {least}, got {value}")
     scheduler = Scheduler(None, args.max_batch, args.max_queue, args.batch_window_ms / 1000)
     model, tokenizer = load_model_and_tokenizer(args)
@@ -57,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     _log_batches()
     info(f"serving {name} on http://{args.host}:{args.port}/ (batches of up to {args.max_batch}"
          f"{', API key required' if args.api_key else ''})")
+    # uvicorn stops on SIGTERM/SIGINT, then raises the signal again: the CLI's handler reports it
     uvicorn.run(create_app(scheduler, name, args.api_key, args.max_body_bytes), host=args.host, port=args.port,
-                log_level="info")
+                log_level="info", timeout_graceful_shutdown=args.shutdown_grace)
     return 0
 
 

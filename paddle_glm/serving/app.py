@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 from ..glm_layout import blank_fill_problems
 from ..tokenizer import with_mask
 from .middleware import APIKey, BodyLimit
-from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, \
-    usage
+from .protocol import APIError, CompletionRequest, FillRequest, check_prompt_count, choice, completion_body, \
+    completion_id, parse, usage
 from .rows import Row, Sink
 from .scheduler import FillJob, QueueFull, Scheduler
 
@@ -168,6 +168,7 @@ def _failure(status: int, message: str, param: Optional[str] = None) -> APIError
 
 
 def _submit(scheduler: Scheduler, jobs: list) -> None:
+    check_prompt_count(len(jobs), scheduler.max_queue)
     try:
         scheduler.submit(jobs)
     except QueueFull as e:

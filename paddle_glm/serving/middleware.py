@@ -1,12 +1,15 @@
-"""ASGI middleware in front of the routes: the request-body size limit and the API key."""
+"""ASGI middleware in front of the routes: the request-body size and time limits, and the API key."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Optional
 
 from starlette.responses import JSONResponse
 
 from .protocol import APIError
+
+BODY_READ_TIMEOUT = 15.0  # seconds a client may take between two parts of its request body
 
 
 async def _answer(error: APIError, scope, receive, send) -> None:
@@ -16,26 +19,39 @@ async def _answer(error: APIError, scope, receive, send) -> None:
 
 class BodyLimit:
     """Answers 400 (an OpenAI-style invalid request) to a request whose body is over ``max_bytes``,
-    before any route reads it.
+    and 408 to one whose body stalls for ``read_timeout`` seconds, before any route reads it.
 
     The body is read here (up to the limit) and replayed to the app; later
-    ``receive`` calls (a client disconnect) pass through.
+    ``receive`` calls (a client disconnect) pass through. A client that holds a half-sent
+    body therefore holds a connection for ``read_timeout`` at most, and a request cancelled by
+    the server's shutdown ends quietly.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, read_timeout: float = BODY_READ_TIMEOUT):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        try:
+            await self._limited(scope, receive, send)
+        except asyncio.CancelledError:  # the server's shutdown grace is over: the request ends without a traceback
+            return
+
+    async def _limited(self, scope, receive, send):
         too_big = APIError(400, f"the request body is over the server's limit of {self.max_bytes} bytes")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await _answer(too_big, scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except asyncio.TimeoutError:
+                stalled = APIError(408, f"the request body stopped arriving for {self.read_timeout:g} s; send it whole")
+                return await _answer(stalled, scope, receive, send)
             if message["type"] != "http.request":  # the client went away
                 return
             chunks.append(message.get("body", b""))

@@ -81,12 +81,38 @@ def parse(model: type, raw: bytes):
     """``model`` from a JSON body (whatever its Content-Type), or a 400 :class:`APIError`."""
     try:
         data = json.loads(raw)
+        _check_text(data)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise APIError(400, f"the body is not valid JSON ({e})") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise validation_error(e.errors()) from None
+
+
+def _check_text(value, field: Optional[str] = None) -> None:
+    """A 400 naming the field if a string of the JSON ``value`` is not Unicode text (a lone surrogate
+    such as ``"\\ud800"``, which JSON escapes allow), before it reaches the tokenizer."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(item, field or key)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, field)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            where = f"{field}: " if field else ""
+            raise APIError(400, f"{where}holds {value[e.start:e.end]!r} at character {e.start}, a lone surrogate, "
+                                "which is not Unicode text", field) from None
+
+
+def check_prompt_count(count: int, limit: int) -> None:
+    """A 400 for a request of more prompts than the server's queue can ever hold (retrying cannot help)."""
+    if count > limit:
+        raise APIError(400, f"prompt: {count} prompts, more than the server's queue holds ({limit}, its --max-queue); "
+                            f"send at most {limit} per request", "prompt")
 
 
 def validation_error(errors: list) -> APIError:

@@ -28,6 +28,7 @@ import paddle.distributed as dist
 from tqdm.auto import tqdm
 
 from ..devices import resolve_dtype, use_cpu_threads
+from ..distributed import init_job, on_rank_zero, rank_and_world
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, config_problem, save_adapter
@@ -43,7 +44,6 @@ from .checkpoints import (
     save_checkpoint,
 )
 from .data import Collate, Example, check_examples, data_loader, read_jsonl
-from .launch import rank_and_world
 from .output import check_output_path, output_complete, output_lock, run_directory, writing
 
 # PaddleNLP's GLM example (llm/glm): 608 source and 160 target tokens.
@@ -412,12 +412,12 @@ def after_step(run: Run, bar) -> None:
             bar.write(f"step {step}: eval loss {eval_loss:.4f}", file=sys.stderr)
     if args.save_steps and step % args.save_steps == 0:
         check_weights(run)
-        if run.rank == 0:
-            try:
-                run.last_checkpoint = save_checkpoint(run.work, run.model, run.optimizer, run.state, args.lora,
-                                                      args.save_total_limit)
-            except GLMError as e:
-                raise GLMError(f"{e}; {run.where()}") from None
+        try:  # rank 0 writes, every rank hears how it went
+            saved = on_rank_zero(lambda: save_checkpoint(run.work, run.model, run.optimizer, run.state, args.lora,
+                                                         args.save_total_limit))
+        except GLMError as e:
+            raise GLMError(f"{e}; {run.where()}") from None
+        run.last_checkpoint = saved or run.last_checkpoint
 
 
 def check_loss(run: Run, loss: float) -> None:
@@ -446,7 +446,7 @@ def finetune(args: FinetuneArgs) -> Dict[str, float]:
         if state.step >= plan.total_steps:
             return already_complete(args, inputs, state, rank)
         if world_size > 1:
-            dist.init_parallel_env()
+            init_job()
         use_cpu_threads()
         with run_directory(args.out, args.overwrite and rank == 0) as work:
             run = start_run(args, plan, state, rank, world_size, work)
@@ -461,17 +461,15 @@ def finish(run: Run, tokenizer, summary: Dict[str, float]) -> None:
     summary["eval_loss"] = (evaluate(run.train_model, run.plan.eval_loader, run.mean)
                             if run.plan.eval_loader is not None else None)
     check_weights(run)
+    try:  # every rank hears how rank 0's write went: no barrier
+        on_rank_zero(lambda: write_output(run.model, tokenizer, run.work, args.lora))
+    except GLMError as e:
+        raise GLMError(f"{e}; {run.where()}") from None
     if run.rank == 0:
-        try:
-            write_output(run.model, tokenizer, run.work, args.lora)
-        except GLMError as e:
-            raise GLMError(f"{e}; {run.where()}") from None
         eval_loss, seconds = summary["eval_loss"], summary["seconds"]
         print(f"finetuned {summary['steps']} steps in {seconds:.1f} s ({summary['tokens'] / seconds:.0f} tokens/s); "
               f"final loss {summary['loss']:.4f}" + (f", eval loss {eval_loss:.4f}" if eval_loss is not None else "")
               + f"; wrote {args.out}" + (" (LoRA adapter)" if args.lora else ""), flush=True)
-    if run.world_size > 1:
-        dist.barrier()
 
 
 def already_complete(args: FinetuneArgs, inputs: Inputs, state: TrainerState, rank: int) -> Dict[str, float]:
