@@ -118,7 +118,8 @@ def cache_key(compiler: str, flags: List[str]) -> str:
     digest = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags), _cpu_description()]
+    parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags + openmp_link_flags()),
+             _cpu_description()]
     digest.update("\0".join(parts).encode())
     return f"{paddle.__version__}-{digest.hexdigest()[:16]}"
 
@@ -163,11 +164,21 @@ def build(compiler: str, flags: List[str], library: str,
         remove_tree(tmp)
 
 
+def openmp_link_flags() -> List[str]:
+    """Link Paddle's own OpenMP runtime (Intel's libiomp5, which also serves GCC's GOMP_* calls) when
+    the wheel ships it: the operator then shares one thread pool with Paddle's matmuls instead of
+    two pools contending for the cores. Otherwise GCC's libgomp."""
+    libs = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), "libs")
+    if os.path.exists(os.path.join(libs, "libiomp5.so")):
+        return [f"-L{libs}", "-liomp5", f"-Wl,-rpath,{libs}"]
+    return ["-fopenmp"]
+
+
 def _compile(compiler: str, flags: List[str], tmp: str, ops_dir: str) -> str:
     """Run Paddle's JIT build in a child process with its output in a log; "" or the reason it failed."""
     script = ("import sys; from paddle.utils.cpp_extension import load; "
               f"load(name={OP_NAME!r}, sources=[sys.argv[1]], build_directory=sys.argv[2], "
-              "extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags=['-fopenmp'])")
+              f"extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags={openmp_link_flags()!r})")
     env = dict(os.environ, CC=compiler, CXX=compiler)
     os.mkdir(os.path.join(tmp, "work"))
     log_path = os.path.join(tmp, "build.log")
