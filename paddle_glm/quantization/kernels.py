@@ -59,8 +59,10 @@ def quantize_weight(weight: np.ndarray, quant_type: str,
                     group_size: int = DEFAULT_GROUP_SIZE) -> Tuple[np.ndarray, np.ndarray]:
     """Quantize a float ``[out, in]`` weight; returns ``(qweight, scale)`` in the stored layout (module docstring).
 
-    A row (int8) or group (int4) of zeros gets scale 0 and zeros. Works in chunks of rows, so
-    the float32 temporaries stay small whatever the matrix size.
+    ``q = w / scale`` rounded to the nearest integer (ties to even), computed in float32. A row
+    (int8) or group (int4) of zeros gets scale 0 and zeros; an inf or NaN is a GLMError. Works in
+    chunks of rows, so the float32 temporaries stay small whatever the matrix size (callers
+    quantizing a checkpoint as it streams in pass one tensor at a time).
     """
     weight = np.asarray(weight)
     if weight.ndim != 2:
