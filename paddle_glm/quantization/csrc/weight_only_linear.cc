@@ -8,8 +8,8 @@
 // A decode step is bound by reading the weights, so each weight vector is converted to float32
 // in registers once and multiplied with up to kMaxBatchTile rows of x; kRows output channels are
 // read side by side; OpenMP splits the output channels. The arithmetic is written with GCC vector
-// extensions; only the widening of int8/int4 to float32 needs intrinsics (AVX-512 or AVX2, chosen
-// by the build's target, -march=native by default), with a plain loop for other CPUs.
+// extensions; only the widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2
+// (16, 8 or 4 lanes), whichever the build targets (-march=native by default); a plain loop elsewhere.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,15 +19,18 @@
 
 #include "paddle/extension.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
 #if defined(__AVX512F__)
 constexpr int kWidth = 16;
 constexpr int kMaxBatchTile = 4;
-#else
+#elif defined(__AVX2__)
 constexpr int kWidth = 8;
+constexpr int kMaxBatchTile = 2;
+#else
+constexpr int kWidth = 4;
 constexpr int kMaxBatchTile = 2;
 #endif
 constexpr int kRows = 4;  // output channels per block
@@ -46,12 +49,26 @@ static inline float lane_sum(vfloat v) {
   return s;
 }
 
+#if defined(__SSE2__) && !defined(__AVX2__)
+// 4 int8 values -> 4 sign-extended int32 lanes (SSE2 has no pmovsxbd).
+static inline __m128i sse2_bytes_to_int32(const int8_t* p) {
+  int32_t raw;
+  std::memcpy(&raw, p, sizeof raw);
+  __m128i v = _mm_cvtsi32_si128(raw);
+  v = _mm_unpacklo_epi8(v, v);     // 16-bit lanes: b0 b0 | b1 b1 | ...
+  v = _mm_unpacklo_epi16(v, v);    // 32-bit lanes: b0 b0 b0 b0 | b1 ...
+  return _mm_srai_epi32(v, 24);    // the top byte, sign-extended
+}
+#endif
+
 // kWidth int8 values -> float32.
 static inline vfloat widen_int8(const int8_t* p) {
 #if defined(__AVX512F__)
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__AVX2__)
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__SSE2__)
+  return _mm_cvtepi32_ps(sse2_bytes_to_int32(p));
 #else
   vfloat v;
   for (int k = 0; k < kWidth; ++k) v[k] = static_cast<float>(p[k]);
@@ -69,6 +86,10 @@ static inline void widen_int4(const int8_t* p, vfloat* lo, vfloat* hi) {
   const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   *lo = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(b, 28), 28));
   *hi = _mm256_cvtepi32_ps(_mm256_srai_epi32(b, 4));
+#elif defined(__SSE2__)
+  const __m128i b = sse2_bytes_to_int32(p);
+  *lo = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_slli_epi32(b, 28), 28));
+  *hi = _mm_cvtepi32_ps(_mm_srai_epi32(b, 4));
 #else
   for (int k = 0; k < kWidth; ++k) {
     (*lo)[k] = static_cast<float>(static_cast<int8_t>(p[k] << 4) >> 4);
