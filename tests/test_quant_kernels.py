@@ -283,6 +283,7 @@ SCRIPT = textwrap.dedent("""
 
 def _run_script(env_changes, timeout=300):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_changes)
+    env = {k: v for k, v in env.items() if v}  # an empty value unsets
     return subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -301,7 +302,8 @@ def _finish(proc, timeout=300):
 
 @pytest.mark.parametrize("env,reason", [
     ({"PADDLE_GLM_WEIGHT_ONLY_OPERATOR": "0"}, "PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0"),
-    ({"CXX": "/nonexistent/g++"}, "no C++ compiler"),
+    ({"CXX": "/nonexistent/g++"}, "CXX=/nonexistent/g++ is not an executable"),
+    ({"CXX": "", "PATH": "/nonexistent"}, "no C++ compiler"),  # none on PATH
     ({"CXX": "false"}, "the build exited with status 1"),  # a compiler that fails
 ])
 def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):

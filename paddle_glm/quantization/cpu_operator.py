@@ -80,7 +80,9 @@ def _load_or_build() -> Tuple[bool, str]:
         return False, f"{DISABLE_ENV}=0"
     compiler = find_compiler()
     if compiler is None:
-        return False, "no C++ compiler: set CXX or install g++ (Debian: build-essential)"
+        chosen = os.environ.get("CXX")
+        return False, (f"CXX={chosen} is not an executable" if chosen else
+                       "no C++ compiler (g++ or c++; Debian: apt install build-essential)")
     flags = target_flags(compiler)
     library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), OP_NAME + ".so")
     if not os.path.exists(library):
