@@ -83,15 +83,18 @@ def quantize_weight(weight: np.ndarray, quant_type: str,
 
 
 def _quantize_groups(chunk: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Symmetric rounding of each ``[rows, groups, size]`` group to [-qmax, qmax]: int8 q and float32 scale."""
-    amax = np.abs(chunk).max(axis=2)  # [rows, groups]
+    """Symmetric rounding of each ``[rows, groups, size]`` group to [-qmax, qmax]: int8 q and float32 scale.
+
+    ``chunk`` is a float32 copy; it is overwritten.
+    """
+    amax = np.maximum(chunk.max(axis=2), -chunk.min(axis=2))  # [rows, groups]; NaN propagates
     if not np.isfinite(amax).all():
         raise GLMError("weight has non-finite values")
     scale = (amax / np.float32(qmax)).astype(np.float32)
-    divisor = np.where(scale > 0, scale, np.float32(1))[:, :, None]
-    q = np.rint(chunk / divisor)
-    np.clip(q, -qmax, qmax, out=q)
-    return q.astype(np.int8), scale
+    np.divide(chunk, np.where(scale > 0, scale, np.float32(1))[:, :, None], out=chunk)
+    np.rint(chunk, out=chunk)
+    np.clip(chunk, -qmax, qmax, out=chunk)
+    return chunk.astype(np.int8), scale
 
 
 def _pack_int4(q: np.ndarray) -> np.ndarray:
