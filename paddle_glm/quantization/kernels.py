@@ -157,8 +157,13 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     """``x @ dequantize(qweight, scale).T + bias`` for ``x`` ``[..., in]``: the one entry point layers call.
 
     On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
-    GPU they are in the CUDA layout (:func:`to_cuda_layout`) and ``x`` is float16/bfloat16.
-    Inference only (no gradient flows to the quantized weight).
+    GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
+    float16/bfloat16. Inference only (no gradient flows to the quantized weight).
+
+    The CUDA call is unverified: no CUDA build of Paddle 3.x can be installed where this was
+    written. Its arguments come from :func:`cuda_weight_only_args` (tested on CPU) and its weights
+    equal ``weight_quantize``'s output bit for bit (tested on CPU for archs 70-100); the kernel
+    itself never ran.
     """
     device, dtype = device_type(), dtype_str(x.dtype)
     built = device == "cpu" and dtype == "float32" and cpu_operator.status()[0]
