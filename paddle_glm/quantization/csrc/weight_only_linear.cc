@@ -6,7 +6,7 @@
 //         each a 4-bit two's complement; scale float32 [out, in / group_size].
 //
 // A decode step is bound by reading the weights, so each weight vector is converted to float32
-// in registers once and multiplied with up to kMaxBatchTile rows of x; kRows output channels are
+// in registers once and multiplied with up to 4 rows of x; up to 4 output channels are
 // read side by side; OpenMP splits the output channels. The arithmetic is written with GCC vector
 // extensions; only the widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2
 // (16, 8 or 4 lanes), whichever the build targets (-march=native by default); a plain loop elsewhere.
@@ -23,17 +23,20 @@
 #include <immintrin.h>
 #endif
 
+// Blocks of output channels x batch rows whose accumulators fit the vector registers: 4 x 4 with
+// AVX-512's 32 registers; with 16 registers 4 x 2 for small batches (more weight streams) and
+// 2 x 4 from 4 rows on (fewer conversions of each weight vector).
 #if defined(__AVX512F__)
 constexpr int kWidth = 16;
-constexpr int kMaxBatchTile = 4;
-#elif defined(__AVX2__)
+constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 4, kRowsLargeBatch = 4, kTileLargeBatch = 4;
+#else
+#if defined(__AVX2__)
 constexpr int kWidth = 8;
-constexpr int kMaxBatchTile = 2;
 #else
 constexpr int kWidth = 4;
-constexpr int kMaxBatchTile = 2;
 #endif
-constexpr int kRows = 4;  // output channels per block
+constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 2, kRowsLargeBatch = 2, kTileLargeBatch = 4;
+#endif
 
 typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
 
@@ -184,7 +187,7 @@ struct Int4Kernel {
   static void run(const Problem& p, int64_t o0, int64_t b0) { int4_block<R, NB>(p, o0, b0); }
 };
 
-// The block function for R output channels and a batch tile of nb rows (1..kMaxBatchTile).
+// The block function for R output channels and a batch tile of nb rows (1..4).
 template <template <int, int> class K, int R>
 static BlockFn block_fn(int nb) {
   switch (nb) {
@@ -195,22 +198,31 @@ static BlockFn block_fn(int nb) {
   }
 }
 
-// Blocks of kRows output channels split over the threads (the last block may be shorter);
-// each block meets the batch in tiles of kMaxBatchTile rows while its weights sit in cache.
-template <template <int, int> class K>
-static void run_all(const Problem& p, int threads) {
-  const int64_t blocks = (p.out + kRows - 1) / kRows;
+// Blocks of R output channels split over the threads (the last block may be shorter); each
+// block meets the batch in tiles of up to TILE rows while its weights sit in cache.
+template <template <int, int> class K, int R, int TILE>
+static void run_blocks(const Problem& p, int threads) {
+  const int64_t blocks = (p.out + R - 1) / R;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t o0 = blk * kRows, rows = std::min<int64_t>(kRows, p.out - o0);
-    for (int64_t b0 = 0; b0 < p.n; b0 += kMaxBatchTile) {
-      const int nb = static_cast<int>(std::min<int64_t>(kMaxBatchTile, p.n - b0));
-      if (rows == kRows) {
-        block_fn<K, kRows>(nb)(p, o0, b0);
+    const int64_t o0 = blk * R, rows = std::min<int64_t>(R, p.out - o0);
+    for (int64_t b0 = 0; b0 < p.n; b0 += TILE) {
+      const int nb = static_cast<int>(std::min<int64_t>(TILE, p.n - b0));
+      if (rows == R) {
+        block_fn<K, R>(nb)(p, o0, b0);
       } else {
         for (int64_t r = 0; r < rows; ++r) block_fn<K, 1>(nb)(p, o0 + r, b0);
       }
     }
+  }
+}
+
+template <template <int, int> class K>
+static void run_all(const Problem& p, int threads) {
+  if (p.n >= kTileLargeBatch) {
+    run_blocks<K, kRowsLargeBatch, kTileLargeBatch>(p, threads);
+  } else {
+    run_blocks<K, kRowsSmallBatch, kTileSmallBatch>(p, threads);
   }
 }
 
