@@ -304,10 +304,11 @@ def _finish(proc, timeout=300):
     ({"PADDLE_GLM_WEIGHT_ONLY_OPERATOR": "0"}, "PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0"),
     ({"CXX": "/nonexistent/g++"}, "CXX=/nonexistent/g++ is not an executable"),
     ({"CXX": "", "PATH": "/nonexistent"}, "no C++ compiler"),  # none on PATH
+    ({"PADDLE_GLM_CACHE_DIR": "/proc/no-cache-here"}, "cannot build in /proc/no-cache-here/ops"),
     ({"CXX": "false"}, "the build exited with status 1"),  # a compiler that fails
 ])
 def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):
-    built, error, notices = _finish(_run_script(dict(env, PADDLE_GLM_CACHE_DIR=str(tmp_path))))
+    built, error, notices = _finish(_run_script({"PADDLE_GLM_CACHE_DIR": str(tmp_path), **env}))
     assert not built and error <= 1e-5
     fallback = [line for line in notices if "tiled dequantization" in line]
     assert len(fallback) == 1 and reason in fallback[0], notices

@@ -24,11 +24,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from typing import Callable, List, Optional, Tuple
 
 import paddle
 
 from ..devices import cpu_thread_count
+from ..errors import GLMError
 from ..io_utils import make_temp_dir, remove_tree
 
 OP_NAME = "glm_weight_only_linear"
@@ -37,6 +39,7 @@ DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR", "PADDLE_GLM_WEIGHT_
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
 _BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
 _state = {"status": None, "fallback_notice_shown": False}
+_lock = threading.Lock()  # one build per process, whichever thread asks first
 
 
 def cache_root() -> str:
@@ -53,14 +56,18 @@ def status() -> Tuple[bool, str]:
 
     Decided once per process.
     """
-    if _state["status"] is None:
-        _state["status"] = _load_or_build()
+    with _lock:
+        if _state["status"] is None:
+            _state["status"] = _load_or_build()
     return _state["status"]
 
 
 def run(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
         group_size: int) -> paddle.Tensor:
-    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded)."""
+    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded).
+
+    Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
+    """
     if not rows.is_contiguous():
         rows = rows.contiguous()
     return paddle._C_ops._run_custom_op(OP_NAME, rows, qweight, scale, _BITS[quant_type], int(group_size),
@@ -86,7 +93,10 @@ def _load_or_build() -> Tuple[bool, str]:
     flags = target_flags(compiler)
     library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), OP_NAME + ".so")
     if not os.path.exists(library):
-        reason = build(compiler, flags, library)
+        try:
+            reason = build(compiler, flags, library)
+        except (OSError, GLMError) as e:  # e.g. a cache directory we cannot write
+            reason = f"cannot build in {os.path.dirname(os.path.dirname(library))}: {e}"
         if reason:
             return False, reason
     from paddle.utils.cpp_extension import load_op_meta_info_and_register_op  # imports setuptools: only here
