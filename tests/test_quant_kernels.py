@@ -168,6 +168,14 @@ def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
             assert _rel_err(got.numpy(), ref) <= 1e-5
 
 
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+def test_x_that_needs_a_gradient_gets_it(quant_type):
+    q, s, d = _case(quant_type, 64, 24, 128, seed=7)
+    x = paddle.to_tensor(np.random.default_rng(8).standard_normal((2, 3, 128)).astype(np.float32), stop_gradient=False)
+    weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=quant_type).sum().backward()
+    assert _rel_err(x.grad.numpy(), np.broadcast_to(d.sum(axis=0), (2, 3, 128))) <= 1e-5  # d(sum y)/dx = sum of rows
+
+
 def test_operator_reads_a_non_contiguous_x():
     q, s, d = _case(INT8, 64, 40, 64, seed=5)
     x = paddle.to_tensor(np.random.default_rng(6).standard_normal((64, 3)).astype(np.float32)).t()  # [3, 64] view
@@ -194,6 +202,7 @@ def test_choose_route(case, expected):
     (("cpu", "bfloat16", INT4, False), "^half precision on CPU"),
     (("gpu", "float32", INT8, False), "float16 or bfloat16"),
     (("cpu", "float32", "int8", True), "quant_type"),
+    (("cpu", "float64", INT8, True), "expected float32"),
 ])
 def test_choose_route_refusals(case, match):
     with pytest.raises(GLMError, match=match):

@@ -18,7 +18,8 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
 
-Inference only: no route defines a gradient for the quantized weight.
+No route gives the quantized weight a gradient; ``x`` gets one on the tiled route (see
+:func:`weight_only_linear`).
 """
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
 
     On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
     GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
-    float16/bfloat16. Inference only (no gradient flows to the quantized weight).
+    float16/bfloat16. No gradient flows to the quantized weight; on CPU an ``x`` that needs one
+    (LoRA adapters training over a quantized base) takes the tiled route, whose Paddle ops give it.
 
     The CUDA call is unverified: no CUDA build of Paddle 3.x can be installed where this was
     written. Its arguments come from :func:`cuda_weight_only_args` (tested on CPU) and its weights
@@ -174,10 +176,11 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
-    if route == CPU_OPERATOR:
+    if route == CPU_OPERATOR and x.stop_gradient:
         out = cpu_operator.run(rows, qweight, scale, quant_type, group_size)
-    else:
-        cpu_operator.notice_fallback()
+    else:  # also when x needs a gradient (LoRA training over a quantized base): the operator has no backward
+        if route != CPU_OPERATOR:
+            cpu_operator.notice_fallback()
         out = tiled_fallback(rows, qweight, scale, quant_type, group_size)
     if bias is not None:
         out = out + bias
