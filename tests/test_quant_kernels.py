@@ -176,6 +176,12 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
     assert _rel_err(x.grad.numpy(), np.broadcast_to(d.sum(axis=0), (2, 3, 128))) <= 1e-5  # d(sum y)/dx = sum of rows
 
 
+def test_operator_refuses_a_weight_of_the_wrong_type():
+    q, s, _ = _case(INT8, 64, 8, 64)
+    with pytest.raises(Exception, match="int8 .8 bits. or uint8 .4 bits."):
+        cpu_operator.run(paddle.ones([1, 128]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, 64)
+
+
 def test_operator_reads_a_non_contiguous_x():
     q, s, d = _case(INT8, 64, 40, 64, seed=5)
     x = paddle.to_tensor(np.random.default_rng(6).standard_normal((64, 3)).astype(np.float32)).t()  # [3, 64] view

@@ -244,6 +244,11 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2,
            "glm_weight_only_linear: x must be a float32 [rows, in] CPU tensor");
   PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
+  PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
+               w.dtype() == (bits == 8 ? paddle::DataType::INT8 : paddle::DataType::UINT8),
+           "glm_weight_only_linear: the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
+  PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32,
+           "glm_weight_only_linear: scale must be a float32 CPU tensor");
   const int64_t n = x.shape()[0], in = x.shape()[1], out = w.shape()[0];
   PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
   PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
