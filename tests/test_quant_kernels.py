@@ -171,9 +171,17 @@ def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
 @pytest.mark.parametrize("quant_type", [INT8, INT4])
 def test_x_that_needs_a_gradient_gets_it(quant_type):
     q, s, d = _case(quant_type, 64, 24, 128, seed=7)
-    x = paddle.to_tensor(np.random.default_rng(8).standard_normal((2, 3, 128)).astype(np.float32), stop_gradient=False)
-    weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=quant_type).sum().backward()
-    assert _rel_err(x.grad.numpy(), np.broadcast_to(d.sum(axis=0), (2, 3, 128))) <= 1e-5  # d(sum y)/dx = sum of rows
+    rng = np.random.default_rng(8)
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 128)).astype(np.float32), stop_gradient=False)
+    g = rng.standard_normal((2, 3, 24))
+    y = weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=quant_type)
+    assert _rel_err(y.numpy(), x.numpy().astype(np.float64) @ d.T) <= 1e-5
+    (y * paddle.to_tensor(g.astype(np.float32))).sum().backward()
+    assert _rel_err(x.grad.numpy(), g @ d) <= 1e-5  # d(sum(y * g))/dx = g @ W
+    rows = paddle.to_tensor(x.numpy().reshape(6, 128), stop_gradient=False)  # the tiled route's own autograd
+    (kernels.tiled_fallback(rows, paddle.to_tensor(q), paddle.to_tensor(s), quant_type, 64)
+     * paddle.to_tensor(g.reshape(6, 24).astype(np.float32))).sum().backward()
+    assert _rel_err(rows.grad.numpy(), g.reshape(6, 24) @ d) <= 1e-5
 
 
 def test_operator_refuses_a_weight_of_the_wrong_type():

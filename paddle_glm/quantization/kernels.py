@@ -18,8 +18,7 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
 
-No route gives the quantized weight a gradient; ``x`` gets one on the tiled route (see
-:func:`weight_only_linear`).
+No route gives the quantized weight a gradient; ``x`` gets one on CPU (see :func:`weight_only_linear`).
 """
 from __future__ import annotations
 
@@ -159,8 +158,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
 
     On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
     GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
-    float16/bfloat16. No gradient flows to the quantized weight; on CPU an ``x`` that needs one
-    (LoRA adapters training over a quantized base) takes the tiled route, whose Paddle ops give it.
+    float16/bfloat16. No gradient flows to the quantized weight; on CPU ``x`` gets its gradient
+    (LoRA adapters training over a quantized base) from :func:`input_grad`.
 
     The CUDA call is unverified: no CUDA build of Paddle 3.x can be installed where this was
     written. Its arguments come from :func:`cuda_weight_only_args` (tested on CPU) and its weights
@@ -178,9 +177,10 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
     if route == CPU_OPERATOR and x.stop_gradient:
         out = cpu_operator.run(rows, qweight, scale, quant_type, group_size)
-    else:  # also when x needs a gradient (LoRA training over a quantized base): the operator has no backward
-        if route != CPU_OPERATOR:
-            cpu_operator.notice_fallback()
+    elif route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
+        out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
+    else:
+        cpu_operator.notice_fallback()
         out = tiled_fallback(rows, qweight, scale, quant_type, group_size)
     if bias is not None:
         out = out + bias
@@ -208,6 +208,37 @@ def tiled_fallback(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Te
             low, high = _int4_tile(q, s, group_size)  # [t, in // 2] each
             parts.append(paddle.matmul(rows[0], low, transpose_y=True) + paddle.matmul(rows[1], high, transpose_y=True))
     return paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+class _OperatorWithInputGrad(paddle.autograd.PyLayer):
+    """The C++ operator's product, with the gradient of its input computed by :func:`input_grad`."""
+
+    @staticmethod
+    def forward(ctx, rows, qweight, scale, quant_type, group_size):
+        ctx.save_for_backward(qweight, scale)
+        ctx.quant = (quant_type, group_size)
+        return cpu_operator.run(rows, qweight, scale, quant_type, group_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qweight, scale = ctx.saved_tensor()
+        return input_grad(grad_out, qweight, scale, *ctx.quant), None, None
+
+
+def input_grad(grad_out: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
+               group_size: int = DEFAULT_GROUP_SIZE) -> paddle.Tensor:
+    """``grad_out`` ``[n, out]`` times the dequantized weight: ``[n, in]``, tile by tile as :func:`tiled_fallback`."""
+    tile = max(1, _TILE_BYTES // max(qweight.shape[1], 1))
+    total = None
+    for r0 in range(0, qweight.shape[0], tile):
+        q, s, g = qweight[r0:r0 + tile], scale[r0:r0 + tile], grad_out[:, r0:r0 + tile]
+        if quant_type == INT8:
+            part = paddle.matmul(g * s, q.astype("float32"))  # [n, in]
+        else:
+            low, high = _int4_tile(q, s, group_size)  # the weights of the even and the odd inputs
+            part = paddle.stack([paddle.matmul(g, low), paddle.matmul(g, high)], axis=-1)  # [n, in // 2, 2]
+        total = part if total is None else total + part
+    return total.reshape([grad_out.shape[0], -1])  # [n, in]
 
 
 def _int4_tile(q: paddle.Tensor, scale: paddle.Tensor, group_size: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
