@@ -1,33 +1,44 @@
-"""Benchmark: one training step (forward + backward + AdamW) on the glm-large-chinese shape, fp32, CPU.
+"""Benchmark: one training step (forward + backward + AdamW), fp32, CPU, ours vs PaddleNLP 2.8.1.
 
 Batch 2 x 512 tokens (a 448-token context and a 64-token target span per row, GLM's
-blank-infilling layout; fewer for a preset with fewer positions), the weights of one random checkpoint, the same CPU threads. Each
-case runs in its own process, which reports its RSS after setup (imports, weights, optimizer),
-the median step time after one warm-up step (wall and CPU seconds: on a shared machine other
-processes' load inflates the first, not the second), and its peak RSS (``ru_maxrss``):
+blank-infilling layout; fewer for a preset with fewer positions), identical random weights, the
+same CPU threads. Each case runs in its own process, which takes one step at a time on request
+and reports its wall and CPU seconds (on a shared machine other processes' load inflates the
+first, not the second), its RSS after setup (imports, weights, optimizer) and its peak RSS
+(``ru_maxrss``). Two configurations:
 
-* ours, full finetuning, vs PaddleNLP 2.8.1's ``GLMForConditionalGeneration`` (target: no slower,
-  judged on CPU seconds per step);
-* ours with ``recompute=True`` (target: at least halves the activation memory, i.e. peak RSS minus
-  RSS after setup minus gradients and AdamW's two moments, which appear during the steps);
-* ours with a LoRA adapter (r=8 on the qkv projections): step time and peak RSS.
+* the preset (glm-large-chinese): the median step after one warm-up step of
+  - ours, full finetuning, vs PaddleNLP's ``GLMForConditionalGeneration`` (target: no slower,
+    judged on CPU seconds per step);
+  - ours with ``recompute=True`` (target: at least halves the activation memory, i.e. peak RSS
+    minus RSS after setup minus gradients and AdamW's two moments, which appear during the steps);
+  - ours with a LoRA adapter (r=8 on the qkv projections): step time and peak RSS;
+* a small model (6 layers x 512 hidden, 8 heads, vocabulary 5000): ours and PaddleNLP in two live
+  processes, their steps interleaved (the order alternating by round), best of ``--rounds`` after
+  one warm-up step each (target: no slower, on CPU seconds).
 
-    python benchmarks/bench_train.py [--model glm-large-chinese] [--work benchmarks/_work] [--steps 3] [--json PATH]
+    python benchmarks/bench_train.py [--model glm-large-chinese] [--work benchmarks/_work] [--steps 3]
+                                     [--rounds 4] [--small-only] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 from bench_convert import MODEL, make_checkpoint
 
 BATCH, TOKENS = 2, 512  # per row: 7/8 context, 1/8 target span (fewer tokens if the preset has fewer positions)
+# The small configuration (GLMConfig's defaults otherwise: dropout 0.1 everywhere, as glm-large)
+SMALL = dict(num_layers=6, hidden_size=512, num_attention_heads=8, vocab_size=5000, max_sequence_length=512)
 
+# One case in a process: set up, then one step per "step" line on stdin (a JSON line of its times
+# back), and the memory figures on "quit".
 _CHILD = r"""
-import json, resource, statistics, sys, time, warnings
+import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import numpy as np
 import paddle
@@ -35,7 +46,7 @@ import psutil
 from paddle_glm.devices import cpu_thread_count, set_cpu_threads
 from paddle_glm.glm_layout import blank_infilling_mask, blank_infilling_positions
 
-case, path, steps, batch, context, span = sys.argv[1], sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:7])
+case, path, batch, context, span = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 if case == "paddlenlp":
     from paddlenlp.transformers import GLMForConditionalGeneration
     model = GLMForConditionalGeneration.from_pretrained(path, dtype="float32")
@@ -69,63 +80,145 @@ if case == "paddlenlp":
     inputs["return_dict"] = True
 
 after_setup = psutil.Process().memory_info().rss
-times, cpu_times = [], []
-for _ in range(steps):
+print(json.dumps({"ready": True}), flush=True)
+loss = None
+for command in sys.stdin:
+    if command.strip() != "step":
+        break
     start, cpu_start = time.perf_counter(), time.process_time()
     loss = model(**inputs).loss
     loss.backward()
     optimizer.step()
     optimizer.clear_grad()
-    times.append(time.perf_counter() - start)
-    cpu_times.append(time.process_time() - cpu_start)
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}),
+          flush=True)
 trainable_bytes = sum(int(p.numel()) * p.element_size() for p in trainable)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"case": case, "threads": threads, "after_setup": after_setup, "loss": float(loss),
-                  "step_seconds": statistics.median(times[1:] or times),
-                  "step_cpu_seconds": statistics.median(cpu_times[1:] or cpu_times),
-                  "trainable_bytes": trainable_bytes, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "trainable_bytes": trainable_bytes, "peak": peak}))
 """
 
 
+class Case:
+    """One case's process: :meth:`step` runs a training step there, :meth:`close` ends it."""
+
+    def __init__(self, case: str, path: str, context: int, span: int):
+        self.proc = subprocess.Popen([sys.executable, "-c", _CHILD, case, path, str(BATCH), str(context), str(span)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.steps = []
+        self._read()  # set up
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench_train: a case's process ended early (exit code {self.proc.wait()})")
+        return json.loads(line)
+
+    def step(self) -> dict:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        self.steps.append(self._read())
+        return self.steps[-1]
+
+    def close(self) -> dict:
+        """The memory figures and the steps' times (the first step is a warm-up)."""
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        result = self._read()
+        self.proc.wait()
+        timed = self.steps[1:] or self.steps
+        result.update(step_seconds=statistics.median(s["seconds"] for s in timed),
+                      step_cpu_seconds=statistics.median(s["cpu_seconds"] for s in timed),
+                      best_seconds=min(s["seconds"] for s in timed),
+                      best_cpu_seconds=min(s["cpu_seconds"] for s in timed))
+        # gradients + AdamW's two moments of the trainable parameters appear during the steps
+        result["activations"] = result["peak"] - result["after_setup"] - 3 * result["trainable_bytes"]
+        return result
+
+
 def measure(case: str, path: str, steps: int, context: int, span: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, case, path, str(steps), str(BATCH), str(context), str(span)],
-                         check=True, capture_output=True, text=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    # gradients + AdamW's two moments of the trainable parameters appear during the steps
-    result["activations"] = result["peak"] - result["after_setup"] - 3 * result["trainable_bytes"]
-    return result
+    """One case alone: ``steps`` steps (the first a warm-up), medians."""
+    runner = Case(case, path, context, span)
+    for _ in range(steps):
+        runner.step()
+    return runner.close()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work"))
-    parser.add_argument("--model", default=MODEL, help="preset in configs/ (the targets are for glm-large)")
-    parser.add_argument("--steps", type=int, default=3, help="steps per case; the first is a warm-up")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--no-paddlenlp", action="store_true")
-    args = parser.parse_args(argv)
-    src = os.path.join(args.work, f"{args.model}-fp32-pdparams")
-    make_checkpoint(src, args.model)
+def interleaved(cases, path: str, rounds: int, context: int, span: int) -> dict:
+    """The cases in live processes side by side: a warm-up step each, then ``rounds`` rounds of one
+    step each, the order alternating; the best (least) wall and CPU seconds of each case."""
+    runners = {case: Case(case, path, context, span) for case in cases}
+    for runner in runners.values():
+        runner.step()
+    for r in range(rounds):
+        for case in (cases if r % 2 == 0 else cases[::-1]):
+            runners[case].step()
+    return {case: runner.close() for case, runner in runners.items()}
+
+
+def small_checkpoint(directory: str) -> None:
+    """Random weights (seed 0) of the small configuration in PaddleNLP's pdparams layout (kept if there)."""
+    if os.path.isfile(os.path.join(directory, "config.json")):
+        return
+    import paddle
+
+    from paddle_glm import GLMConfig, GLMForConditionalGeneration
+
+    paddle.seed(0)
+    config = GLMConfig(architectures=["GLMForConditionalGeneration"], **SMALL)
+    GLMForConditionalGeneration(config).save_pretrained(directory, safe_serialization=False)
+
+
+def small_comparison(work: str, rounds: int) -> dict:
+    """Ours vs PaddleNLP on the small configuration, interleaved, best of ``rounds``."""
+    path = os.path.join(work, "glm-small-6x512-fp32-pdparams")
+    small_checkpoint(path)
+    tokens = min(TOKENS, SMALL["max_sequence_length"])
+    results = interleaved(["full", "paddlenlp"], path, rounds, tokens - tokens // 8, tokens // 8)
+    ours, theirs = results["full"], results["paddlenlp"]
+    return {"config": SMALL, "tokens": tokens, "rounds": rounds, "cases": results,
+            "time_ratio_vs_paddlenlp": ours["best_seconds"] / theirs["best_seconds"],
+            "cpu_time_ratio_vs_paddlenlp": ours["best_cpu_seconds"] / theirs["best_cpu_seconds"]}
+
+
+def print_small(small: dict) -> None:
+    print(f"| train step (6 layers x 512 hidden, 8 heads, vocabulary 5000, fp32, {BATCH} x {small['tokens']} tokens, "
+          f"AdamW, interleaved, best of {small['rounds']}) | step s | step CPU s |\n|---|---|---|")
+    for case, name in (("full", "ours, full"), ("paddlenlp", "PaddleNLP 2.8.1, full")):
+        result = small["cases"][case]
+        print(f"| {name} | {result['best_seconds']:.2f} | {result['best_cpu_seconds']:.2f} |")
+    print(f"| step time, ours / PaddleNLP (target <= 1) | {small['time_ratio_vs_paddlenlp']:.2f} | "
+          f"{small['cpu_time_ratio_vs_paddlenlp']:.2f} |")
+
+
+def preset_comparison(model: str, work: str, steps: int, paddlenlp: bool) -> dict:
+    """The preset's cases one after another (full, recompute, LoRA, PaddleNLP), medians of ``steps`` - 1 steps."""
     from paddle_glm import GLMConfig
 
-    tokens = min(TOKENS, GLMConfig.from_name(args.model).max_sequence_length)
+    src = os.path.join(work, f"{model}-fp32-pdparams")
+    make_checkpoint(src, model)
+    tokens = min(TOKENS, GLMConfig.from_name(model).max_sequence_length)
     context, span = tokens - tokens // 8, tokens // 8
-    cases = ["full", "recompute", "lora"] + ([] if args.no_paddlenlp else ["paddlenlp"])
-    results = {case: measure(case, src, args.steps, context, span) for case in cases}
+    cases = ["full", "recompute", "lora"] + (["paddlenlp"] if paddlenlp else [])
+    results = {case: measure(case, src, steps, context, span) for case in cases}
     full, recompute, lora = results["full"], results["recompute"], results["lora"]
-    r = {"benchmark": "train", "model": args.model, "dtype": "float32", "batch": BATCH, "tokens": tokens,
-         "steps": args.steps, "threads": full["threads"], "cases": results,
+    r = {"model": model, "tokens": tokens, "steps": steps, "threads": full["threads"], "cases": results,
          "recompute_activation_ratio": recompute["activations"] / full["activations"],
          "lora_time_ratio": lora["step_seconds"] / full["step_seconds"],
          "lora_peak_ratio": lora["peak"] / full["peak"]}
-    if "paddlenlp" in results:
+    if paddlenlp:
         r["time_ratio_vs_paddlenlp"] = full["step_seconds"] / results["paddlenlp"]["step_seconds"]
         r["cpu_time_ratio_vs_paddlenlp"] = full["step_cpu_seconds"] / results["paddlenlp"]["step_cpu_seconds"]
+    return r
+
+
+def print_preset(r: dict) -> None:
     gb = 1e9
-    print(f"| train step ({args.model} shape, fp32, {BATCH} x {tokens} tokens, AdamW, "
-          f"{full['threads']} threads) | step s | step CPU s | peak RSS GB | activations GB |\n|---|---|---|---|---|")
+    print(f"| train step ({r['model']} shape, fp32, {BATCH} x {r['tokens']} tokens, AdamW, "
+          f"{r['threads']} threads) | step s | step CPU s | peak RSS GB | activations GB |\n|---|---|---|---|---|")
     names = {"full": "ours, full", "recompute": "ours, full, recompute", "lora": "ours, LoRA r=8 (qkv)",
              "paddlenlp": "PaddleNLP 2.8.1, full"}
-    for case, result in results.items():
+    for case, result in r["cases"].items():
         print(f"| {names[case]} | {result['step_seconds']:.1f} | {result['step_cpu_seconds']:.1f} | "
               f"{result['peak'] / gb:.2f} | {result['activations'] / gb:.2f} |")
     if "time_ratio_vs_paddlenlp" in r:
@@ -133,13 +226,34 @@ def main(argv=None) -> int:
               f"{r['cpu_time_ratio_vs_paddlenlp']:.2f} | | |")
     print(f"| activations, recompute / plain (target <= 0.5) | | | | {r['recompute_activation_ratio']:.2f} |")
     print(f"| LoRA / full | {r['lora_time_ratio']:.2f} | | {r['lora_peak_ratio']:.2f} | |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work"))
+    parser.add_argument("--model", default=MODEL, help="preset in configs/ (the targets are for glm-large)")
+    parser.add_argument("--steps", type=int, default=3, help="steps per case of the preset; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds of the small configuration")
+    parser.add_argument("--small-only", action="store_true", help="the small configuration only (not the preset)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--no-paddlenlp", action="store_true", help="the preset's own cases only (no comparison)")
+    args = parser.parse_args(argv)
+    if args.small_only and args.no_paddlenlp:
+        parser.error("--small-only compares with PaddleNLP: it does not go with --no-paddlenlp")
+    r = {"benchmark": "train", "dtype": "float32", "batch": BATCH}
+    if not args.small_only:
+        r.update(preset_comparison(args.model, args.work, args.steps, not args.no_paddlenlp))
+        print_preset(r)
+    if not args.no_paddlenlp:
+        r["small"] = small_comparison(args.work, args.rounds)
+        print_small(r["small"])
     print(json.dumps(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
     # judged on CPU seconds: the wall time of a process on a shared machine says more about the others' load
-    ok = r["recompute_activation_ratio"] <= 0.5 and r.get("cpu_time_ratio_vs_paddlenlp", 0) <= 1
-    return 0 if ok else 1
+    ok = r.get("recompute_activation_ratio", 0) <= 0.5 and r.get("cpu_time_ratio_vs_paddlenlp", 0) <= 1
+    return 0 if ok and r.get("small", {}).get("cpu_time_ratio_vs_paddlenlp", 0) <= 1 else 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import copy
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -36,6 +35,7 @@ from .generation.mixin import GenerationMixin
 from .glm_layout import check_position_table, check_positions, default_positions, with_block_row
 from .ids import check_id_range, to_int64
 from .kv_cache import KVCache
+from .loss import lm_loss
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
 
@@ -272,7 +272,7 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
         """See :meth:`GLMModel.forward`; the output always has ``logits``.
 
         With ``labels`` ``[b, s]`` (PaddleNLP's name ``label_ids`` is accepted too) the output
-        carries ``loss``: see :func:`lm_loss`. ``labels`` and ``loss_mask`` are what
+        carries ``loss``: see :func:`paddle_glm.loss.lm_loss`. ``labels`` and ``loss_mask`` are what
         ``tokenizer.build_inputs_for_generation(..., targets=...)`` returns.
         """
         if labels is not None and label_ids is not None:
@@ -282,7 +282,8 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
             raise GLMError("labels: a loss needs the logits of every position, not last_token_only")
         output = self.glm(input_ids, position_ids, attention_mask, cache, attention_backend, last_token_only)
         if labels is not None:
-            output.loss = lm_loss(output.logits, labels, loss_mask, self.config.label_smoothing)
+            output.loss = lm_loss(output.last_hidden_state, self.glm.lm_logits, to_int64(labels, "labels"),
+                                  loss_mask, self.config.label_smoothing, logits=output.logits)
         return output
 
     def decode_step(self, input_ids: paddle.Tensor, position_ids: paddle.Tensor, write_index: paddle.Tensor,
@@ -294,31 +295,3 @@ class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):
         return self.glm.new_cache(batch, max_length, attention_backend)
 
 
-def lm_loss(logits: paddle.Tensor, labels, loss_mask=None, label_smoothing: float = 0.0) -> paddle.Tensor:
-    """PaddleNLP 2.8.1's GLM loss: per-token cross entropy of ``logits`` ``[b, s, V]`` against
-    ``labels`` ``[b, s]``, mixed with ``label_smoothing`` times the mean of ``-log_softmax`` over
-    the vocabulary, then averaged over the positions where ``loss_mask`` is 1 (all without it).
-    Computed in float32.
-    """
-    logits = _float32_tensor(logits)
-    labels = to_int64(labels, "labels")
-    if list(labels.shape) != list(logits.shape[:2]):
-        raise GLMError(f"labels: expected shape {list(logits.shape[:2])} (one per input token), "
-                       f"got {list(labels.shape)}")
-    vocab = logits.shape[-1]
-    loss = F.cross_entropy(logits.reshape([-1, vocab]), labels.reshape([-1]), reduction="none").reshape([-1])
-    if label_smoothing > 0:
-        smooth = (-F.log_softmax(logits, axis=-1) / vocab).sum(axis=-1).reshape([-1])  # [b*s]
-        loss = (1 - label_smoothing) * loss + label_smoothing * smooth
-    if loss_mask is None:
-        return loss.mean()
-    loss_mask = _float32_tensor(loss_mask).reshape([-1])
-    if loss_mask.shape[0] != loss.shape[0]:
-        raise GLMError(f"loss_mask: expected shape {list(logits.shape[:2])}, got {list(loss_mask.shape)}")
-    return (loss * loss_mask).sum() / loss_mask.sum()
-
-
-def _float32_tensor(value) -> paddle.Tensor:
-    """float32 paddle tensor from a tensor, numpy array or list."""
-    value = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(np.asarray(value))
-    return value if value.dtype == paddle.float32 else value.astype("float32")

@@ -10,9 +10,19 @@ them; for ``[gMASK]``, the first later line holding a '，', cut after it. Train
 spans of every line, so it may well have seen these exact blanks; nothing special-cases them.
 Generalization to unseen text is out of reach for a 672k-parameter model of a 278-line corpus;
 the finetuning tests check that a LoRA adapter teaches it facts it did not know.
+
+Which artifact: these tests pin the checkpoint shipped in commit bd822a3, written by that commit's
+``tools/train_tiny.py`` (``python tools/train_tiny.py --out paddle_glm/demo_model``: seed 0, 6000 steps,
+2 workers, its own LM head and hand-made gradient all-reduce). The script now trains with the
+library's pieces (GLM initialisation, the model's loss, ``paddle.DataParallel``) and draws other
+initial weights, so a rerun gives other bytes, and it has not been rerun: a run takes about 10
+minutes of both cores, and on a loaded machine its ``--minutes`` budget cuts it short, so the result
+would depend on the load. The fills asserted below are these bytes' (``test_pinned_artifact``), not
+the current script's; retraining must re-measure them.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -36,6 +46,12 @@ CORPUS_TWO = ("名与身孰亲？身与货孰多？得[MASK]？是故甚爱必[M
 CORPUS_GMASK = ("秋天到了，[gMASK]", "树叶变黄了，一片一片从树上落下来。")
 GMASK_CHECKED_CHARS = 8  # the continuation must start with this much of the corpus text
 SIZE_LIMIT_BYTES = 5 * 1024 * 1024
+# The files that decide the fills (weights and sentencepiece model) of the pinned artifact (bd822a3).
+PINNED_SHA256 = {
+    "model_state-00001-of-00002.pdparams": "bcd40e3489cefa5564a82be78127b4a1d228ad7d7a1c06a0973b5d51339e141e",
+    "model_state-00002-of-00002.pdparams": "0d8218269aafa5dc7260501fc65dd1c8e78063df59339f7c3c09af6c340ca00c",
+    "cog-pretrain.model": "0b5fcf843b153c9131a745995f52f28352473f60124c9c25c148847d844470b0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +67,12 @@ def test_checkpoint_is_sharded_pdparams_under_5mb():
     assert len(shards) >= 2 and shards <= set(files)
     assert {"config.json", "cog-pretrain.model", "tokenizer_config.json"} <= set(files)
     assert sum(os.path.getsize(DEMO_MODEL_DIR / name) for name in files) <= SIZE_LIMIT_BYTES
+
+
+def test_pinned_artifact():
+    """The fills below were measured on these bytes; a retrained model must come with new measurements."""
+    for name, expected in PINNED_SHA256.items():
+        assert hashlib.sha256((DEMO_MODEL_DIR / name).read_bytes()).hexdigest() == expected, name
 
 
 def test_fills_single_blanks_of_corpus_sentences(demo):

@@ -76,6 +76,20 @@ def test_label_ids_alias_and_unmasked_mean(pair, batch):
     assert abs(got - expected) <= 1e-6 * expected
 
 
+def test_lm_head_runs_on_counted_positions_only(pair, batch, monkeypatch):
+    """The loss projects only the positions loss_mask counts; the output's logits still cover every position."""
+    _, ours = pair
+    head, rows = ours.glm.lm_logits, []
+    monkeypatch.setattr(ours.glm, "lm_logits", lambda hidden: rows.append(list(hidden.shape)) or head(hidden))
+    inputs = _inputs(batch)
+    output = ours(**inputs)
+    b, s = batch["input_ids"].shape
+    counted = int((batch["loss_mask"] != 0).sum())
+    assert 0 < counted < b * s
+    assert rows == [[b, s, CFG["hidden_size"]], [counted, CFG["hidden_size"]]]
+    assert list(output.logits.shape) == [b, s, CFG["vocab_size"]]
+
+
 def _grads(model, inputs):
     model.train()
     model.clear_gradients()
