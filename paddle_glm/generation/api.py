@@ -32,21 +32,16 @@ class GenerateOutput:
     sequences_scores: Optional[np.ndarray] = None
 
 
-def default_bad_words(config) -> List[int]:
-    """The config's ``bad_words_id`` ([gMASK]) and the embedding rows past it: GLM pads its
-    vocabulary after [gMASK], its last token (50010 tokens in 50048 rows for glm-10b-chinese)."""
-    banned = [int(t) for t in config.bad_words_id or []]
-    return banned + list(range(max(banned) + 1, config.vocab_size)) if banned else []
-
-
-def resolve_settings(model, generation_config: Optional[GenerationConfig], overrides: dict) -> GenerationConfig:
+def resolve_settings(model, generation_config: Optional[GenerationConfig], overrides: dict,
+                     tokenizer=None) -> GenerationConfig:
     """The validated settings of one ``generate`` call: ``generation_config`` (default: the
-    model's ``generation_config``, else its config's defaults) with ``overrides`` applied."""
+    model's ``generation_config``, else its config's defaults), with eos and the bad words where
+    it has none (:meth:`GenerationConfig.resolved`), then ``overrides`` applied."""
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise GLMError(f"generation_config: expected a GenerationConfig, got {type(generation_config).__name__}")
     base = generation_config or getattr(model, "generation_config", None) or \
         GenerationConfig.from_model_config(model.config)
-    return base.updated(**overrides).validate()
+    return base.resolved(model.config, tokenizer).updated(**overrides).validate()
 
 
 def generate(model, input_ids, position_ids=None, attention_mask=None, *,
@@ -73,8 +68,7 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
     settings = LogitsSettings(
         temperature=float(cfg.temperature), top_k=cfg.top_k, top_p=float(cfg.top_p),
         repetition_penalty=float(cfg.repetition_penalty),
-        bad_words_ids=normalize_bad_words(default_bad_words(config) if cfg.bad_words_ids is None
-                                          else cfg.bad_words_ids),
+        bad_words_ids=normalize_bad_words(cfg.bad_words_ids),
         eos_token_id=eos_token_id, min_new_tokens=cfg.min_new_tokens,
     )
     inputs = prepare_inputs(input_ids, position_ids, attention_mask, new_tokens, config.num_position_embeddings,

@@ -31,7 +31,7 @@ class ModelRunner:
         self.position_rows = model.config.num_position_embeddings
         # Each request's fields are its settings: the model's generation_config.json (beams,
         # penalties) does not apply here. eos = <|endofpiece|>; rows past the tokenizer are banned.
-        self.settings = GenerationConfig.from_model_config(model.config).with_tokenizer(tokenizer, model.config)
+        self.settings = GenerationConfig().resolved(model.config, tokenizer)
 
     def prompt_tokens(self, text: str) -> int:
         """Context tokens of ``text`` (``[CLS]`` and ``<|endoftext|>`` included)."""
