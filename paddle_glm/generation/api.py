@@ -9,7 +9,7 @@ import paddle
 
 from ..errors import GLMError
 from .beam import beam_search
-from .decode import StepRecord, decode
+from .decode import StepRecord, TokenChooser, decode
 from .config import DEFAULT_NEW_TOKENS, GenerationConfig
 from .inputs import covered_new_tokens, prepare_inputs, to_int64
 from .logits_process import LogitsSettings, normalize_bad_words
@@ -81,10 +81,9 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
             return GenerateOutput(sequences, sequences_scores=beam_scores) if cfg.return_dict_in_generate \
                 else sequences
         record = StepRecord() if cfg.return_dict_in_generate else None
-        rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
-        sequences = decode(model, inputs, new_tokens, settings, sampling=cfg.do_sample, rng=rng,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=cfg.use_cache,
-                           streamer=streamer, record=record)
+        chooser = TokenChooser.for_rows(settings, cfg.do_sample, inputs.batch_size, cfg.seed)
+        sequences = decode(model, inputs, new_tokens, chooser, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                           use_cache=cfg.use_cache, streamer=streamer, record=record)
     if cfg.return_dict_in_generate:
         return GenerateOutput(sequences, logits=record.logits, scores=record.scores)
     return sequences
