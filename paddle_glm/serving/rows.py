@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..generation.detokenizer import IncrementalDetokenizer
 from ..generation.streamers import BaseStreamer
 
 GREEDY = "greedy"
@@ -84,14 +85,17 @@ class RowText:
 
     ``add`` returns the new text that is safe to send: text that could still turn
     out to be the start of a stop string, or an incomplete multi-byte character,
-    is held back until the next token decides.
+    is held back until the next token decides. The text comes from an
+    :class:`~paddle_glm.generation.detokenizer.IncrementalDetokenizer` (a few ids per token).
     """
 
     def __init__(self, tokenizer, max_tokens: int, stop: Sequence[str]):
-        self.tokenizer = tokenizer
+        self.eop_token_id = tokenizer.eop_token_id
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=True)
         self.max_tokens = max_tokens
         self.stop = [s for s in stop if s]
         self.tokens: List[int] = []
+        self.text = ""  # the text decoded so far
         self.sent = 0  # characters of the text already returned
         self.finish_reason: Optional[str] = None
 
@@ -101,24 +105,19 @@ class RowText:
         return len(self.tokens) + (1 if self.finish_reason == "stop_token" else 0)
 
     def add(self, token: int) -> str:
-        if token == self.tokenizer.eop_token_id:
+        if token == self.eop_token_id:
             self.finish_reason = "stop_token"
-            return self._release(self._text())
+            return self._release(self.text + self.detokenizer.flush())
         self.tokens.append(token)
-        text = self._text()
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        self.text += self.detokenizer.add(token)
+        cuts = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
         if cuts:
             self.finish_reason = "stop"
-            return self._release(text[:min(cuts)])
+            return self._release(self.text[:min(cuts)])
         if len(self.tokens) >= self.max_tokens:
             self.finish_reason = "length"
-            return self._release(text)
-        if text.endswith("\ufffd"):  # an incomplete byte sequence: wait for the rest
-            return ""
-        return self._release(text[:len(text) - self._held(text)])
-
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            return self._release(self.text + self.detokenizer.flush())
+        return self._release(self.text[:len(self.text) - self._held(self.text)])
 
     def _held(self, text: str) -> int:
         """Length of the longest end of ``text`` that begins a stop string."""
@@ -138,10 +137,10 @@ class BatchStreamer(BaseStreamer):
     """Routes each decode step's tokens ``[batch]`` to the rows of a batch.
 
     A row is done when it finished (``<|endofpiece|>``, a stop string, its own
-    ``max_tokens``) or its client went away. ``active_rows()`` tells the decode loop
-    which rows still need tokens (one bool per row it is running); a loop that
-    drops the False rows passes only the kept rows, in order, to later ``put``
-    calls. When no row is left, ``put`` raises :class:`BatchFinished`.
+    ``max_tokens``) or its client went away. ``active_rows()`` says which rows still
+    need tokens (one bool per row the loop is running); ``before_step`` drops the others
+    from the decode loop's batch, which then passes only the kept rows, in order, to
+    later ``put`` calls. When no row is left, ``put`` raises :class:`BatchFinished`.
     """
 
     def __init__(self, rows: Sequence[Row], tokenizer):
@@ -157,6 +156,11 @@ class BatchStreamer(BaseStreamer):
     def active_rows(self) -> List[bool]:
         self._last_active = [not self.done(i) for i in self.live]
         return self._last_active
+
+    def before_step(self, state) -> None:
+        """The decode loop's hook (see :func:`~paddle_glm.generation.decode.decode_n_tokens`): the rows
+        that need no more tokens leave the batch before the next step."""
+        state.drop_rows(self.active_rows())
 
     def put(self, value) -> None:
         self.step_times.append(time.perf_counter())
