@@ -61,8 +61,6 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         api_key: if given, ``/v1/`` needs ``Authorization: Bearer api_key``.
         max_body_bytes: larger request bodies get 400.
     """
-    runner = scheduler.runner
-
     @asynccontextmanager
     async def lifespan(app):
         scheduler.start()
@@ -70,7 +68,15 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         scheduler.stop()
 
     app = FastAPI(title="paddle-glm serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    _add_info_routes(app, model_name)
+    _add_completions(app, scheduler, model_name)
+    _add_fill(app, scheduler, model_name)
+    return BodyLimit(APIKey(app, api_key), max_body_bytes)
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's ``{"error": {...}}`` body."""
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):
         return JSONResponse(error.body(), status_code=error.status)
@@ -84,6 +90,9 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         body = APIError(500, f"internal error: {type(error).__name__}: {error}", type="server_error").body()
         return JSONResponse(body, status_code=500)
 
+
+def _add_info_routes(app: FastAPI, model_name: str) -> None:
+    """The page at ``/``, ``/health`` and ``/v1/models``."""
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
@@ -97,39 +106,51 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "paddle_glm"}]}
 
+
+def _add_completions(app: FastAPI, scheduler: Scheduler, model_name: str) -> None:
+    """``POST /v1/completions``: one row per prompt, streamed as server-sent events or answered whole."""
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
         channel = Channel(asyncio.get_running_loop())
-        rows = [_row(runner, prompt, body, channel, i) for i, prompt in enumerate(body.prompts())]
+        rows = [_row(scheduler.runner, prompt, body, channel, i) for i, prompt in enumerate(body.prompts())]
         _submit(scheduler, rows)
         request_id = completion_id()
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(_events(rows, channel, request_id, model_name, include_usage),
                                      media_type="text/event-stream")
-        texts, reasons, tokens = [""] * len(rows), [None] * len(rows), [0] * len(rows)
-        events = _events_while_connected(channel, request)
-        try:
-            while None in reasons:
-                event = await events.__anext__()
-                if event[0] == "error":
-                    raise _failure(event[1], event[2])
-                if event[0] == "text":
-                    texts[event[1]] += event[2]
-                else:
-                    reasons[event[1]], tokens[event[1]] = event[2], event[3]
-        finally:
-            _cancel_unfinished(rows, [reason is not None for reason in reasons])
+        texts, reasons, tokens = await _collect(rows, channel, request)
         choices = [choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, reasons))]
         return completion_body(request_id, model_name, choices,
                                usage(sum(r.prompt_tokens for r in rows), sum(tokens)))
 
+
+async def _collect(rows: List[Row], channel: Channel, request: Request):
+    """A non-streaming request's texts, finish reasons and completion tokens, one per row."""
+    texts, reasons, tokens = [""] * len(rows), [None] * len(rows), [0] * len(rows)
+    events = _events_while_connected(channel, request)
+    try:
+        while None in reasons:
+            event = await events.__anext__()
+            if event[0] == "error":
+                raise _failure(event[1], event[2])
+            if event[0] == "text":
+                texts[event[1]] += event[2]
+            else:
+                reasons[event[1]], tokens[event[1]] = event[2], event[3]
+    finally:
+        _cancel_unfinished(rows, [reason is not None for reason in reasons])
+    return texts, reasons, tokens
+
+
+def _add_fill(app: FastAPI, scheduler: Scheduler, model_name: str) -> None:
+    """``POST /v1/fill``: every blank of a text, filled in order by one job that runs alone."""
     @app.post("/v1/fill")
     async def fill(request: Request):
         body = parse(FillRequest, await request.body())
         channel = Channel(asyncio.get_running_loop())
-        _check_lengths(runner, runner.prompt_tokens(body.text), body.max_tokens, "text")
+        _check_lengths(scheduler.runner, scheduler.runner.prompt_tokens(body.text), body.max_tokens, "text")
         job = FillJob(body.text, body.max_tokens, body.sampling(), channel.fill_done)
         _submit(scheduler, [job])
         try:
@@ -141,8 +162,6 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         completed, spans, tokens = result
         return {"object": "fill", "model": model_name, "text": completed, "spans": spans,
                 "usage": {"completion_tokens": tokens}}
-
-    return BodyLimit(APIKey(app, api_key), max_body_bytes)
 
 
 def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: int) -> Row:

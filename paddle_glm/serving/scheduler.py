@@ -144,7 +144,7 @@ class Scheduler:
         try:
             stats = self.runner.complete(rows)
         except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, never the server
-            log.exception("batch of %d rows failed", len(rows))
+            log.exception("batch of %s failed", _rows(len(rows)))
             for row in rows:
                 row.sink.fail(400 if isinstance(e, GLMError) else 500, str(e) or type(e).__name__)
             return
@@ -152,8 +152,8 @@ class Scheduler:
         self._last_step = stats.step_seconds or 0.0
         kind = "greedy" if rows[0].sampling.greedy else "sampling"
         step = f", {stats.step_seconds * 1000:.1f} ms per decode step" if stats.step_seconds else ""
-        dropped = f", {stats.cancelled} rows dropped (client gone)" if stats.cancelled else ""
-        log.info("batch of %d rows (%s): %d steps in %.2f s%s%s", len(rows), kind, stats.steps,
+        dropped = f", {_rows(stats.cancelled)} dropped (client gone)" if stats.cancelled else ""
+        log.info("batch of %s (%s): %d steps in %.2f s%s%s", _rows(len(rows)), kind, stats.steps,
                  time.perf_counter() - start, step, dropped)
 
     def _run_fill(self, job: FillJob) -> None:
@@ -169,3 +169,7 @@ class Scheduler:
             return
         log.info("fill of %d blanks: %d tokens in %.2f s", len(result[1]), result[2], time.perf_counter() - start)
         job.done(result, None)
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
