@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import List, Tuple, Union
 
+import numpy as np
 import paddle
 
 from .attention import BHSD, BSHD, additive_bias, dtype_str
@@ -16,8 +17,10 @@ class KVCache:
     Buffers are allocated once, in the model's dtype and in the layout the
     attention backend reads without copying (``bhsd`` = ``[b, heads, t, d]`` for the
     CPU math path, ``bshd`` = ``[b, t, heads, d]`` for the fused CUDA kernels).
-    Every row writes at the same slot: GLM inputs are right-padded, and padding
-    columns are masked by ``key_bias``, not skipped.
+    In one ``generate`` call every row writes at the same slot (GLM inputs are right-padded,
+    and padding columns are masked by ``key_bias``, not skipped); the server's continuous
+    batching gives each row its own write index and loads a joining row into a free slot
+    (:meth:`load_row`), reusing the buffers.
 
     ``key_bias`` ``[b, heads, 1, max_length]`` is the additive mask of a decode step's query
     (0 = visible, the dtype's minimum = hidden): set once after the prefill (:meth:`show`),
@@ -74,11 +77,11 @@ class KVCache:
         """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at slot ``start``; return the full buffers.
 
         ``start`` is an int (a prefill; checked against ``max_length``) or an int64 tensor ``[1]``
-        (a decode step, one token: not checked, which would cost a host synchronisation; the
-        caller keeps it in range).
+        or ``[b]`` (a decode step, one token per row, at one slot or at each row's own: not
+        checked, which would cost a host synchronisation; the caller keeps it in range).
         """
         if not isinstance(start, int):
-            index = self._token_index + (start,)
+            index = self._token_index + (start.reshape([-1, 1, 1] if self.layout == BHSD else [-1, 1]),)
             self.keys[layer].index_put_(index, k)
             self.values[layer].index_put_(index, v)
             return self.keys[layer], self.values[layer]
@@ -95,8 +98,38 @@ class KVCache:
         return self.keys[layer], self.values[layer]
 
     def reveal(self, index: paddle.Tensor) -> None:
-        """Make slot ``index`` (int64 ``[1]``) visible to every row's decode query (every head)."""
-        self.key_bias.index_put_(self._bias_index + (index,), self._visible)
+        """Make slot ``index`` (int64 ``[1]``, or ``[b]``: one per row) visible to the rows' decode
+        queries (every head)."""
+        self.key_bias.index_put_(self._bias_index + (index.reshape([-1, 1]),), self._visible)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key and value buffers and of ``key_bias``."""
+        per = lambda t: int(np.prod(t.shape)) * t.element_size()  # noqa: E731
+        return sum(per(t) for t in self.keys + self.values) + per(self.key_bias)
+
+    def window(self, length: int) -> "KVCache":
+        """The first ``length`` slots of every row, as views: writes go to these buffers (continuous
+        batching attends over the slots its longest row uses, not the whole position table)."""
+        if self.seq_axis == 2:
+            keys, values = [k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values]
+        else:
+            keys, values = [k[:, :length] for k in self.keys], [v[:, :length] for v in self.values]
+        return KVCache(keys, values, self.key_bias[:, :, :, :length], self.layout)
+
+    def load_row(self, row: int, source: "KVCache", visible: paddle.Tensor) -> None:
+        """Put row 0 of ``source`` (a prefill of ``n`` tokens, same layout) into row ``row``: its keys and
+        values at slots ``0..n-1``, and ``visible`` (bool ``[n]``) as the row's key visibility (later
+        slots hidden until decode steps reveal them)."""
+        n = visible.shape[0]
+        for mine, theirs in zip(self.keys + self.values, source.keys + source.values):
+            if self.seq_axis == 2:
+                mine[row, :, :n] = theirs[0, :, :n]
+            else:
+                mine[row, :n] = theirs[0, :n]
+        shown = paddle.concat([visible, paddle.zeros([self.max_length - n], dtype="bool")])
+        bias = additive_bias(shown, dtype_str(self.key_bias.dtype))  # [max_length]
+        self.key_bias[row] = bias.reshape([1, 1, self.max_length]).tile([self.key_bias.shape[1], 1, 1])
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Keep rows ``index``: row i becomes old row ``index[i]`` (beam search), and rows not in
