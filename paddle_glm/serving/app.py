@@ -1,4 +1,4 @@
-"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health`` and the page at ``/``."""
+"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health``, ``/metrics`` and the page at ``/``."""
 from __future__ import annotations
 
 import asyncio
@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import List, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..tokenizer import with_mask
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, CountStatuses, ServerMetrics
 from .middleware import APIKey, BodyLimit
 from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, \
     usage
 from .rows import Row, Sink
-from .scheduler import FillJob, QueueFull, Scheduler
+from .scheduler import FillJob, QueueFull
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
@@ -51,15 +52,18 @@ class Channel(Sink):
         self._push(("fill", result, error))
 
 
-def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY):
+def create_app(scheduler, model_name: str, api_key: Optional[str] = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+               metrics: Optional[ServerMetrics] = None, metrics_public: bool = False):
     """The ASGI app (for uvicorn) in front of ``scheduler``, whose model thread starts and stops with the app.
 
     Args:
-        scheduler: the queue and model thread; its ``runner`` also validates prompt lengths.
+        scheduler: the queue and model thread (static or continuous); its ``runner`` also validates
+            prompt lengths.
         model_name: the id ``/v1/models`` shows.
-        api_key: if given, ``/v1/`` needs ``Authorization: Bearer api_key``.
+        api_key: if given, ``/v1/`` (and ``/metrics``, unless ``metrics_public``) needs
+            ``Authorization: Bearer api_key``.
         max_body_bytes: larger request bodies get 400.
+        metrics: served at ``GET /metrics`` (Prometheus' text format); requests are counted by status.
     """
     @asynccontextmanager
     async def lifespan(app):
@@ -72,7 +76,18 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
     _add_info_routes(app, model_name)
     _add_completions(app, scheduler, model_name)
     _add_fill(app, scheduler, model_name)
-    return BodyLimit(APIKey(app, api_key), max_body_bytes)
+    if metrics is None:
+        return BodyLimit(APIKey(app, api_key), max_body_bytes)
+    _add_metrics(app, metrics)
+    return CountStatuses(BodyLimit(APIKey(app, api_key, also=() if metrics_public else ("/metrics",)),
+                                   max_body_bytes), metrics)
+
+
+def _add_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
+    """``GET /metrics``: Prometheus' text format (see :class:`~paddle_glm.serving.metrics.ServerMetrics`)."""
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.text(), media_type=METRICS_CONTENT_TYPE)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -107,7 +122,7 @@ def _add_info_routes(app: FastAPI, model_name: str) -> None:
                                             "owned_by": "paddle_glm"}]}
 
 
-def _add_completions(app: FastAPI, scheduler: Scheduler, model_name: str) -> None:
+def _add_completions(app: FastAPI, scheduler, model_name: str) -> None:
     """``POST /v1/completions``: one row per prompt, streamed as server-sent events or answered whole."""
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -144,7 +159,7 @@ async def _collect(rows: List[Row], channel: Channel, request: Request):
     return texts, reasons, tokens
 
 
-def _add_fill(app: FastAPI, scheduler: Scheduler, model_name: str) -> None:
+def _add_fill(app: FastAPI, scheduler, model_name: str) -> None:
     """``POST /v1/fill``: every blank of a text, filled in order by one job that runs alone."""
     @app.post("/v1/fill")
     async def fill(request: Request):
@@ -172,14 +187,15 @@ def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: 
 
 
 def _check_lengths(runner, prompt_tokens: int, max_tokens: int, param: str) -> None:
-    """GLM's position table bounds the context (positions) and the span (block positions) separately."""
+    """A row that can never fit is refused at once: the prompt (context + ``<|startofpiece|>``) and
+    its span share the position table's rows (the KV cache has that many slots per row)."""
     rows = runner.position_rows
-    if prompt_tokens > rows:
-        raise APIError(400, f"the {param} has {prompt_tokens} tokens, more than the model's {rows} positions: "
+    if prompt_tokens + 1 > rows:
+        raise APIError(400, f"the {param} has {prompt_tokens} tokens, too many for the model's {rows} positions: "
                             "shorten it", param)
-    if max_tokens > rows - 1:
-        raise APIError(400, f"max_tokens: at most {rows - 1} for this model (its position table), got {max_tokens}",
-                       "max_tokens")
+    if prompt_tokens + max_tokens > rows:
+        raise APIError(400, f"max_tokens: at most {rows - prompt_tokens} after this {prompt_tokens}-token {param} "
+                            f"(the model's {rows} positions hold both), got {max_tokens}", "max_tokens")
 
 
 def _failure(status: int, message: str, param: Optional[str] = None) -> APIError:
@@ -189,7 +205,7 @@ def _failure(status: int, message: str, param: Optional[str] = None) -> APIError
     return APIError(status, message, type="server_error")
 
 
-def _submit(scheduler: Scheduler, jobs: list) -> None:
+def _submit(scheduler, jobs: list) -> None:
     try:
         scheduler.submit(jobs)
     except QueueFull as e:
