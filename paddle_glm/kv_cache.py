@@ -108,14 +108,24 @@ class KVCache:
         per = lambda t: int(np.prod(t.shape)) * t.element_size()  # noqa: E731
         return sum(per(t) for t in self.keys + self.values) + per(self.key_bias)
 
-    def window(self, length: int) -> "KVCache":
-        """The first ``length`` slots of every row, as views: writes go to these buffers (continuous
-        batching attends over the slots its longest row uses, not the whole position table)."""
+    def window(self, rows: int, length: int) -> "KVCache":
+        """The first ``length`` slots of the first ``rows`` rows, as views: writes go to these buffers
+        (continuous batching runs its running rows, kept in the lowest rows, over the slots its
+        longest row uses, not the whole table)."""
         if self.seq_axis == 2:
-            keys, values = [k[:, :, :length] for k in self.keys], [v[:, :, :length] for v in self.values]
+            keys, values = [k[:rows, :, :length] for k in self.keys], [v[:rows, :, :length] for v in self.values]
         else:
-            keys, values = [k[:, :length] for k in self.keys], [v[:, :length] for v in self.values]
-        return KVCache(keys, values, self.key_bias[:, :, :, :length], self.layout)
+            keys, values = [k[:rows, :length] for k in self.keys], [v[:rows, :length] for v in self.values]
+        return KVCache(keys, values, self.key_bias[:rows, :, :, :length], self.layout)
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy row ``source``'s first ``length`` slots and its whole key visibility into row ``target``."""
+        for buffer in self.keys + self.values:
+            if self.seq_axis == 2:
+                buffer[target, :, :length] = buffer[source, :, :length]
+            else:
+                buffer[target, :length] = buffer[source, :length]
+        self.key_bias[target] = self.key_bias[source]
 
     def load_row(self, row: int, source: "KVCache", visible: paddle.Tensor) -> None:
         """Put row 0 of ``source`` (a prefill of ``n`` tokens, same layout) into row ``row``: its keys and
