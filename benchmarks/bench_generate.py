@@ -158,6 +158,38 @@ def contexts_for(config) -> dict:
     return {name: config.max_sequence_length * n // 1024 for name, n in (("short", 64), ("mid", 256), ("long", 768))}
 
 
+def print_table(r: dict, args, ctx: dict) -> None:
+    """The figures as a markdown table."""
+    short, mid, long = ctx["short"], ctx["mid"], ctx["long"]
+    rows = [
+        ("CPU threads (both models)", str(r["threads"])),
+        (f"decode s/token, {mid} context, ours", f"{r['ours_mid_s']:.4f}"),
+        (f"decode s/token, {mid} context, ours on 1 thread (Paddle's default)", f"{r['ours_mid_1thread_s']:.4f}"),
+        ("batch-1 GEMV roofline s/token (fastest of 7 passes per round, fastest round)", f"{r['roofline_min_s']:.4f}"),
+        (f"decode s/token, {mid} context, ours (fastest of {args.rounds} runs)", f"{r['ours_mid_min_s']:.4f}"),
+        ("ours / roofline speed, min-based (target >= 0.85)", f"{r['roofline_fraction']:.2f}"),
+        ("non-weight share of a step: (ours - roofline) / ours", f"{r['non_weight_share']:.2f}"),
+        (f"decode step alone s/token, {mid} context: eager / to_static", f"{r['step_eager_s']:.4f} / "
+                                                                        f"{r['step_static_s']:.4f}"),
+        ("static vs eager decode step: time ratio (< 1: static faster; generation uses eager)",
+         f"{r['static_vs_eager_step']:.2f}"),
+        ("to_static first step s (its trace, per batch size and cache length)", f"{r['static_first_step_s']:.2f}"),
+        (f"{args.tokens} decode steps incl. the trace, s: eager / to_static",
+         f"{r['steps_eager_total_s']:.2f} / {r['steps_static_total_s']:.2f}"),
+        (f"decode s/token, {short} context", f"{r['ours_short_s']:.4f}"),
+        (f"decode s/token, {long} context", f"{r['ours_long_s']:.4f}"),
+        (f"{long} / {short} per-token cost (target <= 1.3)", f"{r['ratio_long_short']:.2f}"),
+        (f"batch-8 tokens/s ({mid} context, incl. prefill)", f"{r['batch8_tokens_per_s']:.1f}"),
+    ]
+    if "paddlenlp_mid_s" in r:
+        rows[2:2] = [(f"decode s/token, {mid} context, PaddleNLP 2.8.1", f"{r['paddlenlp_mid_s']:.3f}"),
+                     ("speedup vs PaddleNLP (target >= 10x)", f"{r['speedup_vs_paddlenlp']:.1f}x"),
+                     ("ceiling: roofline speedup vs PaddleNLP", f"{r['roofline_speedup_vs_paddlenlp']:.1f}x")]
+    print(f"| generate ({args.model} shape, fp32, CPU) | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="glm-large-chinese", help="preset in configs/ (the targets are for glm-large)")
@@ -207,34 +239,7 @@ def main(argv=None) -> int:
         r["speedup_vs_paddlenlp"] = r["paddlenlp_mid_s"] / r["ours_mid_s"]
         r["roofline_speedup_vs_paddlenlp"] = r["paddlenlp_mid_s"] / r["roofline_s"]
 
-    short, mid, long = ctx["short"], ctx["mid"], ctx["long"]
-    rows = [
-        ("CPU threads (both models)", str(r["threads"])),
-        (f"decode s/token, {mid} context, ours", f"{r['ours_mid_s']:.4f}"),
-        (f"decode s/token, {mid} context, ours on 1 thread (Paddle's default)", f"{r['ours_mid_1thread_s']:.4f}"),
-        ("batch-1 GEMV roofline s/token (fastest of 7 passes per round, fastest round)", f"{r['roofline_min_s']:.4f}"),
-        (f"decode s/token, {mid} context, ours (fastest of {args.rounds} runs)", f"{r['ours_mid_min_s']:.4f}"),
-        ("ours / roofline speed, min-based (target >= 0.85)", f"{r['roofline_fraction']:.2f}"),
-        ("non-weight share of a step: (ours - roofline) / ours", f"{r['non_weight_share']:.2f}"),
-        (f"decode step alone s/token, {mid} context: eager / to_static", f"{r['step_eager_s']:.4f} / "
-                                                                        f"{r['step_static_s']:.4f}"),
-        ("static vs eager decode step: time ratio (< 1: static faster; generation uses eager)",
-         f"{r['static_vs_eager_step']:.2f}"),
-        ("to_static first step s (its trace, per batch size and cache length)", f"{r['static_first_step_s']:.2f}"),
-        (f"{args.tokens} decode steps incl. the trace, s: eager / to_static",
-         f"{r['steps_eager_total_s']:.2f} / {r['steps_static_total_s']:.2f}"),
-        (f"decode s/token, {short} context", f"{r['ours_short_s']:.4f}"),
-        (f"decode s/token, {long} context", f"{r['ours_long_s']:.4f}"),
-        (f"{long} / {short} per-token cost (target <= 1.3)", f"{r['ratio_long_short']:.2f}"),
-        (f"batch-8 tokens/s ({mid} context, incl. prefill)", f"{r['batch8_tokens_per_s']:.1f}"),
-    ]
-    if "paddlenlp_mid_s" in r:
-        rows[2:2] = [(f"decode s/token, {mid} context, PaddleNLP 2.8.1", f"{r['paddlenlp_mid_s']:.3f}"),
-                     ("speedup vs PaddleNLP (target >= 10x)", f"{r['speedup_vs_paddlenlp']:.1f}x"),
-                     ("ceiling: roofline speedup vs PaddleNLP", f"{r['roofline_speedup_vs_paddlenlp']:.1f}x")]
-    print(f"| generate ({args.model} shape, fp32, CPU) | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    print_table(r, args, ctx)
     print(json.dumps(r))
     if args.json:
         with open(args.json, "w") as f:

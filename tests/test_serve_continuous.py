@@ -109,7 +109,7 @@ def test_greedy_and_seeded_sampled_rows_share_a_batch(server):
     for gap in (0.0, 0.05):
         answers = [None] * len(requests)
 
-        def ask(i):
+        def ask(i, answers=answers):
             prompt, n, fields = requests[i]
             answers[i] = complete(server, prompt, n, **fields)
 

@@ -9,8 +9,8 @@ import paddle
 
 from ..errors import GLMError
 from .beam import beam_search
-from .decode import StepRecord, TokenChooser, decode
 from .config import DEFAULT_NEW_TOKENS, GenerationConfig
+from .decode import StepRecord, TokenChooser, decode
 from .inputs import covered_new_tokens, prepare_inputs, to_int64
 from .logits_process import LogitsSettings, normalize_bad_words
 

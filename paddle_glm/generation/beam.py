@@ -53,8 +53,8 @@ class Hypotheses:
 def expand_for_beams(inputs: GenerationInputs, num_beams: int) -> GenerationInputs:
     """Repeat every row ``num_beams`` times (rows of one input stay adjacent)."""
     index = paddle.arange(inputs.batch_size, dtype="int64").repeat_interleave(num_beams)
-    return GenerationInputs(paddle.index_select(inputs.input_ids, index), paddle.index_select(inputs.position_ids, index),
-                            paddle.index_select(inputs.mask, index))
+    return GenerationInputs(paddle.index_select(inputs.input_ids, index),
+                            paddle.index_select(inputs.position_ids, index), paddle.index_select(inputs.mask, index))
 
 
 def beam_search(model, inputs: GenerationInputs, new_tokens: int, num_beams: int, settings: LogitsSettings, *,

@@ -15,8 +15,15 @@ from ..errors import GLMError
 from ..kv_cache import KVCache
 from .device_random import row_keys, uniforms
 from .inputs import GenerationInputs
-from .logits_process import LogitsSettings, greedy_choice, process_logits, raise_problems, row_problems, \
-    sample_choice, warp_logits
+from .logits_process import (
+    LogitsSettings,
+    greedy_choice,
+    process_logits,
+    raise_problems,
+    row_problems,
+    sample_choice,
+    warp_logits,
+)
 
 
 @dataclass

@@ -8,6 +8,7 @@ and the boolean mask ``[b, 1, total, total]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import paddle
 

@@ -1,4 +1,5 @@
-"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health``, ``/metrics`` and the page at ``/``."""
+"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health``, ``/metrics`` and the page
+at ``/``."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +14,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from ..tokenizer import with_mask
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, CountStatuses, ServerMetrics
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import CountStatuses, ServerMetrics
 from .middleware import APIKey, BodyLimit
-from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, \
-    usage
+from .protocol import APIError, CompletionRequest, FillRequest, choice, completion_body, completion_id, parse, usage
 from .rows import Row, Sink
 from .scheduler import FillJob, QueueFull
 

@@ -13,6 +13,7 @@ from ..generation import GenerationConfig, TokenCollector
 from ..infilling import fill_blanks
 from .rows import BatchFinished, BatchStreamer, Row, Sampling
 
+
 @dataclass
 class BatchStats:
     """What one ``generate`` call did: rows, steps run, median seconds per decode step, rows whose client left."""

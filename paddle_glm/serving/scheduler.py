@@ -108,7 +108,8 @@ class _ModelThread:
 
 
 class Scheduler(_ModelThread):
-    """The static scheduler: batches waiting rows onto a runner (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
+    """The static scheduler: batches waiting rows onto a runner
+    (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
 
     Args:
         runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
