@@ -77,7 +77,6 @@ def test_a_request_joins_the_running_batch(server):
     a_prompt, b_prompt = "春眠不觉晓[gMASK]", "床前明月光[gMASK]"
     a_times, b_alone_ttft = [], []
     a_alone = stream(server, a_prompt, 64, a_times)
-    step = statistics.median(np.diff(a_times[4:]))  # seconds per decode step
     for _ in range(3):
         sent, times = time.monotonic(), []
         b_alone = stream(server, b_prompt, 8, times)
@@ -92,6 +91,7 @@ def test_a_request_joins_the_running_batch(server):
     a.join(120)
     assert result == {"a": a_alone, "b": b_alone}
     assert b_times[-1] < a_times[-1]  # B finished before A
+    step = statistics.median(np.diff(a_times))  # seconds per decode step, under the load of this run
     assert b_times[0] - b_sent <= statistics.median(b_alone_ttft) + 4 * step, \
         (b_times[0] - b_sent, b_alone_ttft, step)
 
