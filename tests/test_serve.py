@@ -295,9 +295,9 @@ class SlowRunner(ModelRunner):
 
 
 @contextmanager
-def in_process(runner, **scheduler_args):
+def in_process(runner, app_options=None, **scheduler_args):
     port = free_port()
-    app = create_app(Scheduler(runner, **scheduler_args), "slow")
+    app = create_app(Scheduler(runner, **scheduler_args), "slow", **(app_options or {}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
