@@ -40,6 +40,7 @@ class KVCache:
         self.max_length = keys[0].shape[self.seq_axis]
         self._index_rows()
         self._visible = paddle.zeros([1], dtype=key_bias.dtype)
+        self._index_source, self._index = None, None
 
     def _index_rows(self) -> None:
         """The ``index_put_`` indices of every row and head, for the current batch size."""
@@ -51,6 +52,14 @@ class KVCache:
                              else (rows.reshape([batch, 1]),))
         # key_bias [b, heads, 1, t] at (row, head, 0, slot) -> [b, heads]
         self._bias_index = (rows.reshape([batch, 1]), head_ids.reshape([1, heads]), paddle.zeros([1], dtype="int64"))
+
+    def _slot_index(self, start: paddle.Tensor) -> tuple:
+        """The ``index_put_`` index of a decode step's slot ``start`` (``[1]`` or ``[b]``), built once per
+        step: every layer writes with the same ``start`` tensor."""
+        if start is not self._index_source:
+            self._index_source = start
+            self._index = self._token_index + (start.reshape([-1, 1, 1] if self.layout == BHSD else [-1, 1]),)
+        return self._index
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
@@ -81,7 +90,7 @@ class KVCache:
         checked, which would cost a host synchronisation; the caller keeps it in range).
         """
         if not isinstance(start, int):
-            index = self._token_index + (start.reshape([-1, 1, 1] if self.layout == BHSD else [-1, 1]),)
+            index = self._slot_index(start)
             self.keys[layer].index_put_(index, k)
             self.values[layer].index_put_(index, v)
             return self.keys[layer], self.values[layer]
@@ -150,3 +159,4 @@ class KVCache:
         self.key_bias = paddle.index_select(self.key_bias, index, axis=0)
         if self.key_bias.shape[0] != batch:
             self._index_rows()
+            self._index_source = None
