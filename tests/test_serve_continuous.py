@@ -136,9 +136,13 @@ def test_metrics_are_prometheus_text_and_count(server):
     complete(server, "今天天气[gMASK]", 6, temperature=0)
     assert httpx.post(server.url + "/v1/completions", json={"prompt": "x" * 400, "max_tokens": 5},
                       headers=auth, timeout=30).status_code == 400  # longer than the position table: at once
+    # prompt + max_tokens over the 161 positions: the row could never fit, refused before it waits
+    never = httpx.post(server.url + "/v1/completions", json={"prompt": "今天天气[gMASK]", "max_tokens": 158},
+                       headers=auth, timeout=30)
+    assert never.status_code == 400 and never.json()["error"]["param"] == "max_tokens", never.text
     after = read(**auth)
     moved = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
-    assert moved(("vllm:request_success_total", "200")) == 1 and moved(("vllm:request_success_total", "400")) == 1
+    assert moved(("vllm:request_success_total", "200")) == 1 and moved(("vllm:request_success_total", "400")) == 2
     assert moved(("vllm:generation_tokens_total", None)) == 6 and moved(("vllm:prompt_tokens_total", None)) > 0
     for histogram in ("time_to_first_token_seconds", "time_per_output_token_seconds", "e2e_request_latency_seconds"):
         assert moved((f"vllm:{histogram}_count", None)) == 1
