@@ -41,13 +41,11 @@ class LogitsSettings:
 
     def ban_bias(self, vocab: int) -> Optional[paddle.Tensor]:
         """float32 ``[vocab]``: -inf at the single-token bad words, 0 elsewhere; built once per vocabulary."""
-        singles = [w[0] for w in self.bad_words_ids if len(w) == 1 and 0 <= w[0] < vocab]
-        if not singles:
-            return None
         if vocab not in self._banned:
+            singles = [w[0] for w in self.bad_words_ids if len(w) == 1 and 0 <= w[0] < vocab]
             bias = np.zeros([vocab], dtype=np.float32)
             bias[singles] = NEG_INF
-            self._banned[vocab] = paddle.to_tensor(bias)
+            self._banned[vocab] = paddle.to_tensor(bias) if singles else None
         return self._banned[vocab]
 
 
