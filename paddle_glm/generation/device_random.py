@@ -18,7 +18,8 @@ import paddle
 _MASK32 = 0xFFFFFFFF
 _MULTIPLIERS = (0x7FEB352D, 0x846CA68B)  # lowbias32's two rounds
 _GOLDEN = 0x9E3779B9  # spreads consecutive counters and rows over the 32-bit words
-_UNIFORM_BITS = 24  # float32's mantissa: uniforms are multiples of 2**-24 in [0, 1)
+_UNIFORM_BITS = 24  # float32's mantissa: uniforms are odd multiples of 2**-25 in (0, 1)
+_SEED_SALT = 0x5BD1E995  # lowbias32 maps 0 to 0: seed 0 must not give key 0
 
 
 def _const(value: int) -> paddle.Tensor:
@@ -48,15 +49,16 @@ def row_keys(seeds: Sequence[Optional[int]], rows: Optional[Sequence[int]] = Non
     rng = np.random.default_rng()
     seeds = [int(rng.integers(2 ** 63)) if s is None else int(s) for s in seeds]
     rows = list(range(len(seeds))) if rows is None else list(rows)
-    low = paddle.to_tensor([s & _MASK32 for s in seeds], dtype="int64")
+    low = paddle.to_tensor([(s & _MASK32) ^ _SEED_SALT for s in seeds], dtype="int64")
     high = paddle.to_tensor([(s >> 32) & _MASK32 for s in seeds], dtype="int64")
     row = paddle.to_tensor([(r * _GOLDEN) & _MASK32 for r in rows], dtype="int64")
     return mix32(paddle.bitwise_xor(mix32(paddle.bitwise_xor(mix32(low), high)), row))
 
 
 def uniforms(keys: paddle.Tensor, counter: paddle.Tensor) -> paddle.Tensor:
-    """float32 ``[rows, 1]`` in [0, 1): draw number ``counter`` (int64 ``[1]`` or ``[rows]``) of each row's stream."""
-    spread = _mul32(paddle.bitwise_and(counter, _const(_MASK32)), _GOLDEN)
+    """float32 ``[rows, 1]`` in (0, 1), never 0: draw number ``counter`` (int64 ``[1]`` or ``[rows]``) of
+    each row's stream."""
+    spread = _mul32(paddle.bitwise_and(counter + 1, _const(_MASK32)), _GOLDEN)
     bits = mix32(paddle.bitwise_xor(mix32(paddle.bitwise_xor(keys, spread)), keys))
-    scale = 2.0 ** -_UNIFORM_BITS
-    return ((bits // (1 << (32 - _UNIFORM_BITS))).astype("float32") * scale).unsqueeze(-1)
+    top = (bits // (1 << (32 - _UNIFORM_BITS))).astype("float32")  # [0, 2**24)
+    return ((top + 0.5) * 2.0 ** -_UNIFORM_BITS).unsqueeze(-1)
