@@ -3,12 +3,15 @@
 Figures (seconds per new token are medians of the gaps between consecutive
 streamer callbacks, i.e. pure decode steps, prefill excluded; our figures are medians of
 ``--rounds`` rounds, ratios are taken within a round, where the figures were measured
-one right after another, and the median of those is reported):
+one right after another, and the median of those is reported, except for the roofline):
 
 * ours vs PaddleNLP 2.8.1's ``generate`` (greedy) on identical weights, 256-token context;
 * ours vs a batch-1 GEMV roofline: one matmul pass over every weight matrix plus the
-  output projection, which any decode step must at least do; the non-weight share of a
-  step is (step - roofline) / step;
+  output projection, which any decode step must at least do. Both are minima, so that
+  other load on the machine inflates neither: the roofline is the fastest of 7 passes
+  per round, ours the fastest of the rounds (one ``generate`` each, default 3), and
+  ours / roofline is the fastest roofline over the fastest of ours. The non-weight share
+  of a step is (step - roofline) / step, with the same two figures;
 * the decode step alone (``model.decode_step``, no logits processing), eager vs under
   ``paddle.jit.to_static``, at the 256-token context, the static step's first call (its
   trace, again for every batch size and cache length) and what ``--tokens`` steps cost each
@@ -114,9 +117,9 @@ def paddlenlp_per_token(reference, context: int, tokens: int) -> float:
     return timer.per_token()
 
 
-def roofline_seconds(model, batch: int = 1, repeats: int = 10) -> float:
-    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (median of
-    repeats): the time a decode step of that batch cannot beat when it must read every weight."""
+def roofline_seconds(model, batch: int = 1, repeats: int = 7) -> float:
+    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (the fastest
+    of ``repeats``): the time a decode step of that batch cannot beat when it must read every weight."""
     h = model.config.hidden_size
     weights = [p for n, p in model.named_parameters() if len(p.shape) == 2 and "position" not in n
                and "word_embeddings" not in n]
@@ -134,7 +137,7 @@ def roofline_seconds(model, batch: int = 1, repeats: int = 10) -> float:
         start = time.perf_counter()
         one_pass()
         times.append(time.perf_counter() - start)
-    return float(statistics.median(times))
+    return min(times)
 
 
 def measure_round(model, ctx: dict, tokens: int, threads: int, static_step) -> dict:
@@ -153,6 +156,38 @@ def measure_round(model, ctx: dict, tokens: int, threads: int, static_step) -> d
 def contexts_for(config) -> dict:
     """Short/mid/long contexts: 64/256/768 tokens for a 1024-position model, scaled for others."""
     return {name: config.max_sequence_length * n // 1024 for name, n in (("short", 64), ("mid", 256), ("long", 768))}
+
+
+def print_table(r: dict, args, ctx: dict) -> None:
+    """The figures as a markdown table."""
+    short, mid, long = ctx["short"], ctx["mid"], ctx["long"]
+    rows = [
+        ("CPU threads (both models)", str(r["threads"])),
+        (f"decode s/token, {mid} context, ours", f"{r['ours_mid_s']:.4f}"),
+        (f"decode s/token, {mid} context, ours on 1 thread (Paddle's default)", f"{r['ours_mid_1thread_s']:.4f}"),
+        ("batch-1 GEMV roofline s/token (fastest of 7 passes per round, fastest round)", f"{r['roofline_min_s']:.4f}"),
+        (f"decode s/token, {mid} context, ours (fastest of {args.rounds} runs)", f"{r['ours_mid_min_s']:.4f}"),
+        ("ours / roofline speed, min-based (target >= 0.85)", f"{r['roofline_fraction']:.2f}"),
+        ("non-weight share of a step: (ours - roofline) / ours", f"{r['non_weight_share']:.2f}"),
+        (f"decode step alone s/token, {mid} context: eager / to_static", f"{r['step_eager_s']:.4f} / "
+                                                                        f"{r['step_static_s']:.4f}"),
+        ("static vs eager decode step: time ratio (< 1: static faster; generation uses eager)",
+         f"{r['static_vs_eager_step']:.2f}"),
+        ("to_static first step s (its trace, per batch size and cache length)", f"{r['static_first_step_s']:.2f}"),
+        (f"{args.tokens} decode steps incl. the trace, s: eager / to_static",
+         f"{r['steps_eager_total_s']:.2f} / {r['steps_static_total_s']:.2f}"),
+        (f"decode s/token, {short} context", f"{r['ours_short_s']:.4f}"),
+        (f"decode s/token, {long} context", f"{r['ours_long_s']:.4f}"),
+        (f"{long} / {short} per-token cost (target <= 1.3)", f"{r['ratio_long_short']:.2f}"),
+        (f"batch-8 tokens/s ({mid} context, incl. prefill)", f"{r['batch8_tokens_per_s']:.1f}"),
+    ]
+    if "paddlenlp_mid_s" in r:
+        rows[2:2] = [(f"decode s/token, {mid} context, PaddleNLP 2.8.1", f"{r['paddlenlp_mid_s']:.3f}"),
+                     ("speedup vs PaddleNLP (target >= 10x)", f"{r['speedup_vs_paddlenlp']:.1f}x"),
+                     ("ceiling: roofline speedup vs PaddleNLP", f"{r['roofline_speedup_vs_paddlenlp']:.1f}x")]
+    print(f"| generate ({args.model} shape, fp32, CPU) | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
 
 
 def main(argv=None) -> int:
@@ -181,8 +216,11 @@ def main(argv=None) -> int:
     for key in rounds[0]:
         r[key] = statistics.median(one[key] for one in rounds)
     # ratios within each round (measured next to each other), then their median
-    r["roofline_fraction"] = statistics.median(one["roofline_s"] / one["ours_mid_s"] for one in rounds)
-    r["non_weight_share"] = statistics.median(1 - one["roofline_s"] / one["ours_mid_s"] for one in rounds)
+    # min-based: the fastest roofline pass against our fastest run (neither inflated by other load)
+    r["roofline_min_s"] = min(one["roofline_s"] for one in rounds)
+    r["ours_mid_min_s"] = min(one["ours_mid_s"] for one in rounds)
+    r["roofline_fraction"] = r["roofline_min_s"] / r["ours_mid_min_s"]
+    r["non_weight_share"] = 1 - r["roofline_fraction"]
     r["static_vs_eager_step"] = statistics.median(one["step_static_s"] / one["step_eager_s"] for one in rounds)
     # what one generate call of --tokens tokens pays: the static step traces for each new cache length
     r["steps_eager_total_s"] = args.tokens * r["step_eager_s"]
@@ -201,38 +239,12 @@ def main(argv=None) -> int:
         r["speedup_vs_paddlenlp"] = r["paddlenlp_mid_s"] / r["ours_mid_s"]
         r["roofline_speedup_vs_paddlenlp"] = r["paddlenlp_mid_s"] / r["roofline_s"]
 
-    short, mid, long = ctx["short"], ctx["mid"], ctx["long"]
-    rows = [
-        ("CPU threads (both models)", str(r["threads"])),
-        (f"decode s/token, {mid} context, ours", f"{r['ours_mid_s']:.4f}"),
-        (f"decode s/token, {mid} context, ours on 1 thread (Paddle's default)", f"{r['ours_mid_1thread_s']:.4f}"),
-        ("batch-1 GEMV roofline s/token", f"{r['roofline_s']:.4f}"),
-        ("ours / roofline speed (target >= 0.75)", f"{r['roofline_fraction']:.2f}"),
-        ("non-weight share of a step: (ours - roofline) / ours", f"{r['non_weight_share']:.2f}"),
-        (f"decode step alone s/token, {mid} context: eager / to_static", f"{r['step_eager_s']:.4f} / "
-                                                                        f"{r['step_static_s']:.4f}"),
-        ("static vs eager decode step: time ratio (< 1: static faster; generation uses eager)",
-         f"{r['static_vs_eager_step']:.2f}"),
-        ("to_static first step s (its trace, per batch size and cache length)", f"{r['static_first_step_s']:.2f}"),
-        (f"{args.tokens} decode steps incl. the trace, s: eager / to_static",
-         f"{r['steps_eager_total_s']:.2f} / {r['steps_static_total_s']:.2f}"),
-        (f"decode s/token, {short} context", f"{r['ours_short_s']:.4f}"),
-        (f"decode s/token, {long} context", f"{r['ours_long_s']:.4f}"),
-        (f"{long} / {short} per-token cost (target <= 1.3)", f"{r['ratio_long_short']:.2f}"),
-        (f"batch-8 tokens/s ({mid} context, incl. prefill)", f"{r['batch8_tokens_per_s']:.1f}"),
-    ]
-    if "paddlenlp_mid_s" in r:
-        rows[2:2] = [(f"decode s/token, {mid} context, PaddleNLP 2.8.1", f"{r['paddlenlp_mid_s']:.3f}"),
-                     ("speedup vs PaddleNLP (target >= 10x)", f"{r['speedup_vs_paddlenlp']:.1f}x"),
-                     ("ceiling: roofline speedup vs PaddleNLP", f"{r['roofline_speedup_vs_paddlenlp']:.1f}x")]
-    print(f"| generate ({args.model} shape, fp32, CPU) | value |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    print_table(r, args, ctx)
     print(json.dumps(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)
-    met = r["roofline_fraction"] >= 0.75 and r["ratio_long_short"] <= 1.3 and r.get("speedup_vs_paddlenlp", 10) >= 10
+    met = r["roofline_fraction"] >= 0.85 and r["ratio_long_short"] <= 1.3 and r.get("speedup_vs_paddlenlp", 10) >= 10
     return 0 if met else 1
 
 

@@ -330,20 +330,6 @@ def check_run_positions(position_ids: Optional[paddle.Tensor], prompt_length: in
                          f"{prompt_length}-token prompt", "ask for fewer new tokens")
 
 
-def blank_fill_problems(context_tokens: int, new_tokens: int, table_rows: int) -> List[Tuple[str, str]]:
-    """``(what, message)`` for each length a blank fill cannot have, known from the token counts alone
-    (a server checks before it queues): the context takes positions ``0..context_tokens-1`` and
-    the span block positions ``1..new_tokens``. ``what`` is "prompt" or "new_tokens"."""
-    problems = []
-    if context_tokens > table_rows:
-        problems.append(("prompt", _past_the_table(_PROMPT_TOO_LONG.format(context_tokens), context_tokens - 1,
-                                                   table_rows, "shorten the text")))
-    if new_tokens > table_rows - 1:
-        problems.append(("new_tokens", f"at most {table_rows - 1} new tokens fit {position_table(table_rows)} (a "
-                                       f"span's block positions count 1, 2, ...), got {new_tokens}"))
-    return problems
-
-
 def extend_positions(position_ids: Optional[paddle.Tensor], batch: int, total: int) -> paddle.Tensor:
     """``[b, 2, total]`` positions: the given ones, extended with GLM's pattern (row 0 repeats its
     last value, the blank's position; block positions keep counting), or ``0..total-1`` and zeros."""

@@ -12,7 +12,7 @@ import dataclasses
 from typing import List, Tuple
 
 from .errors import GLMError
-from .generation.config import GenerationConfig
+from .generation.api import resolve_settings
 from .glm_layout import part_a_b_mask, part_b_sequence
 
 DEFAULT_SPAN_TOKENS = 64
@@ -57,9 +57,7 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
         if generate_kwargs.get(name):
             raise GLMError(f"fill_blanks: {name} is not supported: {why}")
     streamer = generate_kwargs.pop("streamer", None)
-    base = generate_kwargs.pop("generation_config", None) or getattr(model, "generation_config", None) or \
-        GenerationConfig.from_model_config(model.config)
-    config = base.updated(**generate_kwargs).with_tokenizer(tokenizer, model.config)
+    config = resolve_settings(model, generate_kwargs.pop("generation_config", None), generate_kwargs, tokenizer)
     config = dataclasses.replace(config, max_length=None, return_dict_in_generate=False,
                                  max_new_tokens=config.max_new_tokens or DEFAULT_SPAN_TOKENS).validate()
     context = tokenizer(text)["input_ids"]

@@ -1,8 +1,9 @@
 """A preallocated key/value cache: static shapes, written by index."""
 from __future__ import annotations
 
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
+import numpy as np
 import paddle
 
 from .attention import BHSD, BSHD, additive_bias
@@ -17,8 +18,10 @@ class KVCache:
     Buffers are allocated once, in the model's dtype and in the layout the
     attention backend reads without copying (``bhsd`` = ``[b, heads, t, d]`` for the
     CPU math path, ``bshd`` = ``[b, t, heads, d]`` for the fused CUDA kernels).
-    Every row writes at the same slot: GLM inputs are right-padded, and padding
-    columns are masked by ``key_bias``, not skipped.
+    In one ``generate`` call every row writes at the same slot (GLM inputs are right-padded,
+    and padding columns are masked by ``key_bias``, not skipped); the server's continuous
+    batching gives each row its own write index and loads a joining row into a free slot
+    (:meth:`load_row`), reusing the buffers.
 
     ``key_bias`` ``[b, heads, 1, max_length]`` is the additive mask of a decode step's query
     (0 = visible, the dtype's minimum = hidden): set once after the prefill (:meth:`show`),
@@ -30,14 +33,18 @@ class KVCache:
     """
 
     def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,
-                 layout: str):
+                 layout: str, base: Optional["KVCache"] = None):
         if layout not in (BHSD, BSHD):
             raise ValueError(f"unknown cache layout {layout!r}")
         self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
+        # a window's writes go to its base's whole buffers: Paddle's index_put_ on a strided view
+        # copies the whole buffer (17 ms a layer for 4 rows of glm-large), on the buffer it does not
+        self._writes = base or self
         self.seq_axis = 2 if layout == BHSD else 1
         self.max_length = keys[0].shape[self.seq_axis]
         self._index_rows()
         self._visible = paddle.zeros([1], dtype=key_bias.dtype)
+        self._index_source, self._index = None, None
 
     def _index_rows(self) -> None:
         """The ``index_put_`` indices of every row and head, for the current batch size."""
@@ -49,6 +56,14 @@ class KVCache:
                              else (rows.reshape([batch, 1]),))
         # key_bias [b, heads, 1, t] at (row, head, 0, slot) -> [b, heads]
         self._bias_index = (rows.reshape([batch, 1]), head_ids.reshape([1, heads]), paddle.zeros([1], dtype="int64"))
+
+    def _slot_index(self, start: paddle.Tensor) -> tuple:
+        """The ``index_put_`` index of a decode step's slot ``start`` (``[1]`` or ``[b]``), built once per
+        step: every layer writes with the same ``start`` tensor."""
+        if start is not self._index_source:
+            self._index_source = start
+            self._index = self._token_index + (start.reshape([-1, 1, 1] if self.layout == BHSD else [-1, 1]),)
+        return self._index
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
@@ -75,14 +90,14 @@ class KVCache:
         """Write ``k``/``v`` (the cache layout, ``s`` new tokens) at slot ``start``; return the full buffers.
 
         ``start`` is an int (a prefill; checked against ``max_length``) or an int64 tensor ``[1]``
-        (a decode step, one token: not checked, which would cost a host synchronisation; the
-        caller keeps it in range).
+        or ``[b]`` (a decode step, one token per row, at one slot or at each row's own: not
+        checked, which would cost a host synchronisation; the caller keeps it in range).
         """
         if not isinstance(start, int):
-            index = self._token_index + (start,)
-            self.keys[layer].index_put_(index, k)
-            self.values[layer].index_put_(index, v)
-            return self.keys[layer], self.values[layer]
+            index = self._slot_index(start)
+            self._writes.keys[layer].index_put_(index, k)
+            self._writes.values[layer].index_put_(index, v)
+            return self.keys[layer], self.values[layer]  # a window's views see the write
         count = k.shape[self.seq_axis]
         if start + count > self.max_length:
             raise GLMError(f"KV cache overflow: writing {count} tokens at slot {start} of a cache of "
@@ -96,8 +111,48 @@ class KVCache:
         return self.keys[layer], self.values[layer]
 
     def reveal(self, index: paddle.Tensor) -> None:
-        """Make slot ``index`` (int64 ``[1]``) visible to every row's decode query (every head)."""
-        self.key_bias.index_put_(self._bias_index + (index,), self._visible)
+        """Make slot ``index`` (int64 ``[1]``, or ``[b]``: one per row) visible to the rows' decode
+        queries (every head)."""
+        self._writes.key_bias.index_put_(self._bias_index + (index.reshape([-1, 1]),), self._visible)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the key and value buffers and of ``key_bias``."""
+        per = lambda t: int(np.prod(t.shape)) * t.element_size()  # noqa: E731
+        return sum(per(t) for t in self.keys + self.values) + per(self.key_bias)
+
+    def window(self, rows: int, length: int) -> "KVCache":
+        """The first ``length`` slots of the first ``rows`` rows, as views: writes go to these buffers
+        (continuous batching runs its running rows, kept in the lowest rows, over the slots its
+        longest row uses, not the whole table)."""
+        if self.seq_axis == 2:
+            keys, values = [k[:rows, :, :length] for k in self.keys], [v[:rows, :, :length] for v in self.values]
+        else:
+            keys, values = [k[:rows, :length] for k in self.keys], [v[:rows, :length] for v in self.values]
+        return KVCache(keys, values, self.key_bias[:rows, :, :, :length], self.layout, base=self)
+
+    def move_row(self, source: int, target: int, length: int) -> None:
+        """Copy row ``source``'s first ``length`` slots and its whole key visibility into row ``target``."""
+        for buffer in self.keys + self.values:
+            if self.seq_axis == 2:
+                buffer[target, :, :length] = buffer[source, :, :length]
+            else:
+                buffer[target, :length] = buffer[source, :length]
+        self.key_bias[target] = self.key_bias[source]
+
+    def load_row(self, row: int, source: "KVCache", visible: paddle.Tensor) -> None:
+        """Put row 0 of ``source`` (a prefill of ``n`` tokens, same layout) into row ``row``: its keys and
+        values at slots ``0..n-1``, and ``visible`` (bool ``[n]``) as the row's key visibility (later
+        slots hidden until decode steps reveal them)."""
+        n = visible.shape[0]
+        for mine, theirs in zip(self.keys + self.values, source.keys + source.values):
+            if self.seq_axis == 2:
+                mine[row, :, :n] = theirs[0, :, :n]
+            else:
+                mine[row, :n] = theirs[0, :n]
+        shown = paddle.concat([visible, paddle.zeros([self.max_length - n], dtype="bool")])
+        bias = additive_bias(shown, dtype_str(self.key_bias.dtype))  # [max_length]
+        self.key_bias[row] = bias.reshape([1, 1, self.max_length]).tile([self.key_bias.shape[1], 1, 1])
 
     def reorder(self, index: paddle.Tensor) -> None:
         """Keep rows ``index``: row i becomes old row ``index[i]`` (beam search), and rows not in
@@ -108,6 +163,7 @@ class KVCache:
         self.key_bias = paddle.index_select(self.key_bias, index, axis=0)
         if self.key_bias.shape[0] != batch:
             self._index_rows()
+            self._index_source = None
 
 
 def sequence_bytes(num_layers: int, hidden_size: int, length: int, itemsize: int) -> int:

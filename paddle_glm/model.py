@@ -212,9 +212,11 @@ class GLMModel(PretrainedMixin, nn.Layer):
         Args:
             input_ids: int64 ``[b, 1]``, the tokens to feed.
             position_ids: int64 ``[b, 2, 1]``, their positions and block positions.
-            write_index: int64 ``[1]``, the cache slot of these tokens (their sequence index).
-            cache: after a prefill, with ``key_bias`` set to what the rows' queries see. The step
-                writes slot ``write_index`` of every layer and reveals it in ``key_bias``.
+            write_index: int64 ``[1]``, the cache slot of these tokens (their sequence index), or
+                ``[b]``, each row's own (continuous batching: rows of different lengths).
+            cache: after a prefill, with ``key_bias`` set to what the rows' queries see (per row: a
+                tensor, so rows may come and go between steps). The step writes slot
+                ``write_index`` of every layer and reveals it in ``key_bias``.
 
         Returns:
             The next-token logits ``[b, vocab]`` (the LM head tied to the word embeddings).

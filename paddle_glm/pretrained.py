@@ -52,7 +52,8 @@ class PretrainedMixin:
 
     def save_pretrained(self, path: str, safe_serialization: bool = True,
                         max_shard_size: Union[int, str] = "2GB") -> None:
-        """Write ``config.json`` and the weights in PaddleNLP's file names and index format.
+        """Write ``config.json``, the weights in PaddleNLP's file names and index format, and the
+        model's ``generation_config`` (as ``generation_config.json``) when it has one.
 
         ``max_shard_size`` is bytes or a string such as "500MB" or "2GB". Nothing is left
         half-written: see :func:`~paddle_glm.checkpoint.writer.save_checkpoint_dir`. Other
@@ -87,3 +88,5 @@ class PretrainedMixin:
             writer.add(name, array)
         writer.finish()
         self.config.save_pretrained(directory)
+        if getattr(self, "generation_config", None) is not None:  # the generation settings travel along
+            self.generation_config.save_pretrained(directory)

@@ -8,7 +8,7 @@ from conftest import TINY_A, generation_batch, random_model
 from paddle_glm import GLMError
 from paddle_glm.attention import MATH, SDPA
 from paddle_glm.generation.beam import beam_search
-from paddle_glm.generation.decode import context_visibility, decode, static_decode_step
+from paddle_glm.generation.decode import TokenChooser, context_visibility, decode, static_decode_step
 from paddle_glm.generation.inputs import prepare_inputs
 from paddle_glm.generation.logits_process import LogitsSettings
 
@@ -28,7 +28,7 @@ def glm_inputs(model, lengths=(9, 6), gen=GEN):
 
 def greedy(model, inputs, decode_step=None, use_cache=True):
     with paddle.no_grad():
-        return decode(model, inputs, GEN, LogitsSettings(), sampling=False, rng=None, eos_token_id=None,
+        return decode(model, inputs, GEN, TokenChooser(LogitsSettings(), sampling=False), eos_token_id=None,
                       pad_token_id=0, use_cache=use_cache, decode_step=decode_step).numpy()
 
 

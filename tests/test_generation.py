@@ -176,11 +176,12 @@ def test_sampled_tokens_lie_in_top_k_and_nucleus(own, top_k, top_p):
 
 
 def test_sampler_follows_the_distribution():
+    from paddle_glm.generation.device_random import row_keys, uniforms
     from paddle_glm.generation.logits_process import sample_choice
 
     probs = np.array([0.5, 0.3, 0.2, 0.0])
     logits = paddle.to_tensor(np.log(np.maximum(probs, 1e-30))[None].repeat(4000, 0), dtype="float32")
-    draws = sample_choice(logits, np.random.default_rng(0)).numpy()
+    draws = sample_choice(logits, uniforms(row_keys([0] * 4000), paddle.zeros([1], dtype="int64"))).numpy()
     freq = np.bincount(draws, minlength=4) / draws.size
     assert freq[3] == 0
     np.testing.assert_allclose(freq[:3], probs[:3], atol=0.03)
@@ -287,16 +288,16 @@ def test_text_streamers(own, capsys):
 
 
 class _DropAfter(TokenCollector):
-    """A streamer with ``active_rows()``: after ``steps`` puts, the rows in ``leaving`` are no longer wanted."""
+    """A streamer with ``before_step`` (the server's row-dropping hook): after ``steps`` puts, the rows in ``leaving`` are no longer wanted."""
 
     def __init__(self, batch, steps, leaving):
         super().__init__()
         self.running, self.after, self.leaving = list(range(batch)), steps, set(leaving)
 
-    def active_rows(self):
+    def before_step(self, state):
         keep = [len(self.steps) < self.after or row not in self.leaving for row in self.running]
         self.running = [row for row, k in zip(self.running, keep) if k]
-        return keep
+        state.drop_rows(keep)
 
 
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "recompute"])
@@ -440,3 +441,45 @@ def test_return_dict(own):
     prompt, pos, mask = glm_inputs(cfg)
     out = ours.generate(prompt, pos, mask, max_new_tokens=3, return_dict_in_generate=True, eos_token_id=None)
     assert isinstance(out, GenerateOutput) and len(out.logits) == len(out.scores) == 3
+
+
+# ---- 8. host reads ---------------------------------------------------------------------------------
+
+_READS = ("numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+def _host_reads(monkeypatch, run) -> int:
+    """Device -> host reads during ``run()``: every call of a paddle.Tensor method that copies values out."""
+    count = [0]
+    for name in _READS:
+        original = getattr(paddle.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            count[0] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(paddle.Tensor, name, counted)
+    try:
+        run()
+    finally:
+        monkeypatch.undo()
+    return count[0]
+
+
+@pytest.mark.parametrize("how", [dict(), dict(do_sample=True, top_k=5, top_p=0.9, temperature=0.8, seed=3),
+                                 dict(num_beams=3), dict(repetition_penalty=1.3, bad_words_ids=[5, [6, 7]],
+                                                         min_new_tokens=3)],
+                         ids=["greedy", "sampling", "beam", "processors"])
+def test_at_most_one_host_read_per_decode_step(monkeypatch, how):
+    """Each extra token costs at most one device -> host read (tokens, problem flags and eos together),
+    with eos set to a token never generated so that every step runs."""
+    ours = random_model(TINY_A, seed=13, spread=True)
+    prompt, pos, mask = glm_inputs(TINY_A, gen=24)
+    never = TINY_A["vocab_size"] - 1  # banned, so never generated: as eos, every step runs
+    kw = dict(how, eos_token_id=never, bad_words_ids=how.get("bad_words_ids", []) + [never])
+    with paddle.no_grad():
+        short = _host_reads(monkeypatch, lambda: ours.generate(prompt, pos, mask, max_new_tokens=8, **kw))
+        long = _host_reads(monkeypatch, lambda: ours.generate(prompt, pos, mask, max_new_tokens=24, **kw))
+    assert long - short <= 16, (short, long)
+    # and a fixed number to set the run up (today 8: id and position range checks, the layout, the prefill's mask)
+    assert short <= 8 + 10, short

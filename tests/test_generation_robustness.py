@@ -270,6 +270,27 @@ def test_eos_comes_from_the_tokenizer_or_the_config(model_dir, tokenizer, tmp_pa
     assert GenerationConfig.from_pretrained(str(tmp_path)).eos_token_id == 11
 
 
+def test_load_save_load_keeps_every_generation_setting(model_dir, tokenizer, tmp_path):
+    """save_pretrained writes generation_config.json: a load -> save -> load keeps every setting."""
+    loaded = GLMForConditionalGeneration.from_pretrained(str(model_dir), show_progress=False)
+    # the defaults, decided once: [gMASK] and the rows the tokenizer has no token for, eos = <|endofpiece|>
+    assert loaded.generation_config.bad_words_ids == [1209] + list(range(tokenizer.vocab_size, CFG["vocab_size"]))
+    assert loaded.generation_config.resolved(loaded.config).bad_words_ids == loaded.generation_config.bad_words_ids
+    assert loaded.generation_config.eos_token_id == tokenizer.eop_token_id
+    loaded.generation_config = loaded.generation_config.updated(
+        max_new_tokens=9, do_sample=True, temperature=0.5, top_k=3, top_p=0.8, repetition_penalty=1.2, seed=4,
+        min_new_tokens=2, bad_words_ids=[[5, 6], 7], eos_token_id=11, pad_token_id=12, use_cache=False)
+    loaded.save_pretrained(str(tmp_path / "saved"))
+    again = GLMForConditionalGeneration.from_pretrained(str(tmp_path / "saved"), show_progress=False)
+    assert again.generation_config == loaded.generation_config
+
+
+def test_without_a_tokenizer_only_the_configs_bad_words_are_banned():
+    """[gMASK] (bad_words_id) need not be the last id: the ids after it are real tokens, not banned."""
+    config = GenerationConfig().resolved(GLMConfig(**dict(CFG, bad_words_id=[3])))
+    assert config.bad_words_ids == [3]
+
+
 def test_multi_span_layout_by_hand():
     """Part A of 4 ids with blanks at 1 and 2, two spans: positions, block positions, labels and mask."""
     sequence = part_b_sequence([10, 11, 12, 13], [(1, [20, 21]), (2, [])], sop_token_id=8, eop_token_id=9)

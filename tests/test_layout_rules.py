@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY_A, random_model
 
 from paddle_glm import GLMError, GLMForMultipleChoice
-from paddle_glm.glm_layout import blank_fill_problems, default_positions, extend_positions
+from paddle_glm.glm_layout import default_positions, extend_positions
 from paddle_glm.masks import build_attention_mask
 
 ROWS = TINY_A["max_sequence_length"] + 1  # the block-position row
@@ -91,11 +91,3 @@ def test_a_prompt_past_the_table_is_too_long_by_itself(model, new_tokens):
         model.generate(tokens, positions, max_new_tokens=new_tokens)
 
 
-def test_blank_fill_problems_of_the_server():
-    assert blank_fill_problems(ROWS, ROWS - 1, ROWS) == []
-    (what, message), = blank_fill_problems(ROWS + 1, 1, ROWS)
-    assert what == "prompt" and message.startswith(f"the prompt alone is too long: a {ROWS + 1}-token prompt needs "
-                                                   f"position {ROWS}, past the model's position table (positions "
-                                                   f"0..{ROWS - 1})")
-    (what, message), = blank_fill_problems(3, ROWS, ROWS)
-    assert what == "new_tokens" and message.startswith(f"at most {ROWS - 1} new tokens fit")

@@ -4,7 +4,7 @@ import pytest
 from conftest import random_model
 from tokenizer_helpers import TOKENIZER_DIR
 
-from paddle_glm import GLMChineseTokenizer
+from paddle_glm import GenerationConfig, GLMChineseTokenizer
 from paddle_glm.generation import TokenCollector
 
 # A tiny random model with the real model's position table, so max_gen_length=512 fits.
@@ -16,7 +16,10 @@ TEXT = "凯旋门位于意大利米兰市古城堡旁。1807年为纪念[MASK]�
 def setup():
     model = random_model(CFG, seed=5, spread=True)
     model.config.bad_words_id = [1209]
-    return model, GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    # what from_pretrained reads from a directory holding the tokenizer (as the real model's does)
+    model.generation_config = GenerationConfig.from_model_config(model.config, tokenizer)
+    return model, tokenizer
 
 
 def test_model_card_usage_verbatim(setup):
@@ -46,7 +49,7 @@ def test_padded_vocabulary_rows_are_never_generated(setup):
         collector = TokenCollector()
         fill_blanks(model, tokenizer, TEXT, max_new_tokens=5, streamer=collector)
         inputs = tokenizer.build_inputs_for_generation(tokenizer(TEXT, return_tensors="pd"), max_gen_length=8)
-        default = model.generate(**inputs, max_new_tokens=5)  # default bad words: [gMASK] and the rows past it
+        default = model.generate(**inputs, max_new_tokens=5)  # default bad words: [gMASK] and the rows the tokenizer lacks
         unguarded = model.generate(**inputs, max_new_tokens=5, bad_words_ids=[])
     finally:
         weight.set_value(original)

@@ -54,7 +54,7 @@ def generate_one(model, tokenizer, prompt: str, config, stream: bool) -> None:
     inputs = tokenizer.build_inputs_for_generation(inputs, max_gen_length=1)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True) if stream else None
     start = time.perf_counter()
-    out = model.generate(**inputs, generation_config=config.with_tokenizer(tokenizer, model.config),
+    out = model.generate(**inputs, generation_config=config.resolved(model.config, tokenizer),
                          streamer=streamer)
     seconds = time.perf_counter() - start
     new = out[0, inputs["input_ids"].shape[1]:].tolist()

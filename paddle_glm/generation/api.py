@@ -10,8 +10,8 @@ import paddle
 from ..errors import GLMError
 from ..ids import to_int64
 from .beam import beam_search
-from .decode import StepRecord, decode
 from .config import DEFAULT_NEW_TOKENS, GenerationConfig
+from .decode import StepRecord, TokenChooser, decode
 from .inputs import covered_new_tokens, prepare_inputs
 from .logits_process import LogitsSettings, normalize_bad_words
 
@@ -33,21 +33,16 @@ class GenerateOutput:
     sequences_scores: Optional[np.ndarray] = None
 
 
-def default_bad_words(config) -> List[int]:
-    """The config's ``bad_words_id`` ([gMASK]) and the embedding rows past it: GLM pads its
-    vocabulary after [gMASK], its last token (50010 tokens in 50048 rows for glm-10b-chinese)."""
-    banned = [int(t) for t in config.bad_words_id or []]
-    return banned + list(range(max(banned) + 1, config.vocab_size)) if banned else []
-
-
-def resolve_settings(model, generation_config: Optional[GenerationConfig], overrides: dict) -> GenerationConfig:
+def resolve_settings(model, generation_config: Optional[GenerationConfig], overrides: dict,
+                     tokenizer=None) -> GenerationConfig:
     """The validated settings of one ``generate`` call: ``generation_config`` (default: the
-    model's ``generation_config``, else its config's defaults) with ``overrides`` applied."""
+    model's ``generation_config``, else its config's defaults), with eos and the bad words where
+    it has none (:meth:`GenerationConfig.resolved`), then ``overrides`` applied."""
     if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise GLMError(f"generation_config: expected a GenerationConfig, got {type(generation_config).__name__}")
     base = generation_config or getattr(model, "generation_config", None) or \
         GenerationConfig.from_model_config(model.config)
-    return base.updated(**overrides).validate()
+    return base.resolved(model.config, tokenizer).updated(**overrides).validate()
 
 
 def generate(model, input_ids, position_ids=None, attention_mask=None, *,
@@ -74,8 +69,7 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
     settings = LogitsSettings(
         temperature=float(cfg.temperature), top_k=cfg.top_k, top_p=float(cfg.top_p),
         repetition_penalty=float(cfg.repetition_penalty),
-        bad_words_ids=normalize_bad_words(default_bad_words(config) if cfg.bad_words_ids is None
-                                          else cfg.bad_words_ids),
+        bad_words_ids=normalize_bad_words(cfg.bad_words_ids),
         eos_token_id=eos_token_id, min_new_tokens=cfg.min_new_tokens,
     )
     inputs = prepare_inputs(input_ids, position_ids, attention_mask, new_tokens, config.num_position_embeddings,
@@ -88,10 +82,9 @@ def generate(model, input_ids, position_ids=None, attention_mask=None, *,
             return GenerateOutput(sequences, sequences_scores=beam_scores) if cfg.return_dict_in_generate \
                 else sequences
         record = StepRecord() if cfg.return_dict_in_generate else None
-        rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
-        sequences = decode(model, inputs, new_tokens, settings, sampling=cfg.do_sample, rng=rng,
-                           eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=cfg.use_cache,
-                           streamer=streamer, record=record)
+        chooser = TokenChooser.for_rows(settings, cfg.do_sample, inputs.batch_size, cfg.seed)
+        sequences = decode(model, inputs, new_tokens, chooser, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                           use_cache=cfg.use_cache, streamer=streamer, record=record)
     if cfg.return_dict_in_generate:
         return GenerateOutput(sequences, logits=record.logits, scores=record.scores)
     return sequences

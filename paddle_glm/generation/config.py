@@ -53,7 +53,7 @@ class GenerationConfig:
     repetition_penalty: float = _setting(1.0, "CTRL repetition penalty (1.0 = off)", flag=True)
     bad_words_ids: Optional[List] = _setting(
         None, "token ids (or id sequences) never to generate; default: the model config's bad_words_id "
-              "([gMASK]) and the padded vocabulary rows after it")
+              "([gMASK]) and the embedding rows the tokenizer has no token for (see resolved())")
     eos_token_id: Optional[int] = _setting(None, "stop token (<|endofpiece|>); rows stop independently")
     pad_token_id: Optional[int] = _setting(None, "fills finished rows (default: eos)")
     seed: Optional[int] = _setting(None, "makes sampling reproducible (>= 0)", flag=True)
@@ -76,33 +76,48 @@ class GenerationConfig:
         return cls(**values)
 
     @classmethod
-    def from_model_config(cls, config) -> "GenerationConfig":
-        """Defaults for a model: ``eos_token_id`` is the config's ``eop_token_id`` when it has one."""
+    def from_model_config(cls, config, tokenizer=None) -> "GenerationConfig":
+        """GLM's defaults for a model: eos is ``<|endofpiece|>`` (the config's ``eop_token_id``, else
+        the tokenizer's); with a tokenizer, the bad words are :func:`default_bad_words` (without
+        one they are decided where the settings are used: see :meth:`resolved`)."""
         eop = config.extra.get("eop_token_id")
-        return cls(eos_token_id=None if eop is None else int(eop))
+        if eop is None and tokenizer is not None:
+            eop = tokenizer.eop_token_id
+        return cls(eos_token_id=None if eop is None else int(eop),
+                   bad_words_ids=None if tokenizer is None else default_bad_words(config, tokenizer))
+
+    def resolved(self, model_config, tokenizer=None) -> "GenerationConfig":
+        """This config with GLM's eos and bad words where it has none: the one place they are decided
+        (:meth:`from_model_config`, :func:`default_bad_words`)."""
+        defaults = GenerationConfig.from_model_config(model_config, tokenizer)
+        eos = defaults.eos_token_id if self.eos_token_id is None else self.eos_token_id
+        bad = default_bad_words(model_config, tokenizer) if self.bad_words_ids is None else self.bad_words_ids
+        return dataclasses.replace(self, eos_token_id=eos, bad_words_ids=bad)
 
     @classmethod
     def from_pretrained(cls, path: str, model_config=None) -> "GenerationConfig":
         """``generation_config.json`` of a local directory, over the model's defaults.
 
-        Without the file: :meth:`from_model_config` when ``model_config`` is given, else the
-        defaults. A file marked ``"_from_model_config": true`` is ignored: PaddleNLP's and HF's
+        Without the file: :meth:`from_model_config` (with the directory's tokenizer, when it holds
+        one) when ``model_config`` is given, else the defaults with the tokenizer's
+        ``<|endofpiece|>`` as eos. A file marked ``"_from_model_config": true`` is ignored: PaddleNLP's and HF's
         ``save_pretrained`` derive it from ``config.json`` with their own defaults (PaddleNLP 2.8.1
-        writes ``max_length: 20`` and ``use_cache: false`` for GLM), not from a user's choice. When neither gives ``eos_token_id`` and the directory holds the GLM tokenizer,
-        it is the tokenizer's ``<|endofpiece|>`` (GLM's special-token table).
+        writes ``max_length: 20`` and ``use_cache: false`` for GLM), not from a user's choice.
         """
         require_local_dir(path, what="generation config")
-        config = cls.from_model_config(model_config) if model_config is not None else cls()
+        from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
+
+        tokenizer = GLMChineseTokenizer.from_pretrained(path) if os.path.isfile(os.path.join(path, MODEL_FILE)) \
+            else None
+        if model_config is not None:
+            config = cls.from_model_config(model_config, tokenizer)
+        else:
+            config = cls(eos_token_id=None if tokenizer is None else tokenizer.eop_token_id)
         file = os.path.join(path, GENERATION_CONFIG_NAME)
         if os.path.isfile(file):
             config = cls.from_dict({**dataclasses.asdict(config), **_read_settings(file)}, source=file)
             for name, message in config.problems():
                 raise GLMError(f"{file}: {name}: {message}")
-        if config.eos_token_id is None:
-            from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
-
-            if os.path.isfile(os.path.join(path, MODEL_FILE)):
-                config.eos_token_id = GLMChineseTokenizer.from_pretrained(path).eop_token_id
         return config.validate()
 
     def save_pretrained(self, path: str) -> None:
@@ -111,18 +126,6 @@ class GenerationConfig:
         default = GenerationConfig()
         diff = {name: value for name, value in dataclasses.asdict(self).items() if getattr(default, name) != value}
         atomic_write_text(os.path.join(path, GENERATION_CONFIG_NAME), json.dumps(diff, indent=2, sort_keys=True) + "\n")
-
-    def with_tokenizer(self, tokenizer, model_config) -> "GenerationConfig":
-        """This config with the tokenizer's defaults where it has none: eos = ``<|endofpiece|>``
-        and, as bad words, the config's plus every embedding row the tokenizer has no token for
-        (glm-10b-chinese pads 50010 ids to 50048 rows; those ids decode to nothing)."""
-        updates = {}
-        if self.eos_token_id is None:
-            updates["eos_token_id"] = tokenizer.eop_token_id
-        if self.bad_words_ids is None:
-            updates["bad_words_ids"] = list(model_config.bad_words_id or []) + \
-                list(range(tokenizer.vocab_size, model_config.vocab_size))
-        return dataclasses.replace(self, **updates)
 
     def updated(self, **overrides) -> "GenerationConfig":
         """A copy with ``overrides`` applied (unknown names are an error naming them).
@@ -188,6 +191,14 @@ class GenerationConfig:
     def flag_fields(cls) -> List[dataclasses.Field]:
         """The fields the ``paddle-glm`` commands take as flags (``--max-new-tokens`` ...)."""
         return [f for f in dataclasses.fields(cls) if f.metadata["flag"]]
+
+
+def default_bad_words(model_config, tokenizer=None) -> List[int]:
+    """The config's ``bad_words_id`` ([gMASK]) and, with a tokenizer, every embedding row it has no token
+    for (glm-10b-chinese pads 50010 ids to 50048 rows; those ids decode to nothing). Without a
+    tokenizer no row is known to be padding, so none is banned: [gMASK] need not be the last id."""
+    padding = range(tokenizer.vocab_size, model_config.vocab_size) if tokenizer is not None else ()
+    return [int(t) for t in model_config.bad_words_id or []] + list(padding)
 
 
 def _is_int(value) -> bool:

@@ -22,7 +22,6 @@ class GenerationInputs:
     input_ids: paddle.Tensor  # [b, n0] int64, the prompt
     position_ids: paddle.Tensor  # [b, 2, total] int64
     mask: paddle.Tensor  # [b, 1, total, total] bool, True = may attend
-    covered: int  # new tokens the caller's position_ids already covered (0: none given)
 
     @property
     def batch_size(self) -> int:
@@ -60,14 +59,12 @@ def prepare_inputs(input_ids, position_ids, attention_mask, new_tokens: int,
         raise GLMError(f"input_ids: expected shape [batch, length] with length >= 1, got {list(input_ids.shape)}")
     b, n0 = input_ids.shape
     total = n0 + new_tokens - 1
-    covered = 0
     if position_ids is not None:
         position_ids = to_int64(position_ids, "position_ids")
         position_ids = with_block_row(position_ids, block_position_encoding)
         if position_ids.ndim != 3 or position_ids.shape[:2] != [b, 2] or position_ids.shape[2] < n0:
             raise GLMError(f"position_ids: expected shape [{b}, 2, >= {n0}] (positions, block positions) for "
                            f"input_ids of shape {[b, n0]}, got {list(position_ids.shape)}")
-        covered = covered_new_tokens(n0, position_ids)
     check_run_positions(position_ids, n0, new_tokens, num_position_embeddings)
     positions = extend_positions(position_ids, b, total)
-    return GenerationInputs(input_ids, positions, generation_mask(attention_mask, b, n0, total), covered)
+    return GenerationInputs(input_ids, positions, generation_mask(attention_mask, b, n0, total))

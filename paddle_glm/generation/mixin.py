@@ -31,10 +31,10 @@ class GenerationMixin:
         Args:
             generation_config: the settings (default: ``self.generation_config``, read from
                 ``generation_config.json`` by ``from_pretrained``, else the model config's defaults).
-            streamer: ``put(tokens)`` after each step, ``end()`` at the end (not with beams). One
-                with ``active_rows()`` (a bool per running row) may drop rows before a step: later
-                steps run and ``put`` the kept rows only; a dropped row is returned padded with
-                ``pad_token_id`` from its drop on.
+            streamer: ``put(tokens)`` after each step (an int64 numpy array ``[rows]``), ``end()``
+                at the end (not with beams). One with ``before_step(state)`` (the server's) may drop
+                rows before a step with ``state.drop_rows(flags)``: later steps run and ``put`` the
+                kept rows only; a dropped row is returned padded with ``pad_token_id`` from its drop on.
             **kwargs: fields of :class:`GenerationConfig` overriding it, e.g. ``max_length``
                 (the whole returned sequence, HF's meaning) or ``max_new_tokens`` (default: what
                 ``position_ids`` lay out, else 20; past the given ``position_ids`` GLM's pattern

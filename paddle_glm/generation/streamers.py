@@ -7,9 +7,15 @@ from typing import List, Optional, TextIO
 
 import numpy as np
 
+from .detokenizer import IncrementalDetokenizer
+
 
 class BaseStreamer:
-    """Receives each step's new tokens (int64 ``[batch]``) through ``put`` and ``end()`` once at the end."""
+    """Receives each step's new tokens through ``put`` and ``end()`` once at the end.
+
+    ``generate`` puts an int64 numpy array ``[batch]`` (read from the device with the step's
+    flags, its one read); a paddle tensor or a list is accepted too.
+    """
 
     def put(self, value) -> None:
         raise NotImplementedError
@@ -40,33 +46,23 @@ class TokenCollector(BaseStreamer):
 class TextStreamer(BaseStreamer):
     """Prints the decoded text as it grows (batch of one), flushing after each step.
 
-    Decodes the whole generated text each step and prints only the new suffix, so
-    multi-piece characters appear once they are complete.
+    The text comes from an :class:`~paddle_glm.generation.detokenizer.IncrementalDetokenizer`:
+    multi-piece characters appear once they are complete, each step decodes a few ids only,
+    and ``<|endofpiece|>`` (the stop token) is not printed.
     """
 
     def __init__(self, tokenizer, skip_special_tokens: bool = False, file: Optional[TextIO] = None):
-        self.tokenizer = tokenizer
-        self.skip_special_tokens = skip_special_tokens
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens)
         self.file = file
-        self.tokens: List[int] = []
-        self._printed = 0
-
-    def _delta(self, final: bool = False) -> str:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=self.skip_special_tokens)
-        if text.endswith("\ufffd") and not final:  # an incomplete byte sequence: wait for the rest
-            return ""
-        delta, self._printed = text[self._printed:], len(text)
-        return delta
 
     def put(self, value) -> None:
         tokens = _token_list(value)
         if len(tokens) != 1:
             raise ValueError("TextStreamer supports a batch of one; use TokenCollector for batches")
-        self.tokens.extend(tokens)
-        self.on_text(self._delta(), end=False)
+        self.on_text(self.detokenizer.add(tokens[0]), end=False)
 
     def end(self) -> None:
-        self.on_text(self._delta(final=True), end=True)
+        self.on_text(self.detokenizer.flush(), end=True)
 
     def on_text(self, text: str, end: bool) -> None:
         out = self.file or sys.stdout

@@ -1,4 +1,5 @@
-"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health`` and the page at ``/``."""
+"""The FastAPI app: ``/v1/completions``, ``/v1/fill``, ``/v1/models``, ``/health``, ``/metrics`` and the page
+at ``/``."""
 from __future__ import annotations
 
 import asyncio
@@ -9,16 +10,18 @@ from pathlib import Path
 from typing import List, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..glm_layout import blank_fill_problems
+from ..glm_layout import position_table
 from ..tokenizer import with_mask
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import CountStatuses, ServerMetrics
 from .middleware import APIKey, BodyLimit
 from .protocol import APIError, CompletionRequest, FillRequest, check_prompt_count, choice, completion_body, \
     completion_id, parse, usage
 from .rows import Row, Sink
-from .scheduler import FillJob, QueueFull, Scheduler
+from .scheduler import FillJob, QueueFull
 
 PAGE = Path(__file__).parent / "static" / "index.html"
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
@@ -52,18 +55,19 @@ class Channel(Sink):
         self._push(("fill", result, error))
 
 
-def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY):
+def create_app(scheduler, model_name: str, api_key: Optional[str] = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+               metrics: Optional[ServerMetrics] = None, metrics_public: bool = False):
     """The ASGI app (for uvicorn) in front of ``scheduler``, whose model thread starts and stops with the app.
 
     Args:
-        scheduler: the queue and model thread; its ``runner`` also validates prompt lengths.
+        scheduler: the queue and model thread (static or continuous); its ``runner`` also validates
+            prompt lengths.
         model_name: the id ``/v1/models`` shows.
-        api_key: if given, ``/v1/`` needs ``Authorization: Bearer api_key``.
+        api_key: if given, ``/v1/`` (and ``/metrics``, unless ``metrics_public``) needs
+            ``Authorization: Bearer api_key``.
         max_body_bytes: larger request bodies get 400.
+        metrics: served at ``GET /metrics`` (Prometheus' text format); requests are counted by status.
     """
-    runner = scheduler.runner
-
     @asynccontextmanager
     async def lifespan(app):
         scheduler.start()
@@ -71,7 +75,26 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         scheduler.stop()
 
     app = FastAPI(title="paddle-glm serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    _add_info_routes(app, model_name)
+    _add_completions(app, scheduler, model_name)
+    _add_fill(app, scheduler, model_name)
+    if metrics is None:
+        return BodyLimit(APIKey(app, api_key), max_body_bytes)
+    _add_metrics(app, metrics)
+    return CountStatuses(BodyLimit(APIKey(app, api_key, also=() if metrics_public else ("/metrics",)),
+                                   max_body_bytes), metrics)
 
+
+def _add_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
+    """``GET /metrics``: Prometheus' text format (see :class:`~paddle_glm.serving.metrics.ServerMetrics`)."""
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.text(), media_type=METRICS_CONTENT_TYPE)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's ``{"error": {...}}`` body."""
     @app.exception_handler(APIError)
     async def api_error(request, error: APIError):
         return JSONResponse(error.body(), status_code=error.status)
@@ -85,6 +108,9 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         body = APIError(500, f"internal error: {type(error).__name__}: {error}", type="server_error").body()
         return JSONResponse(body, status_code=500)
 
+
+def _add_info_routes(app: FastAPI, model_name: str) -> None:
+    """The page at ``/``, ``/health`` and ``/v1/models``."""
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
@@ -98,39 +124,51 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "paddle_glm"}]}
 
+
+def _add_completions(app: FastAPI, scheduler, model_name: str) -> None:
+    """``POST /v1/completions``: one row per prompt, streamed as server-sent events or answered whole."""
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
         channel = Channel(asyncio.get_running_loop())
-        rows = [_row(runner, prompt, body, channel, i) for i, prompt in enumerate(body.prompts())]
+        rows = [_row(scheduler.runner, prompt, body, channel, i) for i, prompt in enumerate(body.prompts())]
         _submit(scheduler, rows)
         request_id = completion_id()
         if body.stream:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(_events(rows, channel, request_id, model_name, include_usage),
                                      media_type="text/event-stream")
-        texts, reasons, tokens = [""] * len(rows), [None] * len(rows), [0] * len(rows)
-        events = _events_while_connected(channel, request)
-        try:
-            while None in reasons:
-                event = await events.__anext__()
-                if event[0] == "error":
-                    raise _failure(event[1], event[2])
-                if event[0] == "text":
-                    texts[event[1]] += event[2]
-                else:
-                    reasons[event[1]], tokens[event[1]] = event[2], event[3]
-        finally:
-            _cancel_unfinished(rows, [reason is not None for reason in reasons])
+        texts, reasons, tokens = await _collect(rows, channel, request)
         choices = [choice(i, text, reason) for i, (text, reason) in enumerate(zip(texts, reasons))]
         return completion_body(request_id, model_name, choices,
                                usage(sum(r.prompt_tokens for r in rows), sum(tokens)))
 
+
+async def _collect(rows: List[Row], channel: Channel, request: Request):
+    """A non-streaming request's texts, finish reasons and completion tokens, one per row."""
+    texts, reasons, tokens = [""] * len(rows), [None] * len(rows), [0] * len(rows)
+    events = _events_while_connected(channel, request)
+    try:
+        while None in reasons:
+            event = await events.__anext__()
+            if event[0] == "error":
+                raise _failure(event[1], event[2])
+            if event[0] == "text":
+                texts[event[1]] += event[2]
+            else:
+                reasons[event[1]], tokens[event[1]] = event[2], event[3]
+    finally:
+        _cancel_unfinished(rows, [reason is not None for reason in reasons])
+    return texts, reasons, tokens
+
+
+def _add_fill(app: FastAPI, scheduler, model_name: str) -> None:
+    """``POST /v1/fill``: every blank of a text, filled in order by one job that runs alone."""
     @app.post("/v1/fill")
     async def fill(request: Request):
         body = parse(FillRequest, await request.body())
         channel = Channel(asyncio.get_running_loop())
-        _check_lengths(runner, runner.prompt_tokens(body.text), body.max_tokens, "text")
+        _check_lengths(scheduler.runner, scheduler.runner.prompt_tokens(body.text), body.max_tokens, "text")
         job = FillJob(body.text, body.max_tokens, body.sampling(), channel.fill_done)
         _submit(scheduler, [job])
         try:
@@ -143,8 +181,6 @@ def create_app(scheduler: Scheduler, model_name: str, api_key: Optional[str] = N
         return {"object": "fill", "model": model_name, "text": completed, "spans": spans,
                 "usage": {"completion_tokens": tokens}}
 
-    return BodyLimit(APIKey(app, api_key), max_body_bytes)
-
 
 def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: int) -> Row:
     prompt = with_mask(prompt)
@@ -154,10 +190,15 @@ def _row(runner, prompt: str, body: CompletionRequest, channel: Channel, index: 
 
 
 def _check_lengths(runner, prompt_tokens: int, max_tokens: int, param: str) -> None:
-    """GLM's position table bounds the context (positions) and the span (block positions) separately."""
-    for what, message in blank_fill_problems(prompt_tokens, max_tokens, runner.position_rows):
-        raise APIError(400, message if what == "prompt" else f"max_tokens: {message}",
-                       param if what == "prompt" else "max_tokens")
+    """A row that can never fit is refused at once: the prompt (context + ``<|startofpiece|>``) and
+    its span share the position table's rows (the KV cache has that many slots per row)."""
+    rows = runner.position_rows
+    if prompt_tokens + 1 > rows:
+        raise APIError(400, f"the {param} alone is too long: {prompt_tokens} tokens do not fit "
+                            f"{position_table(rows)}; shorten it", param)
+    if prompt_tokens + max_tokens > rows:
+        raise APIError(400, f"max_tokens: at most {rows - prompt_tokens} after this {prompt_tokens}-token {param} "
+                            f"({position_table(rows)} holds both), got {max_tokens}", "max_tokens")
 
 
 def _failure(status: int, message: str, param: Optional[str] = None) -> APIError:
@@ -167,7 +208,7 @@ def _failure(status: int, message: str, param: Optional[str] = None) -> APIError
     return APIError(status, message, type="server_error")
 
 
-def _submit(scheduler: Scheduler, jobs: list) -> None:
+def _submit(scheduler, jobs: list) -> None:
     check_prompt_count(len(jobs), scheduler.max_queue)
     try:
         scheduler.submit(jobs)

@@ -72,15 +72,17 @@ class BodyLimit:
 
 
 class APIKey:
-    """With a key, every ``/v1/`` route needs ``Authorization: Bearer KEY`` (else 401); the page and
-    ``/health`` stay open."""
+    """With a key, every ``/v1/`` route and the paths in ``also`` need ``Authorization: Bearer KEY``
+    (else 401); the page and ``/health`` stay open."""
 
-    def __init__(self, app, key: Optional[str]):
+    def __init__(self, app, key: Optional[str], also: tuple = ()):
         self.app = app
         self.expected = f"Bearer {key}".encode("utf-8") if key else None
+        self.also = also
 
     async def __call__(self, scope, receive, send):
-        if self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if self.expected is not None and scope["type"] == "http" and \
+                (scope["path"].startswith("/v1/") or scope["path"] in self.also):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 error = APIError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key the "

@@ -37,9 +37,10 @@ class SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
     seed: Optional[int] = Field(None, ge=0, lt=2 ** 63)
+    repetition_penalty: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)  # vLLM's extra field (CTRL's)
 
     def sampling(self) -> Sampling:
-        return Sampling(self.temperature, self.top_p, self.top_k, self.seed)
+        return Sampling(self.temperature, self.top_p, self.top_k, self.seed, self.repetition_penalty)
 
 
 class CompletionRequest(SamplingFields):

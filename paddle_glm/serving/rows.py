@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..generation.detokenizer import IncrementalDetokenizer
 from ..generation.streamers import BaseStreamer
 
 GREEDY = "greedy"
@@ -21,6 +22,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0
     seed: Optional[int] = None
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
@@ -29,21 +31,22 @@ class Sampling:
     def batch_key(self):
         """Rows with equal keys may share a batch; ``None``: the row runs alone.
 
-        Greedy rows batch with every greedy row (a greedy row's tokens do not depend on
-        the others). Unseeded sampling rows batch with rows of identical settings (one
+        Greedy rows batch with every greedy row of the same repetition penalty (a greedy row's
+        tokens do not depend on the others). Unseeded sampling rows batch with rows of identical settings (one
         generator draws for the whole batch). A seeded row runs alone, so that the same
         seed gives the same text whatever else is waiting.
         """
         if self.greedy:
-            return (GREEDY,)
+            return (GREEDY, self.repetition_penalty)
         if self.seed is not None:
             return None
-        return ("sample", self.temperature, self.top_p, self.top_k)
+        return ("sample", self.temperature, self.top_p, self.top_k, self.repetition_penalty)
 
     def generate_kwargs(self) -> dict:
         if self.greedy:
-            return dict(do_sample=False)
-        return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+            return dict(do_sample=False, repetition_penalty=self.repetition_penalty)
+        return dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+                    repetition_penalty=self.repetition_penalty)
 
 
 class Sink:
@@ -84,14 +87,17 @@ class RowText:
 
     ``add`` returns the new text that is safe to send: text that could still turn
     out to be the start of a stop string, or an incomplete multi-byte character,
-    is held back until the next token decides.
+    is held back until the next token decides. The text comes from an
+    :class:`~paddle_glm.generation.detokenizer.IncrementalDetokenizer` (a few ids per token).
     """
 
     def __init__(self, tokenizer, max_tokens: int, stop: Sequence[str]):
-        self.tokenizer = tokenizer
+        self.eop_token_id = tokenizer.eop_token_id
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=True)
         self.max_tokens = max_tokens
         self.stop = [s for s in stop if s]
         self.tokens: List[int] = []
+        self.text = ""  # the text decoded so far
         self.sent = 0  # characters of the text already returned
         self.finish_reason: Optional[str] = None
 
@@ -101,24 +107,19 @@ class RowText:
         return len(self.tokens) + (1 if self.finish_reason == "stop_token" else 0)
 
     def add(self, token: int) -> str:
-        if token == self.tokenizer.eop_token_id:
+        if token == self.eop_token_id:
             self.finish_reason = "stop_token"
-            return self._release(self._text())
+            return self._release(self.text + self.detokenizer.flush())
         self.tokens.append(token)
-        text = self._text()
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        self.text += self.detokenizer.add(token)
+        cuts = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop) if i >= 0]
         if cuts:
             self.finish_reason = "stop"
-            return self._release(text[:min(cuts)])
+            return self._release(self.text[:min(cuts)])
         if len(self.tokens) >= self.max_tokens:
             self.finish_reason = "length"
-            return self._release(text)
-        if text.endswith("\ufffd"):  # an incomplete byte sequence: wait for the rest
-            return ""
-        return self._release(text[:len(text) - self._held(text)])
-
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+            return self._release(self.text + self.detokenizer.flush())
+        return self._release(self.text[:len(self.text) - self._held(self.text)])
 
     def _held(self, text: str) -> int:
         """Length of the longest end of ``text`` that begins a stop string."""
@@ -130,6 +131,48 @@ class RowText:
         return delta
 
 
+class RowProgress:
+    """A running row: its text (:class:`RowText`), its timing, and its results sent to the row's sink.
+
+    Both schedulers route tokens through it; ``metrics`` (a
+    :class:`~paddle_glm.serving.metrics.ServerMetrics`, optional) hears of each finished row.
+    """
+
+    def __init__(self, row: Row, tokenizer, metrics=None):
+        self.row = row
+        self.text = RowText(tokenizer, row.max_tokens, row.stop)
+        self.metrics = metrics
+        self.first_token: Optional[float] = None  # time.monotonic() of its first token
+
+    @property
+    def done(self) -> bool:
+        """Finished (``<|endofpiece|>``, a stop string, ``max_tokens``) or its client went away."""
+        return self.text.finish_reason is not None or self.row.cancelled.is_set()
+
+    def add(self, token: int) -> None:
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+        delta = self.text.add(token)
+        if delta:
+            self.row.sink.text(self.row.index, delta)
+        if self.text.finish_reason is not None:
+            self.finish()
+
+    def finish(self, reason: Optional[str] = None) -> None:
+        """Send the finish (``reason`` when the row stops for a reason of the loop's, e.g. "length")."""
+        if reason is not None:
+            self.text.finish_reason = reason
+        reason = "stop" if self.text.finish_reason == "stop_token" else self.text.finish_reason
+        self.row.sink.finish(self.row.index, reason, self.text.completion_tokens)
+        if self.metrics is not None:
+            self.metrics.row_finished(self.row, self.first_token, self.text.completion_tokens)
+
+    @property
+    def cancelled(self) -> bool:
+        """Its client went away before it finished."""
+        return self.text.finish_reason is None and self.row.cancelled.is_set()
+
+
 class BatchFinished(Exception):
     """Raised from ``BatchStreamer.put`` to end ``generate`` once no row of the batch needs more tokens."""
 
@@ -138,25 +181,26 @@ class BatchStreamer(BaseStreamer):
     """Routes each decode step's tokens ``[batch]`` to the rows of a batch.
 
     A row is done when it finished (``<|endofpiece|>``, a stop string, its own
-    ``max_tokens``) or its client went away. ``active_rows()`` tells the decode loop
-    which rows still need tokens (one bool per row it is running); a loop that
-    drops the False rows passes only the kept rows, in order, to later ``put``
-    calls. When no row is left, ``put`` raises :class:`BatchFinished`.
+    ``max_tokens``) or its client went away. ``active_rows()`` says which rows still
+    need tokens (one bool per row the loop is running); ``before_step`` drops the others
+    from the decode loop's batch, which then passes only the kept rows, in order, to
+    later ``put`` calls. When no row is left, ``put`` raises :class:`BatchFinished`.
     """
 
-    def __init__(self, rows: Sequence[Row], tokenizer):
-        self.rows = list(rows)
-        self.texts = [RowText(tokenizer, row.max_tokens, row.stop) for row in self.rows]
+    def __init__(self, rows: Sequence[Row], tokenizer, metrics=None):
+        self.rows = [RowProgress(row, tokenizer, metrics) for row in rows]
         self.live = list(range(len(self.rows)))  # the rows the decode loop is running, by index in self.rows
         self._last_active: Optional[List[bool]] = None
         self.step_times: List[float] = []
 
-    def done(self, i: int) -> bool:
-        return self.texts[i].finish_reason is not None or self.rows[i].cancelled.is_set()
-
     def active_rows(self) -> List[bool]:
-        self._last_active = [not self.done(i) for i in self.live]
+        self._last_active = [not self.rows[i].done for i in self.live]
         return self._last_active
+
+    def before_step(self, state) -> None:
+        """The decode loop's hook (see :func:`~paddle_glm.generation.decode.decode_n_tokens`): the rows
+        that need no more tokens leave the batch before the next step."""
+        state.drop_rows(self.active_rows())
 
     def put(self, value) -> None:
         self.step_times.append(time.perf_counter())
@@ -166,32 +210,19 @@ class BatchStreamer(BaseStreamer):
                 raise RuntimeError(f"BatchStreamer: got {len(tokens)} tokens for {len(self.live)} running rows")
             self.live = [i for i, keep in zip(self.live, self._last_active) if keep]
         for i, token in zip(self.live, tokens):
-            if not self.done(i):
-                self._add(i, int(token))
-        if all(self.done(i) for i in self.live):
+            if not self.rows[i].done:
+                self.rows[i].add(int(token))
+        if all(self.rows[i].done for i in self.live):
             raise BatchFinished
 
     def end(self) -> None:
-        for i, text in enumerate(self.texts):
-            if not self.done(i):  # the loop ran out of steps (every row's max_tokens is covered: a safety net)
-                text.finish_reason = "length"
-                self._finish(i)
-
-    def _add(self, i: int, token: int) -> None:
-        delta = self.texts[i].add(token)
-        if delta:
-            self.rows[i].sink.text(self.rows[i].index, delta)
-        if self.texts[i].finish_reason is not None:
-            self._finish(i)
-
-    def _finish(self, i: int) -> None:
-        text, row = self.texts[i], self.rows[i]
-        reason = "stop" if text.finish_reason == "stop_token" else text.finish_reason
-        row.sink.finish(row.index, reason, text.completion_tokens)
+        for progress in self.rows:
+            if not progress.done:  # the loop ran out of steps (every row's max_tokens is covered: a safety net)
+                progress.finish("length")
 
     def cancelled(self) -> int:
         """Rows dropped because their client went away before they finished."""
-        return sum(text.finish_reason is None and row.cancelled.is_set() for row, text in zip(self.rows, self.texts))
+        return sum(progress.cancelled for progress in self.rows)
 
     def step_seconds(self) -> Optional[float]:
         """Median time between consecutive steps (decode steps, prefill excluded), None before two steps."""

@@ -1,4 +1,5 @@
-"""The model side of the server: a batch of rows through ``generate``, a fill job through ``fill_blanks``.
+"""The model side of the server: a batch of rows through ``generate`` (the static scheduler), a fill job
+through ``fill_blanks`` (both schedulers); the continuous scheduler's slots are in ``engine``.
 
 Only the scheduler's model thread calls ``complete`` and ``fill``; ``prompt_tokens``
 (validation) runs in the server's thread and only uses the tokenizer.
@@ -11,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 from ..generation import GenerationConfig, TokenCollector
 from ..infilling import fill_blanks
 from .rows import BatchFinished, BatchStreamer, Row, Sampling
+
 
 @dataclass
 class BatchStats:
@@ -25,13 +27,14 @@ class BatchStats:
 class ModelRunner:
     """Runs rows and fill jobs on one model and tokenizer."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, metrics=None):
         self.model = model
         self.tokenizer = tokenizer
+        self.metrics = metrics
         self.position_rows = model.config.num_position_embeddings
         # Each request's fields are its settings: the model's generation_config.json (beams,
         # penalties) does not apply here. eos = <|endofpiece|>; rows past the tokenizer are banned.
-        self.settings = GenerationConfig.from_model_config(model.config).with_tokenizer(tokenizer, model.config)
+        self.settings = GenerationConfig().resolved(model.config, tokenizer)
 
     def prompt_tokens(self, text: str) -> int:
         """Context tokens of ``text`` (``[CLS]`` and ``<|endoftext|>`` included)."""
@@ -48,7 +51,7 @@ class ModelRunner:
         new_tokens = max(row.max_tokens for row in rows)
         batch = tokenizer([row.prompt for row in rows], padding=True, return_tensors="pd")
         inputs = tokenizer.build_inputs_for_generation(batch, max_gen_length=new_tokens)
-        streamer = BatchStreamer(rows, tokenizer)
+        streamer = BatchStreamer(rows, tokenizer, self.metrics)
         try:
             self.model.generate(**inputs, generation_config=self.settings, max_new_tokens=new_tokens,
                                 streamer=streamer, **rows[0].sampling.generate_kwargs())

@@ -1,9 +1,15 @@
-"""The request queue and the model thread: waiting rows are run together, up to ``max_batch`` per batch.
+"""The request queue and the model thread, with two schedulers.
+
+* :class:`ContinuousScheduler` (the default): waiting rows join the running batch at the next
+  decode step, first come first served, into free cache slots (:mod:`~paddle_glm.serving.engine`);
+  a finished row frees its slot at once.
+* :class:`Scheduler` (``--scheduler static``): waiting rows are run together as one ``generate``
+  call, up to ``max_batch`` per batch; rows that arrive meanwhile wait for the whole batch.
 
 Paddle runs one forward at a time, so a single worker thread owns the model; the
 server's event loop only enqueues and reads results (through each row's sink).
 The queue is bounded: ``submit`` raises :class:`QueueFull` when it holds
-``max_queue`` rows (the server answers 429).
+``max_queue`` rows (the server answers 429). A ``/v1/fill`` job runs alone.
 """
 from __future__ import annotations
 
@@ -40,33 +46,19 @@ class FillJob:
 Job = Union[Row, FillJob]
 
 
-class Scheduler:
-    """Batches waiting rows onto a runner (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
+class _ModelThread:
+    """The bounded queue and the model thread's life; subclasses define ``_loop``."""
 
-    Args:
-        runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
-        max_batch: most rows per ``generate`` call.
-        max_queue: most rows waiting (a request with a list of prompts counts each).
-        window: while fewer than ``max_batch`` rows wait, the model thread starts a batch only once
-            no row has arrived for this many seconds (or one decode step of the last batch, if
-            longer) since it became free, and at most ``MAX_WINDOWS`` windows after it became free
-            or the oldest row arrived.
-    """
-
-    def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.02):
-        if max_batch < 1 or max_queue < 1 or window < 0:
-            raise GLMError(f"max_batch and max_queue must be >= 1 and the window >= 0, got {max_batch}, "
-                           f"{max_queue}, {window}")
+    def __init__(self, runner, max_batch: int, max_queue: int, metrics=None):
+        if max_batch < 1 or max_queue < 1:
+            raise GLMError(f"max_batch and max_queue must be >= 1, got {max_batch}, {max_queue}")
         self.runner = runner
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.window = window
-        self.history: Deque = deque(maxlen=1000)  # BatchStats of the latest batches
+        self.metrics = metrics
         self._pending: Deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._free_since = 0.0  # when the model thread last finished a batch
-        self._last_step = 0.0  # seconds per decode step of the last batch
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
@@ -90,22 +82,72 @@ class Scheduler:
             self._cond.notify_all()
 
     def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _drop_cancelled_head(self) -> None:
+        while self._pending and self._pending[0].cancelled.is_set():
+            self._pending.popleft()  # its client went away while it waited
+
+    def _report(self, running: int) -> None:
+        if self.metrics is not None:
+            self.metrics.queue(running, len(self._pending))
+
+    def _run_fill(self, job: FillJob) -> None:
+        start = time.perf_counter()
+        try:
+            result = self.runner.fill(job.text, job.max_tokens, job.sampling)
+        except GLMError as e:
+            job.done(None, (400, str(e)))
+            return
+        except Exception as e:  # noqa: BLE001
+            log.exception("fill failed")
+            job.done(None, (500, str(e) or type(e).__name__))
+            return
+        log.info("fill of %d blanks: %d tokens in %.2f s", len(result[1]), result[2], time.perf_counter() - start)
+        job.done(result, None)
+
+
+class Scheduler(_ModelThread):
+    """The static scheduler: batches waiting rows onto a runner
+    (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
+
+    Args:
+        runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
+        max_batch: most rows per ``generate`` call.
+        max_queue: most rows waiting (a request with a list of prompts counts each).
+        window: while fewer than ``max_batch`` rows wait, the model thread starts a batch only once
+            no row has arrived for this many seconds (or one decode step of the last batch, if
+            longer) since it became free, and at most ``MAX_WINDOWS`` windows after it became free
+            or the oldest row arrived.
+    """
+
+    def __init__(self, runner, max_batch: int = 8, max_queue: int = 64, window: float = 0.02, metrics=None):
+        super().__init__(runner, max_batch, max_queue, metrics)
+        if window < 0:
+            raise GLMError(f"the batching window must be >= 0, got {window}")
+        self.window = window
+        self.history: Deque = deque(maxlen=1000)  # BatchStats of the latest batches
+        self._free_since = 0.0  # when the model thread last finished a batch
+        self._last_step = 0.0  # seconds per decode step of the last batch
+
+    def _loop(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
                 return
+            self._report(len(batch))
             if isinstance(batch[0], FillJob):
                 self._run_fill(batch[0])
             else:
                 self._run_rows(batch)
             self._free_since = time.monotonic()
+            self._report(0)
 
     def _next_batch(self) -> Optional[List[Job]]:
         """The oldest job and the waiting rows that may share its batch (None: stopping)."""
         with self._cond:
             while True:
-                while self._pending and self._pending[0].cancelled.is_set():
-                    self._pending.popleft()  # its client went away while it waited
+                self._drop_cancelled_head()
                 if self._stopping:
                     return None
                 if not self._pending:
@@ -144,7 +186,7 @@ class Scheduler:
         try:
             stats = self.runner.complete(rows)
         except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, never the server
-            log.exception("batch of %d rows failed", len(rows))
+            log.exception("batch of %s failed", _rows(len(rows)))
             for row in rows:
                 row.sink.fail(400 if isinstance(e, GLMError) else 500, str(e) or type(e).__name__)
             return
@@ -152,20 +194,67 @@ class Scheduler:
         self._last_step = stats.step_seconds or 0.0
         kind = "greedy" if rows[0].sampling.greedy else "sampling"
         step = f", {stats.step_seconds * 1000:.1f} ms per decode step" if stats.step_seconds else ""
-        dropped = f", {stats.cancelled} rows dropped (client gone)" if stats.cancelled else ""
-        log.info("batch of %d rows (%s): %d steps in %.2f s%s%s", len(rows), kind, stats.steps,
+        dropped = f", {_rows(stats.cancelled)} dropped (client gone)" if stats.cancelled else ""
+        log.info("batch of %s (%s): %d steps in %.2f s%s%s", _rows(len(rows)), kind, stats.steps,
                  time.perf_counter() - start, step, dropped)
 
-    def _run_fill(self, job: FillJob) -> None:
-        start = time.perf_counter()
-        try:
-            result = self.runner.fill(job.text, job.max_tokens, job.sampling)
-        except GLMError as e:
-            job.done(None, (400, str(e)))
-            return
-        except Exception as e:  # noqa: BLE001
-            log.exception("fill failed")
-            job.done(None, (500, str(e) or type(e).__name__))
-            return
-        log.info("fill of %d blanks: %d tokens in %.2f s", len(result[1]), result[2], time.perf_counter() - start)
-        job.done(result, None)
+
+class ContinuousScheduler(_ModelThread):
+    """Continuous batching: before each decode step, waiting rows join the running batch
+    (first come, first served) while it has free slots; a finished row leaves at once.
+
+    Args:
+        runner: a :class:`~paddle_glm.serving.runner.ModelRunner` (prompt lengths, fill jobs).
+        batch: the :class:`~paddle_glm.serving.engine.SlotBatch` of ``max_batch`` cache slots.
+        max_queue: most rows waiting.
+        metrics: a :class:`~paddle_glm.serving.metrics.ServerMetrics` to keep up to date, or None.
+
+    A fill job at the head of the queue waits until the running rows have finished, then runs
+    alone (its blanks are filled one after another); rows behind it wait (first come, first served).
+    """
+
+    def __init__(self, runner, batch, max_queue: int = 64, metrics=None):
+        super().__init__(runner, len(batch.slots), max_queue, metrics)
+        self.batch = batch
+
+    def _loop(self) -> None:
+        while True:
+            work = self._next_work()
+            if work is None:
+                return
+            if isinstance(work, FillJob):
+                self._run_fill(work)
+                continue
+            try:
+                self.batch.step(work)
+            except Exception as e:  # noqa: BLE001 - a failed step fails its rows, never the server
+                log.exception("decode step failed")
+                self.batch.fail_all(500, str(e) or type(e).__name__, work)
+            self._report(self.batch.running)
+            line = self.batch.finished_period()
+            if line:
+                log.info(line)
+
+    def _next_work(self):
+        """The rows joining at this step (maybe none), a fill job to run alone, or None: stopping."""
+        with self._cond:
+            while True:
+                self._drop_cancelled_head()
+                if self._stopping:
+                    return None
+                if self._pending and isinstance(self._pending[0], FillJob):
+                    if not self.batch.running:
+                        return self._pending.popleft()
+                    return []  # the running rows finish first
+                joining: List[Row] = []
+                while self._pending and isinstance(self._pending[0], Row) and len(joining) < self.batch.free:
+                    row = self._pending.popleft()
+                    if not row.cancelled.is_set():
+                        joining.append(row)
+                if joining or self.batch.running:
+                    return joining
+                self._report(0)
+                self._cond.wait()
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
