@@ -73,27 +73,33 @@ def complete(server, prompt: str, max_tokens: int, **fields) -> str:
 
 def test_a_request_joins_the_running_batch(server):
     """A streams 64 tokens; B (8 tokens) is sent after A's 4th: B's first token comes within B's time
-    alone plus 4 decode steps, B finishes first, and both texts equal their answers alone."""
+    alone plus 4 decode steps, B finishes first, and both texts equal their answers alone.
+
+    The texts and the order are checked on every attempt; the time bound, which other processes on a
+    shared machine can stretch, must hold in one of 3 attempts (a static scheduler misses it by the
+    ~60 steps B would wait for A)."""
     a_prompt, b_prompt = "春眠不觉晓[gMASK]", "床前明月光[gMASK]"
-    a_times, b_alone_ttft = [], []
-    a_alone = stream(server, a_prompt, 64, a_times)
+    a_alone = stream(server, a_prompt, 64, [])
+    misses = []
     for _ in range(3):
         sent, times = time.monotonic(), []
         b_alone = stream(server, b_prompt, 8, times)
-        b_alone_ttft.append(times[0] - sent)
-    a_times, b_times, result = [], [], {}
-    a = threading.Thread(target=lambda: result.update(a=stream(server, a_prompt, 64, a_times)))
-    a.start()
-    while len(a_times) < 4:
-        time.sleep(0.001)
-    b_sent = time.monotonic()
-    result["b"] = stream(server, b_prompt, 8, b_times)
-    a.join(120)
-    assert result == {"a": a_alone, "b": b_alone}
-    assert b_times[-1] < a_times[-1]  # B finished before A
-    step = statistics.median(np.diff(a_times))  # seconds per decode step, under the load of this run
-    assert b_times[0] - b_sent <= statistics.median(b_alone_ttft) + 4 * step, \
-        (b_times[0] - b_sent, b_alone_ttft, step)
+        b_alone_ttft = times[0] - sent
+        a_times, b_times, result = [], [], {}
+        a = threading.Thread(target=lambda: result.update(a=stream(server, a_prompt, 64, a_times)))
+        a.start()
+        while len(a_times) < 4:
+            time.sleep(0.001)
+        b_sent = time.monotonic()
+        result["b"] = stream(server, b_prompt, 8, b_times)
+        a.join(120)
+        assert result == {"a": a_alone, "b": b_alone}
+        assert b_times[-1] < a_times[-1]  # B finished before A
+        step = statistics.median(np.diff(a_times))  # seconds per decode step, under the load of this run
+        if b_times[0] - b_sent <= b_alone_ttft + 4 * step:
+            return
+        misses.append((b_times[0] - b_sent, b_alone_ttft, step))
+    raise AssertionError(f"B's first token came later than B alone + 4 steps in every attempt: {misses}")
 
 
 def test_greedy_and_seeded_sampled_rows_share_a_batch(server):
