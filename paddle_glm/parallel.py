@@ -197,6 +197,10 @@ class VocabParallelEmbedding(nn.Layer):
         rows = F.embedding(paddle.where(mine, local, paddle.zeros_like(local)), self.weight)  # [b, s, h]
         return all_reduce_sum(rows * mine.unsqueeze(-1).astype(rows.dtype))
 
+    def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        """This rank's vocabulary slice of the tied LM head, ``[..., rows]`` (gathered by ``GatheredLogits``)."""
+        return paddle.matmul(hidden, self.weight, transpose_y=True)
+
 
 class GatheredLogits:
     """Mixed into the base model's class: the tied LM head's ``[..., vocab/N]`` logits of this rank,

@@ -6,11 +6,13 @@ from typing import Iterable, Optional, Tuple, Union
 import numpy as np
 import paddle
 
+from .checkpoint.layout import PADDLE
 from .checkpoint.loader import load_checkpoint
 from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .config import GLMConfig
 from .devices import default_dtype, resolve_dtype, use_cpu_threads
 from .io_utils import parse_size, require_local_dir
+from .quantization.settings import QUANT_CONFIG_KEY, requested_settings, settings_for_load
 
 
 class PretrainedMixin:
@@ -20,7 +22,9 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
-                        show_progress: bool = True, tensor_parallel: bool = False, recompute: bool = False):
+                        show_progress: bool = True, tensor_parallel: bool = False, recompute: bool = False,
+                        quant_type: Optional[str] = None, group_size: Optional[int] = None,
+                        quantize_embeddings: bool = True):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -34,21 +38,36 @@ class PretrainedMixin:
             tensor_parallel: split the model over the processes of a ``paddle.distributed.launch``
                 job, each reading only its slices (see ``paddle_glm/parallel.py``).
             recompute: set ``config.recompute`` (recompute each block in the backward pass when training).
+            quant_type: "weight_only_int8" or "weight_only_int4": quantize the weights as each shard
+                streams in (the float model never exists in memory); see ``paddle_glm/quantization``.
+                A quantized checkpoint (``paddle-glm quantize``) is recognised from its config.json
+                and loaded as it is, without this argument.
+            group_size: the int4 group along the input dimension (default 64).
+            quantize_embeddings: quantize the word embeddings and tied output projection too
+                (False keeps them in full precision).
         """
         require_local_dir(path)
         use_cpu_threads()  # an entry point: the process will compute with this model
         config = GLMConfig.from_pretrained(path)
         config.recompute = config.recompute or recompute
+        requested = requested_settings(quant_type, group_size, quantize_embeddings)
+        quantization = settings_for_load(config, path, requested, dtype, paddle.get_device(), tensor_parallel)
         dtype = resolve_dtype(dtype)
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():
             model = cls(config)
-        select = None
+        select = assign = layout = None
+        if quantization is not None:
+            from .quantization.rewrite import quantize_model  # the kernels only when asked for
+
+            assign = quantize_model(model, quantization).assign
+            layout = PADDLE if QUANT_CONFIG_KEY in config.extra else None  # quantized files are written in it
         if tensor_parallel:
             from .parallel import parallelize  # paddle.distributed only when asked for
 
             select = parallelize(model).select
-        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select)
+        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select,
+                        assign=assign, layout=layout)
         model.eval()
         return model
 
