@@ -10,6 +10,7 @@ from typing import Tuple
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from .launch import ADAPTER_WITH_TP
+from .quant_flags import add_quant_flags, quant_load_kwargs
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +20,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype (float16/bfloat16 need a CUDA GPU; default float32)")
     parser.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: Paddle's current device)")
     parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (paddle-glm finetune --lora, or PaddleNLP's "
-                        "peft) to merge into the model")
+                        "peft) to merge into the model (applied on top of a quantized one)")
+    add_quant_flags(parser)
 
 
 def add_generation_flags(parser: argparse.ArgumentParser, default_new_tokens: int) -> None:
@@ -85,11 +87,13 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     if args.adapter and tensor_parallel:
         raise GLMError(ADAPTER_WITH_TP)  # also checked before the ranks start; here for a job launched by hand
     model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
-                                                        tensor_parallel=tensor_parallel)
+                                                        tensor_parallel=tensor_parallel, **quant_load_kwargs(args))
     if args.adapter:
         from ..lora import load_adapter, merge_lora
 
-        model = merge_lora(load_adapter(model, args.adapter))
+        model = load_adapter(model, args.adapter)
+        if getattr(model, "quantization", None) is None:  # integer weights cannot absorb the adapter
+            model = merge_lora(model)
     info(f"loaded {args.model_dir} ({args.dtype}) in {time.perf_counter() - start:.1f} s")
     return model, tokenizer
 

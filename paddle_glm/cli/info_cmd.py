@@ -12,6 +12,7 @@ from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
+from ..quantization.settings import QuantSettings, requested_settings
 from .launch import print_memory_per_rank
 
 GB = 1e9
@@ -27,6 +28,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                         help="also print the memory per rank when the model is split over N processes")
     parser.add_argument("--adapter", metavar="DIR", help="also describe this LoRA adapter")
+    parser.add_argument("--quant-type", metavar="TYPE", help="also estimate the memory of the weights quantized with "
+                        "TYPE (weight_only_int8 or weight_only_int4, int4 in groups of 64)")
     parser.set_defaults(run=run)
 
 
@@ -49,10 +52,25 @@ def checkpoint_dtype(source) -> str:
     found = Counter()
     for name, spec in source.specs(shard).items():
         try:
-            found[dtype_name(np.empty(0, dtype=spec.dtype))] += 1
+            found[spec.dtype.name if spec.dtype.kind in "iu" and spec.dtype.itemsize == 1  # quantized weights
+                  else dtype_name(np.empty(0, dtype=spec.dtype))] += 1
         except GLMError as e:
             raise CheckpointError(f"{source.path(shard)}: tensor {name!r}: {e}") from None
     return ", ".join(sorted(found))
+
+
+def describe_quantization(settings: QuantSettings) -> str:
+    """``weight_only_int4 (groups of 64, embeddings quantized)``."""
+    groups = f"groups of {settings.group_size}, " if settings.group_size > 0 else "per channel, "
+    embeddings = "embeddings quantized" if settings.quantize_embeddings else "embeddings in full precision"
+    return f"{settings.quant_type} ({groups}{embeddings})"
+
+
+def quantized_size(config: GLMConfig, settings: QuantSettings) -> int:
+    """Bytes of the model's weights quantized with ``settings``."""
+    from ..quantization.rewrite import quantized_model_bytes
+
+    return quantized_model_bytes(config, settings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,8 +97,17 @@ def run(args: argparse.Namespace) -> int:
     for shard in source.shards:
         print(f"  {shard}  {os.path.getsize(source.path(shard)) / GB:.3f} GB")
     print(f"total on disk: {source.total_bytes / GB:.3f} GB; dtype: {checkpoint_dtype(source)}")
-    print("weights in memory: " + ", ".join(f"{name} {params * storage.itemsize / GB:.2f} GB"
-                                            for name, storage in STORAGE.items()))
+    quantized = QuantSettings.from_config(config, os.path.join(args.model_dir, "config.json"))
+    if quantized is None:
+        print("weights in memory: " + ", ".join(f"{name} {params * storage.itemsize / GB:.2f} GB"
+                                                for name, storage in STORAGE.items()))
+    else:
+        print(f"quantization: {describe_quantization(quantized)}; weights in memory "
+              f"{quantized_size(config, quantized) / GB:.3f} GB (float parts in float32)")
+    if args.quant_type:
+        estimate = requested_settings(args.quant_type)
+        print(f"weights in memory quantized with {describe_quantization(estimate)}: "
+              f"{quantized_size(config, estimate) / GB:.3f} GB (float parts in float32)")
     kv = 2 * config.num_layers * config.max_sequence_length * config.hidden_size
     print(f"KV cache per sequence at {config.max_sequence_length} tokens: float32 {kv * 4 / GB:.3f} GB, "
           f"float16/bfloat16 {kv * 2 / GB:.3f} GB")

@@ -15,6 +15,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..errors import GLMError
+from ..lora import LORA_WRAPPERS, LoRALinear
 from .kernels import quantize_weight, weight_only_linear
 from .settings import INT8, QuantSettings
 
@@ -95,6 +97,30 @@ class QuantizedEmbedding(_QuantizedWeight):
     def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
         """The tied LM head: ``[..., hidden]`` -> ``[..., vocab]``."""
         return self.product(hidden)
+
+
+class QuantizedLoRALinear(LoRALinear):
+    """A LoRA adapter (full precision) on a :class:`QuantizedLinear`: ``x @ W.T + b + x @ A @ B * scaling``.
+
+    The adapter's parameter names and file format are LoRALinear's; the base keeps its quantized
+    ``weight``/``weight_scale``. It cannot be merged into the integer weights.
+    """
+
+    def _take_base(self, layer: QuantizedLinear):
+        self.weight, self.weight_scale, self.bias = layer.weight, layer.weight_scale, layer.bias
+        self.quant_type, self.group_size = layer.quant_type, layer.group_size
+        return layer.in_features, layer.out_features, layer.bias.dtype
+
+    def base(self, x: paddle.Tensor) -> paddle.Tensor:
+        return weight_only_linear(x, self.weight, self.weight_scale, self.bias, quant_type=self.quant_type,
+                                  group_size=self.group_size)
+
+    def merged_linear(self):
+        raise GLMError("a LoRA adapter cannot be merged into quantized weights: keep it applied (the adapter "
+                       "runs in full precision beside them), or merge it into the float model and quantize that")
+
+
+LORA_WRAPPERS[QuantizedLinear] = QuantizedLoRALinear
 
 
 def dequantize_rows(qrows: paddle.Tensor, scale: paddle.Tensor, quant_type: str, group_size: int) -> paddle.Tensor:

@@ -24,7 +24,7 @@ from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
 from ..errors import CheckpointError, GLMError
 from .layers import QuantizedEmbedding, QuantizedLinear, _QuantizedWeight
-from .settings import QUANT_CONFIG_KEY, QuantSettings
+from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
 
 # The quantized Linears of each block: (parent sublayer, attribute)
 LINEARS = (("attention", "query_key_value"), ("attention", "dense"), ("mlp", "dense_h_to_4h"), ("mlp", "dense_4h_to_h"))
@@ -101,8 +101,7 @@ def _refuse_other_rewrites(model: nn.Layer) -> None:
     if getattr(model, "quantization", None) is not None:
         raise GLMError("this model is already quantized")
     if getattr(model, "tensor_parallel", None) is not None:
-        raise GLMError("quantization (--quant-type) with tensor parallelism (--tensor-parallel) is not supported: "
-                       "a quantized glm-10b fits one process; drop one of the two")
+        raise GLMError(QUANT_WITH_TP)
     if getattr(model, "lora_config", None) is not None:
         raise GLMError("quantize the base model first, then apply the LoRA adapter (it stays in full precision)")
 
@@ -115,3 +114,17 @@ def _swap(parent: nn.Layer, attr: str, old: nn.Layer, new: nn.Layer) -> None:
         if getattr(new, "bias", None) is not None:
             new.bias.set_value(old.bias)
     setattr(parent, attr, new)
+
+
+def quantized_model_bytes(config, settings: QuantSettings, dtype: str = "float32") -> int:
+    """Bytes of the weights of ``GLMForConditionalGeneration(config)`` quantized with ``settings``, the float
+    parts in ``dtype`` (built lazily: no memory)."""
+    import paddle
+
+    from ..devices import default_dtype
+    from ..model import GLMForConditionalGeneration
+
+    with default_dtype(dtype), paddle.LazyGuard():
+        model = GLMForConditionalGeneration(config)
+    quantize_model(model, settings)
+    return sum(int(np.prod(p.shape)) * p.element_size() for p in model.state_dict().values())

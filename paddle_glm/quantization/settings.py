@@ -18,6 +18,8 @@ QUANT_CONFIG_KEY = "quantization_config"
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
 QUANT_TYPES = (INT8, INT4)
 DEFAULT_GROUP_SIZE = 64
+QUANT_WITH_TP = ("quantization (--quant-type, or a quantized checkpoint) with tensor parallelism (--tensor-parallel) "
+                 "is not supported: a quantized model runs in one process; drop one of the two")
 PER_CHANNEL = -1  # int8's "group size": one scale per output channel
 # int4 word embeddings use groups of 16 whatever the Linears' group size: they are both the input and
 # the tied output projection, and with groups of 32 or 64 the demo model loses one of its 6 fills.
@@ -140,7 +142,6 @@ def settings_for_load(config, path: str, requested: Optional[QuantSettings], dty
         raise GLMError(f"dtype {dtype} (--dtype) with quantization (--quant-type) on {device}: Paddle has no "
                        "half-precision CPU kernels; the quantized model computes in float32 on CPU")
     if tensor_parallel:
-        raise GLMError("quantization (--quant-type) with tensor parallelism (--tensor-parallel) is not supported: "
-                       "a quantized model runs in one process; drop one of the two")
+        raise GLMError(QUANT_WITH_TP)
     settings.check(config)
     return settings

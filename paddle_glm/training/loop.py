@@ -25,6 +25,7 @@ from ..devices import resolve_dtype, use_cpu_threads
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import LoRAConfig, apply_lora, save_adapter
+from ..quantization.settings import refuse_quantized_source
 from .checkpoints import TrainerState, latest_checkpoint, load_checkpoint, micro_batch_seed, save_checkpoint
 from .data import Collate, Example, check_examples, data_loader, read_jsonl
 from .launch import rank_and_world
@@ -94,6 +95,8 @@ def check_inputs(args: FinetuneArgs) -> Inputs:
     resolve_dtype(args.dtype)
     require_local_dir(args.model_dir)
     config = GLMConfig.from_pretrained(args.model_dir)
+    if not args.lora:
+        refuse_quantized_source(args.model_dir, "finetune without --lora (integer weights do not train)")
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     src_length = args.src_length or min(DEFAULT_SRC_LENGTH, config.max_sequence_length)
