@@ -138,3 +138,28 @@ def test_a_quantized_model_cannot_be_quantized_twice():
     quantize_model(model, QuantSettings(INT8))
     with pytest.raises(GLMError, match="already quantized"):
         quantize_model(model, QuantSettings(INT4))
+
+
+def test_streaming_and_multiple_choice_on_a_quantized_model(tokenizer):
+    """Streaming gives the tokens of a plain generate; cloze scoring picks the fp32 model's choice."""
+    from paddle_glm import GLMForMultipleChoice
+    from paddle_glm.generation import TokenCollector
+
+    model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False, quant_type=INT4)
+    inputs = tokenizer.build_inputs_for_generation(tokenizer(DEMO_CASES[0].text, return_tensors="pd"),
+                                                   max_gen_length=8)
+    plain = model.generate(**inputs, max_new_tokens=6)
+    collector = TokenCollector()
+    streamed = model.generate(**inputs, max_new_tokens=6, streamer=collector)
+    np.testing.assert_array_equal(plain.numpy(), streamed.numpy())
+    assert [int(t) for t in np.concatenate(collector.steps, axis=-1).reshape(-1)] == \
+        plain[0, inputs["input_ids"].shape[1]:].tolist()
+
+    batch = tokenizer(["长江全长约[MASK]千米，是中国最长的河流。"], return_tensors="np")
+    choices = tokenizer.build_inputs_for_multiple_choice(batch, [["6300", "30万", "明月"]])
+    scores = {}
+    for quant_type in (None, INT8):
+        scorer = GLMForMultipleChoice.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False, quant_type=quant_type)
+        scores[quant_type] = scorer(**choices).logits.numpy()
+    assert scores[INT8].argmax() == scores[None].argmax() == 0
+    np.testing.assert_allclose(scores[INT8], scores[None], rtol=0.1)
