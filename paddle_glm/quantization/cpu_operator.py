@@ -1,24 +1,187 @@
-"""The C++ weight-only CPU operator: built on first use, cached per Paddle version and CPU."""
+"""The C++ weight-only CPU operator (``csrc/weight_only_linear.cc``): built on first use, cached, loaded.
+
+The source is compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
+OpenMP, e.g. Debian's ``build-essential``) through Paddle's custom-operator toolchain
+(``paddle.utils.cpp_extension``), once per Paddle version, Python version, compiler, CPU and
+source, into ``<cache>/ops/<paddle version>-<hash>/`` where ``<cache>`` is
+``$PADDLE_GLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/paddle_glm``, else ``~/.cache/paddle_glm``.
+A build happens in a private temporary directory that is renamed into place when complete, so
+processes building at once never see half a library; the first rename wins and the others
+use its result.
+
+Environment:
+
+* ``PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0``: do not build or load it (the tiled fallback runs).
+* ``PADDLE_GLM_WEIGHT_ONLY_CFLAGS``: the target flags, instead of ``-march=native`` (used when
+  the compiler accepts it); e.g. ``-march=x86-64-v2`` for a library that other CPUs can share.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
 import sys
-from typing import Tuple
+from typing import Callable, List, Optional, Tuple
 
-_NOTICE = {"shown": False}
+import paddle
+
+from ..devices import cpu_thread_count
+from ..io_utils import make_temp_dir, remove_tree
+
+OP_NAME = "glm_weight_only_linear"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "weight_only_linear.cc")
+DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR", "PADDLE_GLM_WEIGHT_ONLY_CFLAGS"
+BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
+_BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
+_state = {"status": None, "fallback_notice_shown": False}
+
+
+def cache_root() -> str:
+    """``$PADDLE_GLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/paddle_glm``, else ``~/.cache/paddle_glm``."""
+    chosen = os.environ.get("PADDLE_GLM_CACHE_DIR")
+    if chosen:
+        return os.path.abspath(chosen)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "paddle_glm")
 
 
 def status() -> Tuple[bool, str]:
-    """(loaded, reason it is not)."""
-    return False, "the C++ operator is not in this version yet"
+    """``(True, "")`` once the operator is loaded (building it on the first call), else ``(False, reason)``.
+
+    Decided once per process.
+    """
+    if _state["status"] is None:
+        _state["status"] = _load_or_build()
+    return _state["status"]
 
 
-def run(rows, qweight, scale, quant_type: str, group_size: int):
-    raise RuntimeError("the C++ operator is not built")
+def run(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
+        group_size: int) -> paddle.Tensor:
+    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded)."""
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
+    return paddle._C_ops._run_custom_op(OP_NAME, rows, qweight, scale, _BITS[quant_type], int(group_size),
+                                        cpu_thread_count())[0]
 
 
 def notice_fallback() -> None:
-    """One line on stderr, once per process, saying why the slower tiled route runs."""
-    if not _NOTICE["shown"]:
-        _NOTICE["shown"] = True
-        print(f"paddle_glm: weight-only CPU operator unavailable ({status()[1]}); "
+    """One line on stderr, once per process, naming why the slower tiled route runs."""
+    if not _state["fallback_notice_shown"]:
+        _state["fallback_notice_shown"] = True
+        print(f"paddle_glm: the weight-only CPU operator is not available ({status()[1]}); "
               "using the slower tiled dequantization", file=sys.stderr)
+
+
+def _load_or_build() -> Tuple[bool, str]:
+    if os.environ.get(DISABLE_ENV, "") == "0":
+        return False, f"{DISABLE_ENV}=0"
+    compiler = find_compiler()
+    if compiler is None:
+        return False, "no C++ compiler: set CXX or install g++ (Debian: build-essential)"
+    flags = target_flags(compiler)
+    library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), OP_NAME + ".so")
+    if not os.path.exists(library):
+        reason = build(compiler, flags, library)
+        if reason:
+            return False, reason
+    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op  # imports setuptools: only here
+    try:
+        load_op_meta_info_and_register_op(library)
+    except Exception as e:  # a library Paddle cannot load: say why, keep running on the fallback
+        return False, f"loading {library} failed: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+    return True, ""
+
+
+def find_compiler() -> Optional[str]:
+    """The C++ compiler's path: ``$CXX`` if set (None if it does not exist), else ``g++`` or ``c++``."""
+    chosen = os.environ.get("CXX")
+    if chosen:
+        return shutil.which(chosen)
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def target_flags(compiler: str) -> List[str]:
+    """``$PADDLE_GLM_WEIGHT_ONLY_CFLAGS``, else ``-march=native`` if the compiler takes it, else none."""
+    chosen = os.environ.get(CFLAGS_ENV)
+    if chosen is not None:
+        return shlex.split(chosen)
+    probe = subprocess.run([compiler, "-march=native", "-x", "c++", "-E", "-", "-o", os.devnull],
+                           input=b"", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return ["-march=native"] if probe.returncode == 0 else []
+
+
+def cache_key(compiler: str, flags: List[str]) -> str:
+    """``<paddle version>-<hash>``: one library per Paddle, Python, compiler, flags, CPU and source."""
+    digest = hashlib.sha256()
+    with open(SOURCE, "rb") as f:
+        digest.update(f.read())
+    parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags), _cpu_description()]
+    digest.update("\0".join(parts).encode())
+    return f"{paddle.__version__}-{digest.hexdigest()[:16]}"
+
+
+def _cpu_description() -> str:
+    """The CPU's feature flags (what -march=native compiles for), or the machine name off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def build(compiler: str, flags: List[str], library: str,
+          announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> str:
+    """Compile the operator into ``library`` (its directory appears complete or not at all).
+
+    Returns "" on success, else the one-line reason (the compiler's output is kept in a log file).
+    """
+    final_dir = os.path.dirname(library)
+    ops_dir = os.path.dirname(final_dir)
+    os.makedirs(ops_dir, exist_ok=True)
+    announce("paddle_glm: building the weight-only CPU operator (once, ~10 s)")
+    tmp = make_temp_dir(ops_dir, ".build-")
+    try:
+        reason = _compile(compiler, flags, tmp, ops_dir)
+        if reason:
+            return reason
+        stage = os.path.join(tmp, "stage")
+        os.mkdir(stage)
+        os.rename(os.path.join(tmp, "work", OP_NAME, OP_NAME + ".so"), os.path.join(stage, OP_NAME + ".so"))
+        try:
+            os.rename(stage, final_dir)
+        except OSError:
+            if not os.path.exists(library):  # not another process's finished build: a real failure
+                raise
+        return ""
+    finally:
+        remove_tree(tmp)
+
+
+def _compile(compiler: str, flags: List[str], tmp: str, ops_dir: str) -> str:
+    """Run Paddle's JIT build in a child process with its output in a log; "" or the reason it failed."""
+    script = ("import sys; from paddle.utils.cpp_extension import load; "
+              f"load(name={OP_NAME!r}, sources=[sys.argv[1]], build_directory=sys.argv[2], "
+              "extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags=['-fopenmp'])")
+    env = dict(os.environ, CC=compiler, CXX=compiler)
+    os.mkdir(os.path.join(tmp, "work"))
+    log_path = os.path.join(tmp, "build.log")
+    with open(log_path, "wb") as log:
+        try:
+            done = subprocess.run([sys.executable, "-c", script, SOURCE, os.path.join(tmp, "work"), *flags],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, timeout=BUILD_TIMEOUT, check=False)
+            failed = f"the build exited with status {done.returncode}" if done.returncode else ""
+        except subprocess.TimeoutExpired:
+            failed = f"the build took over {BUILD_TIMEOUT} s"
+    if not failed and not os.path.exists(os.path.join(tmp, "work", OP_NAME, OP_NAME + ".so")):
+        failed = "the build produced no library"
+    if failed:
+        kept = os.path.join(ops_dir, "last-failed-build.log")
+        os.replace(log_path, kept)
+        return f"{failed} with {compiler}; its output: {kept}"
+    return ""

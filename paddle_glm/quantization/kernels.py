@@ -180,27 +180,30 @@ def tiled_fallback(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Te
 
     The weight is converted to float32 in tiles of ~1 MiB of stored bytes (Paddle's cast is
     ~8x faster on small tiles than on a whole matrix) and each tile is multiplied at once.
+    int4: the low nibbles multiply the even inputs and the high nibbles the odd ones, so the
+    nibbles are never interleaved.
     """
     tile = max(1, _TILE_BYTES // max(qweight.shape[1], 1))
+    if quant_type == INT4:
+        rows = (rows[:, 0::2], rows[:, 1::2])  # even, odd inputs: [n, in // 2] each
     parts = []
     for r0 in range(0, qweight.shape[0], tile):
-        q = qweight[r0:r0 + tile]
+        q, s = qweight[r0:r0 + tile], scale[r0:r0 + tile]
         if quant_type == INT8:
-            w = q.astype("float32")  # [tile, in]
-            parts.append(paddle.matmul(rows, w, transpose_y=True) * scale[r0:r0 + tile])
+            parts.append(paddle.matmul(rows, q.astype("float32"), transpose_y=True) * s)
         else:
-            w = _unpack_int4_tile(q, scale[r0:r0 + tile], group_size)  # [tile, in]
-            parts.append(paddle.matmul(rows, w, transpose_y=True))
+            low, high = _int4_tile(q, s, group_size)  # [t, in // 2] each
+            parts.append(paddle.matmul(rows[0], low, transpose_y=True) + paddle.matmul(rows[1], high, transpose_y=True))
     return paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
-def _unpack_int4_tile(q: paddle.Tensor, scale: paddle.Tensor, group_size: int) -> paddle.Tensor:
-    """uint8 ``[t, in // 2]`` and scale ``[t, groups]`` -> the float32 ``[t, in]`` weight (Paddle ops)."""
+def _int4_tile(q: paddle.Tensor, scale: paddle.Tensor, group_size: int) -> Tuple[paddle.Tensor, paddle.Tensor]:
+    """uint8 ``[t, in // 2]`` and scale ``[t, groups]`` -> the float32 weights of the even and of the odd inputs."""
     four = paddle.full([], 4, "int8")
     signed = q.astype("int8")  # the same bits, read as two's complement
     low = paddle.bitwise_right_shift(paddle.bitwise_left_shift(signed, four), four)  # arithmetic: sign-extends
     high = paddle.bitwise_right_shift(signed, four)
-    values = paddle.stack([low, high], axis=-1).astype("float32")  # [t, in // 2, 2]
     t, groups = scale.shape
-    grouped = values.reshape([t, groups, group_size]) * scale.unsqueeze(-1)  # [t, groups, group_size]
-    return grouped.reshape([t, groups * group_size])
+    scale = scale.unsqueeze(-1)  # [t, groups, 1]
+    return tuple((v.astype("float32").reshape([t, groups, group_size // 2]) * scale).reshape([t, -1])
+                 for v in (low, high))

@@ -1,0 +1,245 @@
+// Weight-only int8/int4 matrix product for CPU: y[n, out] = x[n, in] . dequantize(w)^T.
+//
+// Layouts (paddle_glm/quantization/kernels.py):
+//   int8: w int8 [out, in], scale float32 [out] (per output channel).
+//   int4: w uint8 [out, in / 2], byte j = element 2j (low nibble) | element 2j+1 (high nibble),
+//         each a 4-bit two's complement; scale float32 [out, in / group_size].
+//
+// A decode step is bound by reading the weights, so each weight vector is converted to float32
+// in registers once and multiplied with up to kMaxBatchTile rows of x; kRows output channels are
+// read side by side; OpenMP splits the output channels. The arithmetic is written with GCC vector
+// extensions; only the widening of int8/int4 to float32 needs intrinsics (AVX-512 or AVX2, chosen
+// by the build's target, -march=native by default), with a plain loop for other CPUs.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "paddle/extension.h"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+constexpr int kWidth = 16;
+constexpr int kMaxBatchTile = 4;
+#else
+constexpr int kWidth = 8;
+constexpr int kMaxBatchTile = 2;
+#endif
+constexpr int kRows = 4;  // output channels per block
+
+typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
+
+static inline vfloat load_floats(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline float lane_sum(vfloat v) {
+  float s = 0.f;
+  for (int k = 0; k < kWidth; ++k) s += v[k];
+  return s;
+}
+
+// kWidth int8 values -> float32.
+static inline vfloat widen_int8(const int8_t* p) {
+#if defined(__AVX512F__)
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__AVX2__)
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#else
+  vfloat v;
+  for (int k = 0; k < kWidth; ++k) v[k] = static_cast<float>(p[k]);
+  return v;
+#endif
+}
+
+// kWidth packed bytes -> their low nibbles and their high nibbles, sign-extended, as float32.
+static inline void widen_int4(const int8_t* p, vfloat* lo, vfloat* hi) {
+#if defined(__AVX512F__)
+  const __m512i b = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  *lo = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(b, 28), 28));
+  *hi = _mm512_cvtepi32_ps(_mm512_srai_epi32(b, 4));
+#elif defined(__AVX2__)
+  const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  *lo = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(b, 28), 28));
+  *hi = _mm256_cvtepi32_ps(_mm256_srai_epi32(b, 4));
+#else
+  for (int k = 0; k < kWidth; ++k) {
+    (*lo)[k] = static_cast<float>(static_cast<int8_t>(p[k] << 4) >> 4);
+    (*hi)[k] = static_cast<float>(p[k] >> 4);
+  }
+#endif
+}
+
+struct Problem {
+  const float* x;     // int8: x [n, in]; int4: x's even inputs [n, in/2] then its odd inputs [n, in/2]
+  const int8_t* w;    // [out, in] int8 or [out, in/2] packed int4
+  const float* scale; // [out] or [out, groups]
+  float* y;           // [n, out]
+  int64_t n, in, out, group_size;
+};
+
+// int8: rows o0..o0+R-1 of w against rows b0..b0+NB-1 of x.
+template <int R, int NB>
+static void int8_block(const Problem& p, int64_t o0, int64_t b0) {
+  vfloat acc[R][NB] = {};
+  const int8_t* w = p.w + o0 * p.in;
+  const float* x = p.x + b0 * p.in;
+  int64_t i = 0;
+  for (; i + kWidth <= p.in; i += kWidth) {
+    vfloat wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = widen_int8(w + r * p.in + i);
+    for (int b = 0; b < NB; ++b) {
+      const vfloat xv = load_floats(x + b * p.in + i);
+      for (int r = 0; r < R; ++r) acc[r][b] += wv[r] * xv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < NB; ++b) {
+      float s = lane_sum(acc[r][b]);
+      for (int64_t j = i; j < p.in; ++j) s += x[b * p.in + j] * static_cast<float>(w[r * p.in + j]);
+      p.y[(b0 + b) * p.out + o0 + r] = s * p.scale[o0 + r];
+    }
+  }
+}
+
+// int4: the low nibbles multiply x's even inputs and the high nibbles its odd ones, so the
+// packed bytes need no shuffling; each group's scale multiplies the converted weights.
+template <int R, int NB>
+static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
+  const int64_t half = p.in / 2, group_bytes = p.group_size / 2, groups = p.in / p.group_size;
+  const float* xe = p.x + b0 * half;
+  const float* xo = p.x + p.n * half + b0 * half;
+  const int8_t* w = p.w + o0 * half;
+  vfloat acc[R][NB] = {};
+  float tail[R][NB] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    float s[R];
+    for (int r = 0; r < R; ++r) s[r] = p.scale[(o0 + r) * groups + g];
+    const int64_t end = (g + 1) * group_bytes;
+    int64_t j = g * group_bytes;
+    for (; j + kWidth <= end; j += kWidth) {
+      vfloat lo[R], hi[R];
+      for (int r = 0; r < R; ++r) {
+        widen_int4(w + r * half + j, &lo[r], &hi[r]);
+        lo[r] *= s[r];
+        hi[r] *= s[r];
+      }
+      for (int b = 0; b < NB; ++b) {
+        const vfloat e = load_floats(xe + b * half + j), o = load_floats(xo + b * half + j);
+        for (int r = 0; r < R; ++r) acc[r][b] += lo[r] * e + hi[r] * o;
+      }
+    }
+    for (; j < end; ++j) {
+      for (int r = 0; r < R; ++r) {
+        const int8_t byte = w[r * half + j];
+        const float lo = static_cast<float>(static_cast<int8_t>(byte << 4) >> 4) * s[r];
+        const float hi = static_cast<float>(byte >> 4) * s[r];
+        for (int b = 0; b < NB; ++b) tail[r][b] += lo * xe[b * half + j] + hi * xo[b * half + j];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r] = lane_sum(acc[r][b]) + tail[r][b];
+}
+
+typedef void (*BlockFn)(const Problem&, int64_t, int64_t);
+
+template <int R, int NB>
+struct Int8Kernel {
+  static void run(const Problem& p, int64_t o0, int64_t b0) { int8_block<R, NB>(p, o0, b0); }
+};
+template <int R, int NB>
+struct Int4Kernel {
+  static void run(const Problem& p, int64_t o0, int64_t b0) { int4_block<R, NB>(p, o0, b0); }
+};
+
+// The block function for R output channels and a batch tile of nb rows (1..kMaxBatchTile).
+template <template <int, int> class K, int R>
+static BlockFn block_fn(int nb) {
+  switch (nb) {
+    case 1: return &K<R, 1>::run;
+    case 2: return &K<R, 2>::run;
+    case 3: return &K<R, 3>::run;
+    default: return &K<R, 4>::run;
+  }
+}
+
+// Blocks of kRows output channels split over the threads (the last block may be shorter);
+// each block meets the batch in tiles of kMaxBatchTile rows while its weights sit in cache.
+template <template <int, int> class K>
+static void run_all(const Problem& p, int threads) {
+  const int64_t blocks = (p.out + kRows - 1) / kRows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t o0 = blk * kRows, rows = std::min<int64_t>(kRows, p.out - o0);
+    for (int64_t b0 = 0; b0 < p.n; b0 += kMaxBatchTile) {
+      const int nb = static_cast<int>(std::min<int64_t>(kMaxBatchTile, p.n - b0));
+      if (rows == kRows) {
+        block_fn<K, kRows>(nb)(p, o0, b0);
+      } else {
+        for (int64_t r = 0; r < rows; ++r) block_fn<K, 1>(nb)(p, o0 + r, b0);
+      }
+    }
+  }
+}
+
+// x [n, in] -> its even inputs [n, in/2] followed by its odd inputs [n, in/2].
+static std::vector<float> split_even_odd(const float* x, int64_t n, int64_t in) {
+  const int64_t half = in / 2;
+  std::vector<float> out(static_cast<size_t>(n * in));
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t j = 0; j < half; ++j) {
+      out[b * half + j] = x[b * in + 2 * j];
+      out[n * half + b * half + j] = x[b * in + 2 * j + 1];
+    }
+  }
+  return out;
+}
+
+std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
+                                             const paddle::Tensor& scale, int bits, int group_size, int threads) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2,
+           "glm_weight_only_linear: x must be a float32 [rows, in] CPU tensor");
+  PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
+  const int64_t n = x.shape()[0], in = x.shape()[1], out = w.shape()[0];
+  PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
+  PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
+           "glm_weight_only_linear: group_size must be a positive even divisor of in");
+  PD_CHECK(scale.numel() == (bits == 8 ? out : out * (in / group_size)),
+           "glm_weight_only_linear: scale does not match the weight");
+  paddle::Tensor y = paddle::empty({n, out}, paddle::DataType::FLOAT32, x.place());
+  const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
+  if (bits == 8) {
+    run_all<Int8Kernel>(Problem{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0}, threads);
+  } else {
+    const std::vector<float> split = split_even_odd(x.data<float>(), n, in);
+    run_all<Int4Kernel>(Problem{split.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
+                        threads);
+  }
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> WeightOnlyLinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                        const std::vector<int64_t>& scale) {
+  return {{x[0], w[0]}};
+}
+
+std::vector<paddle::DataType> WeightOnlyLinearDtype(const paddle::DataType& x, const paddle::DataType& w,
+                                                    const paddle::DataType& scale) {
+  return {paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(glm_weight_only_linear)
+    .Inputs({"X", "W", "Scale"})
+    .Outputs({"Out"})
+    .Attrs({"bits: int", "group_size: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(WeightOnlyLinear))
+    .SetInferShapeFn(PD_INFER_SHAPE(WeightOnlyLinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(WeightOnlyLinearDtype));

@@ -1,0 +1,352 @@
+"""Weight-only int8/int4 kernels: quantization by exact arithmetic, the C++ operator and the tiled
+fallback against a float64 reference, every route decision, the operator's build cache, and the
+CUDA layout against ``paddle.nn.quant.weight_quantize``'s own output (which runs on CPU)."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_glm import GLMError
+from paddle_glm.quantization import cpu_operator
+from paddle_glm.quantization import kernels
+from paddle_glm.quantization.kernels import (CPU_OPERATOR, CPU_TILED_FALLBACK, CUDA_WEIGHT_ONLY, choose_route,
+                                             dequantize_weight, quantize_weight, to_cuda_layout, weight_only_linear)
+from paddle_glm.quantization.cuda_layout import cuda_arch, cuda_weight_only_args
+
+INT8, INT4 = "weight_only_int8", "weight_only_int4"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- quantize / dequantize by exact arithmetic ---
+
+def test_int8_per_channel_by_hand():
+    w = np.array([[127, -3, 2.5, -0.5, 0],  # scale 1: 2.5 and -0.5 are ties, rounded to even
+                  [0, 0, 0, 0, 0],  # a zero channel: scale 0, no NaN
+                  [-254, 1.5, 3, 0.75, 254]], np.float32)  # scale 2
+    q, s = quantize_weight(w, INT8)
+    assert q.dtype == np.int8 and s.dtype == np.float32
+    np.testing.assert_array_equal(s, [1, 0, 2])
+    np.testing.assert_array_equal(q, [[127, -3, 2, 0, 0], [0, 0, 0, 0, 0], [-127, 1, 2, 0, 127]])
+    np.testing.assert_array_equal(dequantize_weight(q, s, INT8), [[127, -3, 2, 0, 0], [0] * 5, [-254, 2, 4, 0, 254]])
+
+
+def test_int4_groups_and_nibble_order_by_hand():
+    w = np.array([[7, -1, 0, 0, 14, -2, 3, -7]], np.float32)  # groups of 4: scales 1 and 2
+    q, s = quantize_weight(w, INT4, group_size=4)  # the second group: 7, -1, 2 (1.5, a tie), -4 (-3.5, a tie)
+    np.testing.assert_array_equal(s, [[1, 2]])
+    # byte j = element 2j in the low nibble | element 2j+1 in the high nibble, two's complement
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, [[0xF7, 0x00, 0xF7, 0xC2]])
+    np.testing.assert_array_equal(dequantize_weight(q, s, INT4, 4), [[7, -1, 0, 0, 14, -2, 4, -8]])
+
+
+def test_every_nibble_unpacks_to_its_value():
+    packed = np.arange(256, dtype=np.uint8).reshape(1, 256)
+    values = kernels.unpack_int4(packed)
+    low, high = np.arange(256) % 16, np.arange(256) // 16
+    np.testing.assert_array_equal(values[0, 0::2], np.where(low >= 8, low - 16, low))
+    np.testing.assert_array_equal(values[0, 1::2], np.where(high >= 8, high - 16, high))
+    assert values.min() == -8 and values.max() == 7
+
+
+def test_full_range_round_trips():
+    q8 = np.arange(-127, 128, dtype=np.int8).reshape(1, -1)
+    s8 = np.array([0.5], np.float32)
+    q, s = quantize_weight(dequantize_weight(q8, s8, INT8), INT8)
+    np.testing.assert_array_equal(q, q8)
+    np.testing.assert_array_equal(s, s8)
+    q4 = np.array([[v & 0xF | ((-v) & 0xF) << 4 for v in range(-7, 8)] + [0]], np.uint8)  # -7..7 and 7..-7
+    s4 = np.array([[0.25]], np.float32)
+    q, s = quantize_weight(dequantize_weight(q4, s4, INT4, 32), INT4, 32)
+    np.testing.assert_array_equal(q, q4)
+    np.testing.assert_array_equal(s, s4)
+
+
+@pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 32), (INT4, 64), (INT4, 128)])
+def test_zero_rows_and_groups_no_nan_no_warning(quant_type, group_size):
+    w = np.random.default_rng(0).standard_normal((6, 256)).astype(np.float32)
+    w[1] = 0
+    w[3, :128] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q, s = quantize_weight(w, quant_type, group_size)
+        d = dequantize_weight(q, s, quant_type, group_size)
+    assert np.isfinite(d).all() and not d[1].any() and not d[3, :128].any()
+    assert np.abs(d - w).max() <= (s.max() / 2) * 1.0001  # each value within half a step
+
+
+def test_chunked_quantization_equals_one_chunk(monkeypatch):
+    w = np.random.default_rng(1).standard_normal((37, 128)).astype(np.float16)  # float16 input too
+    whole = [quantize_weight(w, qt, 64) for qt in (INT8, INT4)]
+    monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 300)  # 2 rows per chunk
+    for (q, s), qt in zip(whole, (INT8, INT4)):
+        q2, s2 = quantize_weight(w, qt, 64)
+        np.testing.assert_array_equal(q, q2)
+        np.testing.assert_array_equal(s, s2)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_weights_are_refused(bad):
+    w = np.ones((3, 64), np.float32)
+    w[2, 5] = bad
+    for qt in (INT8, INT4):
+        with pytest.raises(GLMError, match="^weight has non-finite values$"):
+            quantize_weight(w, qt)
+
+
+@pytest.mark.parametrize("quant_type,group_size,shape,match", [
+    ("int8", 64, (4, 64), "quant_type"),
+    (INT4, 0, (4, 64), "group_size"),
+    (INT4, -64, (4, 64), "group_size"),
+    (INT4, 3, (4, 63), "odd"),
+    (INT4, 5, (4, 60), "group_size"),  # odd group
+    (INT4, 48, (4, 64), "group_size"),  # not a divisor
+    (INT8, 64, (4, 64, 1), "2-D"),
+])
+def test_bad_arguments_are_one_line(quant_type, group_size, shape, match):
+    with pytest.raises(GLMError, match=match) as info:
+        quantize_weight(np.ones(shape, np.float32), quant_type, group_size)
+    assert "\n" not in str(info.value)
+
+
+# --- the kernels against a float64 reference ---
+
+def _case(quant_type, group_size, out_features, in_features, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_features, in_features)).astype(np.float32)
+    w[0] = 0  # a zero channel
+    q, s = quantize_weight(w, quant_type, group_size)
+    return q, s, dequantize_weight(q, s, quant_type, group_size).astype(np.float64)
+
+
+def _rel_err(got, ref):
+    return np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
+
+
+SHAPES = [(INT8, 64, o, i) for o in (1, 3, 17, 130) for i in (1, 3, 17, 130, 1000)] + [
+    (INT4, g, o, i) for g in (32, 64, 128) for o in (1, 3, 17, 130) for i in (128, 384, 1024) if i % g == 0] + [
+    (INT4, 2, 5, 6), (INT4, 6, 7, 18), (INT4, 130, 3, 260)]  # groups shorter than a vector / not a multiple of it
+
+
+@pytest.mark.parametrize("quant_type,group_size,out_features,in_features", SHAPES)
+def test_operator_and_fallback_match_float64(quant_type, group_size, out_features, in_features):
+    built, reason = cpu_operator.status()
+    assert built, reason
+    q, s, d = _case(quant_type, group_size, out_features, in_features)
+    qt, st = paddle.to_tensor(q), paddle.to_tensor(s)
+    rng = np.random.default_rng(out_features * in_features)
+    for n in (1, 2, 3, 5, 8, 16):
+        x = rng.standard_normal((n, in_features)).astype(np.float32)
+        x[n // 2] = 0  # a zero row of x
+        ref = x.astype(np.float64) @ d.T
+        xt = paddle.to_tensor(x)
+        op = cpu_operator.run(xt, qt, st, quant_type, group_size).numpy()
+        tiled = kernels.tiled_fallback(xt, qt, st, quant_type, group_size).numpy()
+        assert _rel_err(op, ref) <= 1e-5, n
+        assert _rel_err(tiled, ref) <= 1e-5, n
+        assert not op[n // 2].any()
+
+
+@pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 64)])
+def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
+    q, s, d = _case(quant_type, group_size, 96, 256, seed=3)
+    rng = np.random.default_rng(4)
+    bias = rng.standard_normal(96).astype(np.float32)
+    for shape in ((7, 256), (2, 3, 256), (1, 1, 256)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        for b in (None, bias):
+            got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s),
+                                     None if b is None else paddle.to_tensor(b),
+                                     quant_type=quant_type, group_size=group_size)
+            ref = x.astype(np.float64) @ d.T + (0 if b is None else b)
+            assert list(got.shape) == list(shape[:-1]) + [96]
+            assert _rel_err(got.numpy(), ref) <= 1e-5
+
+
+def test_operator_reads_a_non_contiguous_x():
+    q, s, d = _case(INT8, 64, 40, 64, seed=5)
+    x = paddle.to_tensor(np.random.default_rng(6).standard_normal((64, 3)).astype(np.float32)).t()  # [3, 64] view
+    got = weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=INT8)
+    assert _rel_err(got.numpy(), x.numpy().astype(np.float64) @ d.T) <= 1e-5
+
+
+# --- the dispatch ---
+
+@pytest.mark.parametrize("case,expected", [
+    (("cpu", "float32", INT8, True), CPU_OPERATOR),
+    (("cpu", "float32", INT4, True), CPU_OPERATOR),
+    (("cpu", "float32", INT8, False), CPU_TILED_FALLBACK),
+    (("cpu", "float32", INT4, False), CPU_TILED_FALLBACK),
+    (("gpu", "float16", INT8, False), CUDA_WEIGHT_ONLY),  # the CPU operator plays no part on a GPU
+    (("gpu", "bfloat16", INT4, True), CUDA_WEIGHT_ONLY),
+])
+def test_choose_route(case, expected):
+    assert choose_route(*case) == expected
+
+
+@pytest.mark.parametrize("case,match", [
+    (("cpu", "float16", INT8, True), "^half precision on CPU: Paddle has no CPU kernels for it; use float32$"),
+    (("cpu", "bfloat16", INT4, False), "^half precision on CPU"),
+    (("gpu", "float32", INT8, False), "float16 or bfloat16"),
+    (("cpu", "float32", "int8", True), "quant_type"),
+])
+def test_choose_route_refusals(case, match):
+    with pytest.raises(GLMError, match=match):
+        choose_route(*case)
+
+
+@pytest.mark.parametrize("capability,arch", [(70, 70), (72, 70), (75, 75), (80, 80), (86, 86), (87, 86),
+                                             (89, 89), (90, 90), (100, 100), (103, 100)])
+def test_cuda_arch(capability, arch):
+    assert cuda_arch(capability) == arch
+
+
+@pytest.mark.parametrize("capability", [61, 120])
+def test_cuda_arch_without_kernels(capability):
+    with pytest.raises(GLMError, match="no weight-only kernel for compute capability"):
+        cuda_arch(capability)
+
+
+def test_cuda_call_arguments():
+    assert cuda_weight_only_args(INT8, 64, 80) == {"weight_dtype": "int8", "arch": 80, "group_size": -1}
+    assert cuda_weight_only_args(INT4, 128, 90) == {"weight_dtype": "int4", "arch": 90, "group_size": 128}
+    with pytest.raises(GLMError, match="group_size 32: .* 64 or 128 only"):
+        cuda_weight_only_args(INT4, 32, 80)
+
+
+# --- the CUDA layout against weight_quantize (CPU-runnable with a GPU arch) ---
+
+def _fp16_exact_case(quant_type, group_size, out_features, in_features, seed):
+    """Integers and scales whose products are exact in float16, each row/group reaching +-qmax,
+    so weight_quantize on the dequantized float16 weight recomputes exactly our q and scale."""
+    rng = np.random.default_rng(seed)
+    qmax = 127 if quant_type == INT8 else 7
+    groups = 1 if quant_type == INT8 else in_features // group_size
+    q = rng.integers(-qmax, qmax + 1, (out_features, in_features)).astype(np.int8)
+    q.reshape(out_features, groups, -1)[:, :, 0] = qmax * rng.choice([-1, 1], (out_features, groups))
+    s = (2.0 ** rng.integers(-12, -4, (out_features, groups)) * (1 + rng.integers(0, 8, (out_features, groups)) / 8))
+    if quant_type == INT8:
+        return q, s[:, 0].astype(np.float32)
+    pairs = q.reshape(out_features, -1, 2).view(np.uint8) & 0xF
+    return (pairs[:, :, 0] | pairs[:, :, 1] << 4).astype(np.uint8), s.astype(np.float32)
+
+
+@pytest.mark.parametrize("arch", [70, 75, 80, 86, 89, 90, 100])
+@pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 64), (INT4, 128)])
+def test_to_cuda_layout_equals_weight_quantize(arch, quant_type, group_size):
+    q, s = _fp16_exact_case(quant_type, group_size, 192, 384, seed=arch)
+    w = dequantize_weight(q, s, quant_type, group_size)
+    assert np.array_equal(w.astype(np.float16).astype(np.float32), w)
+    ref_w, ref_s = paddle.nn.quant.weight_quantize(paddle.to_tensor(w.T.copy()).astype("float16"), algo=quant_type,
+                                                   arch=arch, group_size=-1 if quant_type == INT8 else group_size)
+    got_w, got_s = to_cuda_layout(q, s, quant_type, group_size, arch)
+    assert got_w.dtype == np.int8 and got_w.shape == tuple(ref_w.shape)
+    np.testing.assert_array_equal(got_w, ref_w.numpy())
+    np.testing.assert_array_equal(got_s.astype(np.float16), ref_s.numpy())
+
+
+@pytest.mark.parametrize("quant_type,group_size,shape,match", [
+    (INT4, 32, (64, 32), "group_size 32"),
+    (INT8, 64, (64, 96), "multiple of 64"),
+    (INT8, 64, (64, 128), "arch 92"),
+])
+def test_to_cuda_layout_refusals(quant_type, group_size, shape, match):
+    with pytest.raises(GLMError, match=match):
+        to_cuda_layout(np.zeros(shape, np.int8 if quant_type == INT8 else np.uint8),
+                       np.zeros(shape[0], np.float32), quant_type, group_size, 92 if "arch" in match else 80)
+
+
+# --- the operator's build, cache and fallback ---
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, paddle
+    from paddle_glm.quantization import cpu_operator
+    from paddle_glm.quantization.kernels import dequantize_weight, quantize_weight, weight_only_linear
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for qt in ("weight_only_int8", "weight_only_int4"):
+        for out_f, in_f in ((13, 64), (130, 1024)):
+            q, s = quantize_weight(rng.standard_normal((out_f, in_f)).astype("float32"), qt, 64)
+            x = rng.standard_normal((5, in_f)).astype("float32")
+            ref = x.astype("f8") @ dequantize_weight(q, s, qt, 64).astype("f8").T
+            for _ in range(2):
+                got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type=qt)
+                worst = max(worst, float(np.abs(got.numpy() - ref).max() / np.abs(ref).max()))
+    print("STATUS", cpu_operator.status()[0], "ERR", worst)
+""")
+
+
+def _run_script(env_changes, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_changes)
+    return subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc, timeout=300):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, err
+    status, error = out.split("STATUS ")[1].split(" ERR ")
+    return status == "True", float(error), [line for line in err.splitlines() if line.startswith("paddle_glm:")]
+
+
+@pytest.mark.parametrize("env,reason", [
+    ({"PADDLE_GLM_WEIGHT_ONLY_OPERATOR": "0"}, "PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0"),
+    ({"CXX": "/nonexistent/g++"}, "no C++ compiler"),
+    ({"CXX": "false"}, "the build exited with status 1"),  # a compiler that fails
+])
+def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):
+    built, error, notices = _finish(_run_script(dict(env, PADDLE_GLM_CACHE_DIR=str(tmp_path))))
+    assert not built and error <= 1e-5
+    fallback = [line for line in notices if "tiled dequantization" in line]
+    assert len(fallback) == 1 and reason in fallback[0], notices
+    assert len(notices) == (2 if env.get("CXX") == "false" else 1)  # plus the one build notice when it tried
+    ops = tmp_path / "ops"
+    assert set(os.listdir(ops) if ops.exists() else []) <= {"last-failed-build.log"}  # no temporary build left
+
+
+def test_a_build_that_loses_the_race_keeps_the_winners_library(tmp_path, monkeypatch):
+    library = tmp_path / "ops" / "key" / (cpu_operator.OP_NAME + ".so")
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"winner")
+
+    def fake_compile(compiler, flags, tmp, ops_dir):
+        os.makedirs(os.path.join(tmp, "work", cpu_operator.OP_NAME))
+        with open(os.path.join(tmp, "work", cpu_operator.OP_NAME, cpu_operator.OP_NAME + ".so"), "wb") as f:
+            f.write(b"loser")
+        return ""
+
+    monkeypatch.setattr(cpu_operator, "_compile", fake_compile)
+    lines = []
+    assert cpu_operator.build("g++", [], str(library), announce=lines.append) == ""
+    assert library.read_bytes() == b"winner" and os.listdir(tmp_path / "ops") == ["key"]
+    assert lines == ["paddle_glm: building the weight-only CPU operator (once, ~10 s)"]
+
+
+def test_cache_key_follows_paddle_compiler_flags_and_source():
+    key = cpu_operator.cache_key("/usr/bin/g++", ["-march=native"])
+    assert key.startswith(paddle.__version__ + "-")
+    assert key != cpu_operator.cache_key("/usr/bin/g++", ["-march=x86-64"])
+    assert key == cpu_operator.cache_key("/usr/bin/g++", ["-march=native"])
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_portable_operator_at_once(tmp_path):
+    """Both build the baseline x86-64 variant (no AVX2: the plain-loop path) into one fresh cache at
+    the same time; both load a working library and the cache holds one complete build, no leftovers."""
+    env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_WEIGHT_ONLY_CFLAGS": "-march=x86-64"}
+    procs = [_run_script(env), _run_script(env)]
+    results = [_finish(p, timeout=900) for p in procs]
+    for built, error, notices in results:
+        assert built and error <= 1e-5 and len(notices) <= 1
+    (key,) = os.listdir(tmp_path / "ops")
+    assert os.listdir(tmp_path / "ops" / key) == [cpu_operator.OP_NAME + ".so"]
