@@ -6,6 +6,7 @@ from typing import Iterable, Optional, Tuple, Union
 import numpy as np
 import paddle
 
+from .attention import device_type
 from .checkpoint.layout import PADDLE
 from .checkpoint.loader import load_checkpoint
 from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
@@ -68,6 +69,11 @@ class PretrainedMixin:
             select = parallelize(model).select
         load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select,
                         assign=assign, layout=layout)
+        if quantization is not None and device_type() == "gpu":
+            from .quantization.cuda_layout import cuda_arch, cuda_capability
+            from .quantization.rewrite import convert_for_cuda
+
+            convert_for_cuda(model, cuda_arch(cuda_capability()))
         model.eval()
         return model
 

@@ -163,3 +163,25 @@ def test_streaming_and_multiple_choice_on_a_quantized_model(tokenizer):
         scores[quant_type] = scorer(**choices).logits.numpy()
     assert scores[INT8].argmax() == scores[None].argmax() == 0
     np.testing.assert_allclose(scores[INT8], scores[None], rtol=0.1)
+
+
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+def test_conversion_for_cuda_reorders_the_linears_and_dequantizes_the_embeddings(quant_type):
+    """What from_pretrained does on a GPU (only the CUDA kernel itself cannot run here): each Linear holds
+    ``to_cuda_layout`` of its stored weights, the embeddings hold their dequantized rows."""
+    from paddle_glm.model import WordEmbeddings
+    from paddle_glm.quantization.rewrite import convert_for_cuda
+
+    model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False,
+                                                        quant_type=quant_type)
+    dense = model.glm.transformer.layers[1].mlp.dense_4h_to_h
+    embeddings = model.glm.word_embeddings
+    stored = dense.weight.numpy(), dense.weight_scale.numpy()
+    table = kernels.dequantize_weight(embeddings.weight.numpy(), embeddings.weight_scale.numpy(), quant_type,
+                                      embeddings.group_size)
+    convert_for_cuda(model, 80)
+    weight, scale = kernels.to_cuda_layout(*stored, quant_type, dense.group_size, 80)
+    np.testing.assert_array_equal(dense.weight.numpy(), weight)
+    np.testing.assert_array_equal(dense.weight_scale.numpy(), scale)
+    assert isinstance(model.glm.word_embeddings, WordEmbeddings)
+    np.testing.assert_array_equal(model.glm.word_embeddings.weight.numpy(), table)

@@ -17,13 +17,15 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import numpy as np
+import paddle
 import paddle.nn as nn
 
 from ..attention import dtype_str
 from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
 from ..errors import CheckpointError, GLMError
-from .layers import QuantizedEmbedding, QuantizedLinear, _QuantizedWeight
+from .kernels import dequantize_weight, to_cuda_layout
+from .layers import QuantizedEmbedding, QuantizedLinear, _lazy_parameter, _QuantizedWeight
 from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
 
 # The quantized Linears of each block: (parent sublayer, attribute)
@@ -119,8 +121,6 @@ def _swap(parent: nn.Layer, attr: str, old: nn.Layer, new: nn.Layer) -> None:
 def quantized_model_bytes(config, settings: QuantSettings, dtype: str = "float32") -> int:
     """Bytes of the weights of ``GLMForConditionalGeneration(config)`` quantized with ``settings``, the float
     parts in ``dtype`` (built lazily: no memory)."""
-    import paddle
-
     from ..devices import default_dtype
     from ..model import GLMForConditionalGeneration
 
@@ -128,3 +128,38 @@ def quantized_model_bytes(config, settings: QuantSettings, dtype: str = "float32
         model = GLMForConditionalGeneration(config)
     quantize_model(model, settings)
     return sum(int(np.prod(p.shape)) * p.element_size() for p in model.state_dict().values())
+
+
+def convert_for_cuda(model: nn.Layer, arch: int) -> None:
+    """Put a loaded quantized model in the layout Paddle's CUDA ``weight_only_linear`` reads, in place.
+
+    Each QuantizedLinear's weight and scale are reordered for ``arch`` (``kernels.to_cuda_layout``:
+    no requantization; the scale in the compute dtype). Quantized word embeddings are dequantized
+    to the compute dtype: a lookup gathers rows, which the CUDA layout does not keep. Run by
+    ``from_pretrained`` on a GPU; unverified there (no GPU here), tested on CPU.
+    """
+    from ..model import WordEmbeddings
+
+    base = getattr(model, "glm", model)
+    dtype = base.compute_dtype
+    for layer in base.sublayers():
+        if isinstance(layer, QuantizedLinear):
+            weight, scale = to_cuda_layout(layer.weight.numpy(), layer.weight_scale.numpy(), layer.quant_type,
+                                           layer.group_size, arch)
+            layer.weight = _parameter_holding(layer, weight)
+            layer.weight_scale = _parameter_holding(layer, paddle.to_tensor(scale).astype(dtype))
+    embeddings = base.word_embeddings
+    if isinstance(embeddings, QuantizedEmbedding):
+        dense = dequantize_weight(embeddings.weight.numpy(), embeddings.weight_scale.numpy(), embeddings.quant_type,
+                                  embeddings.group_size)  # [vocab, hidden]
+        with paddle.LazyGuard():
+            base.word_embeddings = WordEmbeddings(*dense.shape)
+        base.word_embeddings.weight.set_value(paddle.to_tensor(dense).astype(dtype))
+
+
+def _parameter_holding(layer: nn.Layer, value) -> paddle.Tensor:
+    """A frozen parameter of ``layer`` holding ``value`` (a numpy array or tensor)."""
+    tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+    param = _lazy_parameter(layer, list(tensor.shape), dtype_str(tensor.dtype))
+    param.set_value(tensor)
+    return param
