@@ -214,7 +214,8 @@ def make_sparse_checkpoint(directory: str, model: str = GLM_10B, shards: int = G
             header, offset = {"__metadata__": {"format": "np"}}, 0
             for name in group:
                 nbytes = int(np.prod(shape_of[name])) * 2
-                header[name] = {"dtype": "F16", "shape": list(shape_of[name]), "data_offsets": [offset, offset + nbytes]}
+                header[name] = {"dtype": "F16", "shape": list(shape_of[name]),
+                                "data_offsets": [offset, offset + nbytes]}
                 offset += nbytes
             blob = json.dumps(header, separators=(",", ":")).encode()
             blob += b" " * (-len(blob) % 8)

@@ -182,3 +182,25 @@ def test_lora_on_a_quantized_model_adds_the_adapter_delta(tmp_path):
     reloaded = load_adapter(GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False,
                                                                         quant_type=INT8), str(tmp_path / "adapter"))
     np.testing.assert_array_equal(logits(reloaded), logits(model))
+
+
+@pytest.mark.slow
+def test_an_adapter_trained_on_fp32_keeps_its_fills_on_int8(tmp_path):
+    """The README's finetuning example (LoRA on the fp32 demo model), loaded on the int8 model."""
+    facts = [json.loads(line) for line in
+             (DEMO_MODEL_DIR.parent.parent / "examples" / "facts.jsonl").read_text(encoding="utf-8").splitlines()]
+    code, _, err = run_cli("finetune", DEMO_MODEL_DIR, "--train", DEMO_MODEL_DIR.parent.parent / "examples" /
+                           "facts.jsonl", "--lora", "--epochs", "60", "--batch-size", "5", "--lr", "1e-2",
+                           "--out", tmp_path / "adapter")
+    assert code == 0, err
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(DEMO_MODEL_DIR))
+
+    def answers(quant_type):
+        model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False,
+                                                            quant_type=quant_type)
+        model = load_adapter(model, str(tmp_path / "adapter"))
+        return [fill_blanks(model, tokenizer, f["src"], max_new_tokens=8)[1] for f in facts]
+
+    float_answers = answers(None)
+    assert sum(a == [f["tgt"]] for a, f in zip(float_answers, facts)) >= 4
+    assert answers(INT8) == float_answers

@@ -40,6 +40,8 @@ def _lazy_parameter(layer: nn.Layer, shape: List[int], dtype: str, is_bias: bool
 class _QuantizedWeight(nn.Layer):
     """``weight`` + ``weight_scale`` of an ``[out, in]`` matrix quantized with ``settings``."""
 
+    transposed_in_paddle = False  # whether the float layer it replaces stores the weight [in, out]
+
     def __init__(self, out_features: int, in_features: int, settings: QuantSettings):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -53,6 +55,10 @@ class _QuantizedWeight(nn.Layer):
         qweight, scale = quantize_weight(weight, self.quant_type, self.group_size)
         self.weight.set_value(qweight)
         self.weight_scale.set_value(scale)
+
+    def set_paddle_weight(self, weight: np.ndarray) -> None:
+        """Quantize the float weight of the layer this one replaces, in that layer's (Paddle's) layout."""
+        self.set_float_weight(weight.T if self.transposed_in_paddle else weight)  # Linear: [in, out] -> [out, in]
 
     def product(self, x: paddle.Tensor, bias=None) -> paddle.Tensor:
         """``x @ W.T + bias`` for ``x`` ``[..., in]`` with the dequantized weight ``W`` ``[out, in]``."""
@@ -68,6 +74,8 @@ class QuantizedLinear(_QuantizedWeight):
 
     ``weight_scale`` is float32; ``bias`` ``[out]`` is in ``dtype`` (the compute dtype).
     """
+
+    transposed_in_paddle = True  # nn.Linear.weight is [in, out]
 
     def __init__(self, in_features: int, out_features: int, settings: QuantSettings, dtype):
         super().__init__(out_features, in_features, settings)

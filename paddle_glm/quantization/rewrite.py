@@ -34,7 +34,7 @@ SCALE_SUFFIX = "_scale"  # "<name>.weight" -> "<name>.weight_scale"
 
 
 def quantized_weight_names(config, settings: QuantSettings) -> List[str]:
-    """The checkpoint names (without ``glm.``) of the weights ``settings`` quantize, each ``[out, in]`` once quantized."""
+    """The checkpoint names (without ``glm.``) of the weights ``settings`` quantize."""
     names = [f"transformer.layers.{i}.{parent}.{attr}.weight" for i in range(config.num_layers)
              for parent, attr in LINEARS]
     return names + (["word_embeddings.weight"] if settings.quantize_embeddings else [])
@@ -55,8 +55,7 @@ class QuantizedLoading:
         if layer is None or field not in ("weight", "weight" + SCALE_SUFFIX):
             return None
         if field == "weight" and array.dtype in STORAGE.values():  # a float weight: quantize it now
-            weight = cast_array(array, "float32")  # one tensor at a time
-            layer.set_float_weight(weight if isinstance(layer, QuantizedEmbedding) else weight.T)  # [in, out] -> [out, in]
+            layer.set_paddle_weight(cast_array(array, "float32"))  # one tensor at a time
             return [key, key + SCALE_SUFFIX]
         param = getattr(layer, field)
         expected = np.dtype(dtype_str(param.dtype))
@@ -111,8 +110,7 @@ def _refuse_other_rewrites(model: nn.Layer) -> None:
 def _swap(parent: nn.Layer, attr: str, old: nn.Layer, new: nn.Layer) -> None:
     """Put ``new`` in place of ``old``, quantizing its float weight (and copying its bias) if loaded."""
     if old.weight._is_initialized():
-        weight = old.weight.numpy().astype(np.float32)
-        new.set_float_weight(weight if isinstance(new, QuantizedEmbedding) else weight.T)  # Linear: [in, out] -> [out, in]
+        new.set_paddle_weight(old.weight.numpy().astype(np.float32))
         if getattr(new, "bias", None) is not None:
             new.bias.set_value(old.bias)
     setattr(parent, attr, new)

@@ -138,6 +138,7 @@ def settings_for_load(config, path: str, requested: Optional[QuantSettings], dty
     settings = recorded or requested
     if settings is None:
         return None
+    dtype = None if dtype is None else str(dtype).replace("paddle.", "")
     if dtype not in (None, "float32") and not device.startswith("gpu"):
         raise GLMError(f"dtype {dtype} (--dtype) with quantization (--quant-type) on {device}: Paddle has no "
                        "half-precision CPU kernels; the quantized model computes in float32 on CPU")
