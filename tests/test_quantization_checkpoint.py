@@ -204,3 +204,12 @@ def test_an_adapter_trained_on_fp32_keeps_its_fills_on_int8(tmp_path):
     float_answers = answers(None)
     assert sum(a == [f["tgt"]] for a, f in zip(float_answers, facts)) >= 4
     assert answers(INT8) == float_answers
+
+
+@pytest.mark.parametrize("safe_serialization", [True, False])
+def test_save_pretrained_of_a_quantized_model_loads_back(tmp_path, safe_serialization):
+    model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False, quant_type=INT4)
+    model.save_pretrained(str(tmp_path), safe_serialization=safe_serialization)
+    loaded = GLMForConditionalGeneration.from_pretrained(str(tmp_path), show_progress=False)
+    assert loaded.quantization == model.quantization
+    np.testing.assert_array_equal(logits(loaded), logits(model))

@@ -28,7 +28,7 @@ def stored_shapes(out_features: int, in_features: int, settings: QuantSettings) 
     return [out_features, in_features // 2], "uint8", [out_features, in_features // settings.group_size]
 
 
-def _lazy_parameter(layer: nn.Layer, shape: List[int], dtype: str, is_bias: bool = False) -> paddle.Tensor:
+def lazy_parameter(layer: nn.Layer, shape: List[int], dtype: str, is_bias: bool = False) -> paddle.Tensor:
     """A frozen parameter without memory until a value is set."""
     with paddle.LazyGuard():
         param = layer.create_parameter(shape, dtype=dtype, is_bias=is_bias,
@@ -37,7 +37,7 @@ def _lazy_parameter(layer: nn.Layer, shape: List[int], dtype: str, is_bias: bool
     return param
 
 
-class _QuantizedWeight(nn.Layer):
+class QuantizedWeight(nn.Layer):
     """``weight`` + ``weight_scale`` of an ``[out, in]`` matrix quantized with ``settings``."""
 
     transposed_in_paddle = False  # whether the float layer it replaces stores the weight [in, out]
@@ -47,8 +47,8 @@ class _QuantizedWeight(nn.Layer):
         self.in_features, self.out_features = in_features, out_features
         self.quant_type, self.group_size = settings.quant_type, settings.kernel_group_size
         weight_shape, weight_dtype, scale_shape = stored_shapes(out_features, in_features, settings)
-        self.weight = _lazy_parameter(self, weight_shape, weight_dtype)
-        self.weight_scale = _lazy_parameter(self, scale_shape, "float32")
+        self.weight = lazy_parameter(self, weight_shape, weight_dtype)
+        self.weight_scale = lazy_parameter(self, scale_shape, "float32")
 
     def set_float_weight(self, weight: np.ndarray) -> None:
         """Quantize a float ``[out, in]`` weight into ``weight`` and ``weight_scale``."""
@@ -69,7 +69,7 @@ class _QuantizedWeight(nn.Layer):
         return f"in_features={self.in_features}, out_features={self.out_features}, quant_type={self.quant_type}"
 
 
-class QuantizedLinear(_QuantizedWeight):
+class QuantizedLinear(QuantizedWeight):
     """A weight-only quantized ``nn.Linear``: ``y = x @ W.T + bias``, W ``[out, in]`` stored quantized.
 
     ``weight_scale`` is float32; ``bias`` ``[out]`` is in ``dtype`` (the compute dtype).
@@ -79,13 +79,13 @@ class QuantizedLinear(_QuantizedWeight):
 
     def __init__(self, in_features: int, out_features: int, settings: QuantSettings, dtype):
         super().__init__(out_features, in_features, settings)
-        self.bias = _lazy_parameter(self, [out_features], dtype, is_bias=True)
+        self.bias = lazy_parameter(self, [out_features], dtype, is_bias=True)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return self.product(x, self.bias)
 
 
-class QuantizedEmbedding(_QuantizedWeight):
+class QuantizedEmbedding(QuantizedWeight):
     """Word embeddings ``[vocab, hidden]`` quantized per row (int4: per group of a row).
 
     A lookup gathers the ids' rows and dequantizes only them; :meth:`project` is the tied

@@ -25,7 +25,7 @@ from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
 from ..errors import CheckpointError, GLMError
 from .kernels import dequantize_weight, to_cuda_layout
-from .layers import QuantizedEmbedding, QuantizedLinear, _lazy_parameter, _QuantizedWeight
+from .layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, lazy_parameter
 from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
 
 # The quantized Linears of each block: (parent sublayer, attribute)
@@ -43,7 +43,7 @@ def quantized_weight_names(config, settings: QuantSettings) -> List[str]:
 class QuantizedLoading:
     """The loader's ``assign`` hook for a rewritten model: which layer receives each checkpoint tensor."""
 
-    def __init__(self, layers: Dict[str, _QuantizedWeight]):
+    def __init__(self, layers: Dict[str, QuantizedWeight]):
         self.layers = layers  # "transformer.layers.0.attention.dense" -> its quantized layer
 
     def assign(self, name: str, array: np.ndarray, where: str) -> Optional[List[str]]:
@@ -79,7 +79,7 @@ def quantize_model(model: nn.Layer, settings: QuantSettings) -> QuantizedLoading
     _refuse_other_rewrites(model)
     settings.check(base.config)
     dtype, hidden = base.compute_dtype, base.config.hidden_size
-    layers: Dict[str, _QuantizedWeight] = {}
+    layers: Dict[str, QuantizedWeight] = {}
     for i, block in enumerate(base.transformer.layers):
         for parent_name, attr in LINEARS:
             parent = getattr(block, parent_name)
@@ -158,6 +158,6 @@ def convert_for_cuda(model: nn.Layer, arch: int) -> None:
 def _parameter_holding(layer: nn.Layer, value) -> paddle.Tensor:
     """A frozen parameter of ``layer`` holding ``value`` (a numpy array or tensor)."""
     tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
-    param = _lazy_parameter(layer, list(tensor.shape), dtype_str(tensor.dtype))
+    param = lazy_parameter(layer, list(tensor.shape), dtype_str(tensor.dtype))
     param.set_value(tensor)
     return param
