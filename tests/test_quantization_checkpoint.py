@@ -213,3 +213,20 @@ def test_save_pretrained_of_a_quantized_model_loads_back(tmp_path, safe_serializ
     loaded = GLMForConditionalGeneration.from_pretrained(str(tmp_path), show_progress=False)
     assert loaded.quantization == model.quantization
     np.testing.assert_array_equal(logits(loaded), logits(model))
+
+
+def test_serve_quantizes_on_load_and_fills(tmp_path):
+    """A real server (``serve --quant-type weight_only_int4``) and a real HTTP client."""
+    import httpx
+    from test_serve import ServerProcess
+
+    server = ServerProcess(tmp_path / "serve.log", "--quant-type", INT4)
+    try:
+        server.wait_ready()
+        case = DEMO_CASES[4]
+        response = httpx.post(server.url + "/v1/fill", json={"text": case.text}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.json()["spans"] == list(case.expected)
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
