@@ -185,3 +185,20 @@ def test_conversion_for_cuda_reorders_the_linears_and_dequantizes_the_embeddings
     np.testing.assert_array_equal(dense.weight_scale.numpy(), scale)
     assert isinstance(model.glm.word_embeddings, WordEmbeddings)
     np.testing.assert_array_equal(model.glm.word_embeddings.weight.numpy(), table)
+
+
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+def test_gradients_reach_the_input_through_quantized_layers(quant_type):
+    """A LoRA adapter below a quantized layer trains: d(sum(y * g))/dx = g @ W with W dequantized."""
+    rng = np.random.default_rng(2)
+    settings = QuantSettings(quant_type)
+    linear = QuantizedLinear(128, 64, settings, paddle.float32)
+    linear.set_float_weight(rng.normal(0, 0.1, (64, 128)).astype("float32"))
+    linear.bias.set_value(np.zeros(64, "float32"))
+    dense = kernels.dequantize_weight(linear.weight.numpy(), linear.weight_scale.numpy(), quant_type,
+                                      settings.kernel_group_size)
+    x = paddle.to_tensor(rng.normal(0, 1, (2, 3, 128)).astype("float32"), stop_gradient=False)
+    g = rng.normal(0, 1, (2, 3, 64)).astype("float32")
+    (linear(x) * paddle.to_tensor(g)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), g @ dense, rtol=1e-5, atol=1e-5)
+    assert linear.weight.grad is None
