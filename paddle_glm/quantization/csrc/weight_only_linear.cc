@@ -110,27 +110,23 @@ static void int8_block(const Problem& p, int64_t o0, int64_t b0) {
 }
 
 // int4: the low nibbles multiply x's even inputs and the high nibbles its odd ones, so the
-// packed bytes need no shuffling; each group's scale multiplies the converted weights.
+// packed bytes need no shuffling; each group's sum is scaled once, at the group's end.
 template <int R, int NB>
 static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
   const int64_t half = p.in / 2, group_bytes = p.group_size / 2, groups = p.in / p.group_size;
   const float* xe = p.x + b0 * half;
   const float* xo = p.x + p.n * half + b0 * half;
   const int8_t* w = p.w + o0 * half;
-  vfloat acc[R][NB] = {};
+  vfloat total[R][NB] = {};
   float tail[R][NB] = {};
   for (int64_t g = 0; g < groups; ++g) {
-    float s[R];
-    for (int r = 0; r < R; ++r) s[r] = p.scale[(o0 + r) * groups + g];
+    vfloat acc[R][NB] = {};
+    float part[R][NB] = {};
     const int64_t end = (g + 1) * group_bytes;
     int64_t j = g * group_bytes;
     for (; j + kWidth <= end; j += kWidth) {
       vfloat lo[R], hi[R];
-      for (int r = 0; r < R; ++r) {
-        widen_int4(w + r * half + j, &lo[r], &hi[r]);
-        lo[r] *= s[r];
-        hi[r] *= s[r];
-      }
+      for (int r = 0; r < R; ++r) widen_int4(w + r * half + j, &lo[r], &hi[r]);
       for (int b = 0; b < NB; ++b) {
         const vfloat e = load_floats(xe + b * half + j), o = load_floats(xo + b * half + j);
         for (int r = 0; r < R; ++r) acc[r][b] += lo[r] * e + hi[r] * o;
@@ -139,14 +135,21 @@ static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
     for (; j < end; ++j) {
       for (int r = 0; r < R; ++r) {
         const int8_t byte = w[r * half + j];
-        const float lo = static_cast<float>(static_cast<int8_t>(byte << 4) >> 4) * s[r];
-        const float hi = static_cast<float>(byte >> 4) * s[r];
-        for (int b = 0; b < NB; ++b) tail[r][b] += lo * xe[b * half + j] + hi * xo[b * half + j];
+        const float lo = static_cast<float>(static_cast<int8_t>(byte << 4) >> 4);
+        const float hi = static_cast<float>(byte >> 4);
+        for (int b = 0; b < NB; ++b) part[r][b] += lo * xe[b * half + j] + hi * xo[b * half + j];
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float s = p.scale[(o0 + r) * groups + g];
+      for (int b = 0; b < NB; ++b) {
+        total[r][b] += acc[r][b] * s;
+        tail[r][b] += part[r][b] * s;
       }
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r] = lane_sum(acc[r][b]) + tail[r][b];
+    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r] = lane_sum(total[r][b]) + tail[r][b];
 }
 
 typedef void (*BlockFn)(const Problem&, int64_t, int64_t);
