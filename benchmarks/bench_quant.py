@@ -234,13 +234,22 @@ def glm_10b(work: str, quant_types, tokens: int = 4) -> dict:
     src = os.path.join(work, f"{GLM_10B}-fp16-sparse")
     make_sparse_checkpoint(src)
     out = {"fp16_bytes": directory_bytes(src), "largest_shard": largest_shard(src)}
-    for quant_type, q in quantize_all(src, work, GLM_10B, quant_types).items():
+    for quant_type in quant_types:
+        q = quantize_all(src, work, GLM_10B, [quant_type])[quant_type]
+        _progress(f"glm-10b {quant_type}: quantize", q)
         q["from_checkpoint"] = run_child(_LOAD_CHILD, [q["dir"], "", tokens])
+        _progress(f"glm-10b {quant_type}: from the quantized checkpoint", q["from_checkpoint"])
         q["from_fp16"] = run_child(_LOAD_CHILD, [src, quant_type, tokens])
+        _progress(f"glm-10b {quant_type}: from fp16, quantized on load", q["from_fp16"])
         q["rss_target"] = RSS_TARGETS_10B[quant_type]
         q["meets_rss_target"] = max(q["from_checkpoint"]["peak"], q["from_fp16"]["peak"]) <= q["rss_target"]
         out[quant_type] = q
     return out
+
+
+def _progress(what: str, result: dict) -> None:
+    """A figure as soon as it is measured (the glm-10b part takes many minutes), on stderr."""
+    print(f"{what}: {json.dumps(result)}", file=sys.stderr, flush=True)
 
 
 def targets(r: dict) -> dict:
