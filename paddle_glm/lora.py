@@ -2,7 +2,8 @@
 
 ``apply_lora`` swaps the matching ``nn.Linear`` layers for :class:`LoRALinear` (the same
 weight and bias, plus ``lora_A`` ``[in, r]`` and ``lora_B`` ``[r, out]``) and freezes every
-other parameter; the model code knows nothing of it. ``save_adapter`` writes
+other parameter; the model code knows nothing of it. Other linear layers register their
+wrapper in ``LORA_WRAPPERS`` (the quantized Linears of ``paddle_glm/quantization``). ``save_adapter`` writes
 ``lora_config.json`` and ``lora_model_state.pdparams`` under PaddleNLP's parameter names
 (``glm.transformer.layers.0.attention.query_key_value.lora_A``), so PaddleNLP's
 ``LoRAModel.from_pretrained`` reads ours and ``load_adapter`` reads PaddleNLP's.
