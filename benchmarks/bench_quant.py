@@ -21,7 +21,8 @@ from the quantized checkpoint and from the fp16 checkpoint with ``quant_type``: 
 (targets <= 14 GB int8, <= 10 GB int4) and seconds per token (target int8 <= 0.6).
 
     python benchmarks/bench_quant.py [--model glm-large-chinese] [--work benchmarks/_work] [--rounds 3]
-                                     [--tokens 16] [--glm-10b [--glm-10b-int8-only]] [--json PATH]
+                                     [--tokens 16] [--glm-10b | --glm-10b-only [--glm-10b-int8-only]]
+                                     [--json PATH]
 """
 from __future__ import annotations
 
@@ -321,9 +322,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=16, help="decode steps per speed measurement")
     parser.add_argument("--glm-10b", action="store_true", help="also the full-size glm-10b-chinese part (~14 GB)")
     parser.add_argument("--glm-10b-int8-only", action="store_true", help="glm-10b: int8 only")
+    parser.add_argument("--glm-10b-only", action="store_true", help="the glm-10b part only (implies --glm-10b)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
+    if args.glm_10b_only:
+        r = {"benchmark": "quantization", "model": GLM_10B,
+             "glm_10b": glm_10b(args.work, QUANT_TYPES[:1] if args.glm_10b_int8_only else QUANT_TYPES)}
+        print(json.dumps(r))
+        return 0
     src = os.path.join(args.work, f"{args.model}-fp32-pdparams")
     make_checkpoint(src, args.model)
     r = {"benchmark": "quantization", "model": args.model, "fp32_disk_bytes": directory_bytes(src)}
