@@ -168,6 +168,28 @@ def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
             assert _rel_err(got.numpy(), ref) <= 1e-5
 
 
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+def test_x_that_needs_a_gradient_gets_it(quant_type):
+    q, s, d = _case(quant_type, 64, 24, 128, seed=7)
+    rng = np.random.default_rng(8)
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 128)).astype(np.float32), stop_gradient=False)
+    g = rng.standard_normal((2, 3, 24))
+    y = weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=quant_type)
+    assert _rel_err(y.numpy(), x.numpy().astype(np.float64) @ d.T) <= 1e-5
+    (y * paddle.to_tensor(g.astype(np.float32))).sum().backward()
+    assert _rel_err(x.grad.numpy(), g @ d) <= 1e-5  # d(sum(y * g))/dx = g @ W
+    rows = paddle.to_tensor(x.numpy().reshape(6, 128), stop_gradient=False)  # the tiled route's own autograd
+    (kernels.tiled_fallback(rows, paddle.to_tensor(q), paddle.to_tensor(s), quant_type, 64)
+     * paddle.to_tensor(g.reshape(6, 24).astype(np.float32))).sum().backward()
+    assert _rel_err(rows.grad.numpy(), g.reshape(6, 24) @ d) <= 1e-5
+
+
+def test_operator_refuses_a_weight_of_the_wrong_type():
+    q, s, _ = _case(INT8, 64, 8, 64)
+    with pytest.raises(Exception, match="int8 .8 bits. or uint8 .4 bits."):
+        cpu_operator.run(paddle.ones([1, 128]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, 64)
+
+
 def test_operator_reads_a_non_contiguous_x():
     q, s, d = _case(INT8, 64, 40, 64, seed=5)
     x = paddle.to_tensor(np.random.default_rng(6).standard_normal((64, 3)).astype(np.float32)).t()  # [3, 64] view
@@ -194,6 +216,7 @@ def test_choose_route(case, expected):
     (("cpu", "bfloat16", INT4, False), "^half precision on CPU"),
     (("gpu", "float32", INT8, False), "float16 or bfloat16"),
     (("cpu", "float32", "int8", True), "quant_type"),
+    (("cpu", "float64", INT8, True), "expected float32"),
 ])
 def test_choose_route_refusals(case, match):
     with pytest.raises(GLMError, match=match):
@@ -283,6 +306,7 @@ SCRIPT = textwrap.dedent("""
 
 def _run_script(env_changes, timeout=300):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_changes)
+    env = {k: v for k, v in env.items() if v}  # an empty value unsets
     return subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -301,11 +325,13 @@ def _finish(proc, timeout=300):
 
 @pytest.mark.parametrize("env,reason", [
     ({"PADDLE_GLM_WEIGHT_ONLY_OPERATOR": "0"}, "PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0"),
-    ({"CXX": "/nonexistent/g++"}, "no C++ compiler"),
+    ({"CXX": "/nonexistent/g++"}, "CXX=/nonexistent/g++ is not an executable"),
+    ({"CXX": "", "PATH": "/nonexistent"}, "no C++ compiler"),  # none on PATH
+    ({"PADDLE_GLM_CACHE_DIR": "/proc/no-cache-here"}, "cannot build in /proc/no-cache-here/ops"),
     ({"CXX": "false"}, "the build exited with status 1"),  # a compiler that fails
 ])
 def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):
-    built, error, notices = _finish(_run_script(dict(env, PADDLE_GLM_CACHE_DIR=str(tmp_path))))
+    built, error, notices = _finish(_run_script({"PADDLE_GLM_CACHE_DIR": str(tmp_path), **env}))
     assert not built and error <= 1e-5
     fallback = [line for line in notices if "tiled dequantization" in line]
     assert len(fallback) == 1 and reason in fallback[0], notices

@@ -24,11 +24,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from typing import Callable, List, Optional, Tuple
 
 import paddle
 
 from ..devices import cpu_thread_count
+from ..errors import GLMError
 from ..io_utils import make_temp_dir, remove_tree
 
 OP_NAME = "glm_weight_only_linear"
@@ -37,6 +39,7 @@ DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR", "PADDLE_GLM_WEIGHT_
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
 _BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
 _state = {"status": None, "fallback_notice_shown": False}
+_lock = threading.Lock()  # one build per process, whichever thread asks first
 
 
 def cache_root() -> str:
@@ -53,14 +56,18 @@ def status() -> Tuple[bool, str]:
 
     Decided once per process.
     """
-    if _state["status"] is None:
-        _state["status"] = _load_or_build()
+    with _lock:
+        if _state["status"] is None:
+            _state["status"] = _load_or_build()
     return _state["status"]
 
 
 def run(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
         group_size: int) -> paddle.Tensor:
-    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded)."""
+    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded).
+
+    Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
+    """
     if not rows.is_contiguous():
         rows = rows.contiguous()
     return paddle._C_ops._run_custom_op(OP_NAME, rows, qweight, scale, _BITS[quant_type], int(group_size),
@@ -80,11 +87,16 @@ def _load_or_build() -> Tuple[bool, str]:
         return False, f"{DISABLE_ENV}=0"
     compiler = find_compiler()
     if compiler is None:
-        return False, "no C++ compiler: set CXX or install g++ (Debian: build-essential)"
+        chosen = os.environ.get("CXX")
+        return False, (f"CXX={chosen} is not an executable" if chosen else
+                       "no C++ compiler (g++ or c++; Debian: apt install build-essential)")
     flags = target_flags(compiler)
     library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), OP_NAME + ".so")
     if not os.path.exists(library):
-        reason = build(compiler, flags, library)
+        try:
+            reason = build(compiler, flags, library)
+        except (OSError, GLMError) as e:  # e.g. a cache directory we cannot write
+            reason = f"cannot build in {os.path.dirname(os.path.dirname(library))}: {e}"
         if reason:
             return False, reason
     from paddle.utils.cpp_extension import load_op_meta_info_and_register_op  # imports setuptools: only here
@@ -118,7 +130,8 @@ def cache_key(compiler: str, flags: List[str]) -> str:
     digest = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags), _cpu_description()]
+    parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags + openmp_link_flags()),
+             _cpu_description()]
     digest.update("\0".join(parts).encode())
     return f"{paddle.__version__}-{digest.hexdigest()[:16]}"
 
@@ -163,11 +176,21 @@ def build(compiler: str, flags: List[str], library: str,
         remove_tree(tmp)
 
 
+def openmp_link_flags() -> List[str]:
+    """Link Paddle's own OpenMP runtime (Intel's libiomp5, which also serves GCC's GOMP_* calls) when
+    the wheel ships it: the operator then shares one thread pool with Paddle's matmuls instead of
+    two pools contending for the cores. Otherwise GCC's libgomp."""
+    libs = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), "libs")
+    if os.path.exists(os.path.join(libs, "libiomp5.so")):
+        return [f"-L{libs}", "-liomp5", f"-Wl,-rpath,{libs}"]
+    return ["-fopenmp"]
+
+
 def _compile(compiler: str, flags: List[str], tmp: str, ops_dir: str) -> str:
     """Run Paddle's JIT build in a child process with its output in a log; "" or the reason it failed."""
     script = ("import sys; from paddle.utils.cpp_extension import load; "
               f"load(name={OP_NAME!r}, sources=[sys.argv[1]], build_directory=sys.argv[2], "
-              "extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags=['-fopenmp'])")
+              f"extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags={openmp_link_flags()!r})")
     env = dict(os.environ, CC=compiler, CXX=compiler)
     os.mkdir(os.path.join(tmp, "work"))
     log_path = os.path.join(tmp, "build.log")

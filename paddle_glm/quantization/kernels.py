@@ -18,7 +18,7 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
 
-Inference only: no route defines a gradient for the quantized weight.
+No route gives the quantized weight a gradient; ``x`` gets one on CPU (see :func:`weight_only_linear`).
 """
 from __future__ import annotations
 
@@ -59,8 +59,10 @@ def quantize_weight(weight: np.ndarray, quant_type: str,
                     group_size: int = DEFAULT_GROUP_SIZE) -> Tuple[np.ndarray, np.ndarray]:
     """Quantize a float ``[out, in]`` weight; returns ``(qweight, scale)`` in the stored layout (module docstring).
 
-    A row (int8) or group (int4) of zeros gets scale 0 and zeros. Works in chunks of rows, so
-    the float32 temporaries stay small whatever the matrix size.
+    ``q = w / scale`` rounded to the nearest integer (ties to even), computed in float32. A row
+    (int8) or group (int4) of zeros gets scale 0 and zeros; an inf or NaN is a GLMError. Works in
+    chunks of rows, so the float32 temporaries stay small whatever the matrix size (callers
+    quantizing a checkpoint as it streams in pass one tensor at a time).
     """
     weight = np.asarray(weight)
     if weight.ndim != 2:
@@ -81,15 +83,18 @@ def quantize_weight(weight: np.ndarray, quant_type: str,
 
 
 def _quantize_groups(chunk: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Symmetric rounding of each ``[rows, groups, size]`` group to [-qmax, qmax]: int8 q and float32 scale."""
-    amax = np.abs(chunk).max(axis=2)  # [rows, groups]
+    """Symmetric rounding of each ``[rows, groups, size]`` group to [-qmax, qmax]: int8 q and float32 scale.
+
+    ``chunk`` is a float32 copy; it is overwritten.
+    """
+    amax = np.maximum(chunk.max(axis=2), -chunk.min(axis=2))  # [rows, groups]; NaN propagates
     if not np.isfinite(amax).all():
         raise GLMError("weight has non-finite values")
     scale = (amax / np.float32(qmax)).astype(np.float32)
-    divisor = np.where(scale > 0, scale, np.float32(1))[:, :, None]
-    q = np.rint(chunk / divisor)
-    np.clip(q, -qmax, qmax, out=q)
-    return q.astype(np.int8), scale
+    np.divide(chunk, np.where(scale > 0, scale, np.float32(1))[:, :, None], out=chunk)
+    np.rint(chunk, out=chunk)
+    np.clip(chunk, -qmax, qmax, out=chunk)
+    return chunk.astype(np.int8), scale
 
 
 def _pack_int4(q: np.ndarray) -> np.ndarray:
@@ -152,8 +157,14 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     """``x @ dequantize(qweight, scale).T + bias`` for ``x`` ``[..., in]``: the one entry point layers call.
 
     On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
-    GPU they are in the CUDA layout (:func:`to_cuda_layout`) and ``x`` is float16/bfloat16.
-    Inference only (no gradient flows to the quantized weight).
+    GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
+    float16/bfloat16. No gradient flows to the quantized weight; on CPU ``x`` gets its gradient
+    (LoRA adapters training over a quantized base) from :func:`input_grad`.
+
+    The CUDA call is unverified: no CUDA build of Paddle 3.x can be installed where this was
+    written. Its arguments come from :func:`cuda_weight_only_args` (tested on CPU) and its weights
+    equal ``weight_quantize``'s output bit for bit (tested on CPU for archs 70-100); the kernel
+    itself never ran.
     """
     device, dtype = device_type(), dtype_str(x.dtype)
     built = device == "cpu" and dtype == "float32" and cpu_operator.status()[0]
@@ -164,8 +175,10 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
-    if route == CPU_OPERATOR:
+    if route == CPU_OPERATOR and x.stop_gradient:
         out = cpu_operator.run(rows, qweight, scale, quant_type, group_size)
+    elif route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
+        out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
     else:
         cpu_operator.notice_fallback()
         out = tiled_fallback(rows, qweight, scale, quant_type, group_size)
@@ -195,6 +208,37 @@ def tiled_fallback(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Te
             low, high = _int4_tile(q, s, group_size)  # [t, in // 2] each
             parts.append(paddle.matmul(rows[0], low, transpose_y=True) + paddle.matmul(rows[1], high, transpose_y=True))
     return paddle.concat(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+class _OperatorWithInputGrad(paddle.autograd.PyLayer):
+    """The C++ operator's product, with the gradient of its input computed by :func:`input_grad`."""
+
+    @staticmethod
+    def forward(ctx, rows, qweight, scale, quant_type, group_size):
+        ctx.save_for_backward(qweight, scale)
+        ctx.quant = (quant_type, group_size)
+        return cpu_operator.run(rows, qweight, scale, quant_type, group_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qweight, scale = ctx.saved_tensor()
+        return input_grad(grad_out, qweight, scale, *ctx.quant), None, None
+
+
+def input_grad(grad_out: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
+               group_size: int = DEFAULT_GROUP_SIZE) -> paddle.Tensor:
+    """``grad_out`` ``[n, out]`` times the dequantized weight: ``[n, in]``, tile by tile as :func:`tiled_fallback`."""
+    tile = max(1, _TILE_BYTES // max(qweight.shape[1], 1))
+    total = None
+    for r0 in range(0, qweight.shape[0], tile):
+        q, s, g = qweight[r0:r0 + tile], scale[r0:r0 + tile], grad_out[:, r0:r0 + tile]
+        if quant_type == INT8:
+            part = paddle.matmul(g * s, q.astype("float32"))  # [n, in]
+        else:
+            low, high = _int4_tile(q, s, group_size)  # the weights of the even and the odd inputs
+            part = paddle.stack([paddle.matmul(g, low), paddle.matmul(g, high)], axis=-1)  # [n, in // 2, 2]
+        total = part if total is None else total + part
+    return total.reshape([grad_out.shape[0], -1])  # [n, in]
 
 
 def _int4_tile(q: paddle.Tensor, scale: paddle.Tensor, group_size: int) -> Tuple[paddle.Tensor, paddle.Tensor]:

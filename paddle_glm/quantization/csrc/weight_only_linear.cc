@@ -6,10 +6,10 @@
 //         each a 4-bit two's complement; scale float32 [out, in / group_size].
 //
 // A decode step is bound by reading the weights, so each weight vector is converted to float32
-// in registers once and multiplied with up to kMaxBatchTile rows of x; kRows output channels are
+// in registers once and multiplied with up to 4 rows of x; up to 4 output channels are
 // read side by side; OpenMP splits the output channels. The arithmetic is written with GCC vector
-// extensions; only the widening of int8/int4 to float32 needs intrinsics (AVX-512 or AVX2, chosen
-// by the build's target, -march=native by default), with a plain loop for other CPUs.
+// extensions; only the widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2
+// (16, 8 or 4 lanes), whichever the build targets (-march=native by default); a plain loop elsewhere.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,18 +19,24 @@
 
 #include "paddle/extension.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
+// Blocks of output channels x batch rows whose accumulators fit the vector registers: 4 x 4 with
+// AVX-512's 32 registers; with 16 registers 4 x 2 for small batches (more weight streams) and
+// 2 x 4 from 4 rows on (fewer conversions of each weight vector).
 #if defined(__AVX512F__)
 constexpr int kWidth = 16;
-constexpr int kMaxBatchTile = 4;
+constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 4, kRowsLargeBatch = 4, kTileLargeBatch = 4;
 #else
+#if defined(__AVX2__)
 constexpr int kWidth = 8;
-constexpr int kMaxBatchTile = 2;
+#else
+constexpr int kWidth = 4;
 #endif
-constexpr int kRows = 4;  // output channels per block
+constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 2, kRowsLargeBatch = 2, kTileLargeBatch = 4;
+#endif
 
 typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
 
@@ -46,12 +52,26 @@ static inline float lane_sum(vfloat v) {
   return s;
 }
 
+#if defined(__SSE2__) && !defined(__AVX2__)
+// 4 int8 values -> 4 sign-extended int32 lanes (SSE2 has no pmovsxbd).
+static inline __m128i sse2_bytes_to_int32(const int8_t* p) {
+  int32_t raw;
+  std::memcpy(&raw, p, sizeof raw);
+  __m128i v = _mm_cvtsi32_si128(raw);
+  v = _mm_unpacklo_epi8(v, v);     // 16-bit lanes: b0 b0 | b1 b1 | ...
+  v = _mm_unpacklo_epi16(v, v);    // 32-bit lanes: b0 b0 b0 b0 | b1 ...
+  return _mm_srai_epi32(v, 24);    // the top byte, sign-extended
+}
+#endif
+
 // kWidth int8 values -> float32.
 static inline vfloat widen_int8(const int8_t* p) {
 #if defined(__AVX512F__)
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 #elif defined(__AVX2__)
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#elif defined(__SSE2__)
+  return _mm_cvtepi32_ps(sse2_bytes_to_int32(p));
 #else
   vfloat v;
   for (int k = 0; k < kWidth; ++k) v[k] = static_cast<float>(p[k]);
@@ -69,6 +89,10 @@ static inline void widen_int4(const int8_t* p, vfloat* lo, vfloat* hi) {
   const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   *lo = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(b, 28), 28));
   *hi = _mm256_cvtepi32_ps(_mm256_srai_epi32(b, 4));
+#elif defined(__SSE2__)
+  const __m128i b = sse2_bytes_to_int32(p);
+  *lo = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_slli_epi32(b, 28), 28));
+  *hi = _mm_cvtepi32_ps(_mm_srai_epi32(b, 4));
 #else
   for (int k = 0; k < kWidth; ++k) {
     (*lo)[k] = static_cast<float>(static_cast<int8_t>(p[k] << 4) >> 4);
@@ -163,7 +187,7 @@ struct Int4Kernel {
   static void run(const Problem& p, int64_t o0, int64_t b0) { int4_block<R, NB>(p, o0, b0); }
 };
 
-// The block function for R output channels and a batch tile of nb rows (1..kMaxBatchTile).
+// The block function for R output channels and a batch tile of nb rows (1..4).
 template <template <int, int> class K, int R>
 static BlockFn block_fn(int nb) {
   switch (nb) {
@@ -174,22 +198,31 @@ static BlockFn block_fn(int nb) {
   }
 }
 
-// Blocks of kRows output channels split over the threads (the last block may be shorter);
-// each block meets the batch in tiles of kMaxBatchTile rows while its weights sit in cache.
-template <template <int, int> class K>
-static void run_all(const Problem& p, int threads) {
-  const int64_t blocks = (p.out + kRows - 1) / kRows;
+// Blocks of R output channels split over the threads (the last block may be shorter); each
+// block meets the batch in tiles of up to TILE rows while its weights sit in cache.
+template <template <int, int> class K, int R, int TILE>
+static void run_blocks(const Problem& p, int threads) {
+  const int64_t blocks = (p.out + R - 1) / R;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t o0 = blk * kRows, rows = std::min<int64_t>(kRows, p.out - o0);
-    for (int64_t b0 = 0; b0 < p.n; b0 += kMaxBatchTile) {
-      const int nb = static_cast<int>(std::min<int64_t>(kMaxBatchTile, p.n - b0));
-      if (rows == kRows) {
-        block_fn<K, kRows>(nb)(p, o0, b0);
+    const int64_t o0 = blk * R, rows = std::min<int64_t>(R, p.out - o0);
+    for (int64_t b0 = 0; b0 < p.n; b0 += TILE) {
+      const int nb = static_cast<int>(std::min<int64_t>(TILE, p.n - b0));
+      if (rows == R) {
+        block_fn<K, R>(nb)(p, o0, b0);
       } else {
         for (int64_t r = 0; r < rows; ++r) block_fn<K, 1>(nb)(p, o0 + r, b0);
       }
     }
+  }
+}
+
+template <template <int, int> class K>
+static void run_all(const Problem& p, int threads) {
+  if (p.n >= kTileLargeBatch) {
+    run_blocks<K, kRowsLargeBatch, kTileLargeBatch>(p, threads);
+  } else {
+    run_blocks<K, kRowsSmallBatch, kTileSmallBatch>(p, threads);
   }
 }
 
@@ -211,6 +244,11 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2,
            "glm_weight_only_linear: x must be a float32 [rows, in] CPU tensor");
   PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
+  PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
+               w.dtype() == (bits == 8 ? paddle::DataType::INT8 : paddle::DataType::UINT8),
+           "glm_weight_only_linear: the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
+  PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32,
+           "glm_weight_only_linear: scale must be a float32 CPU tensor");
   const int64_t n = x.shape()[0], in = x.shape()[1], out = w.shape()[0];
   PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
   PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
