@@ -62,7 +62,8 @@ class QuantizedWeight(nn.Layer):
 
     def product(self, x: paddle.Tensor, bias=None) -> paddle.Tensor:
         """``x @ W.T + bias`` for ``x`` ``[..., in]`` with the dequantized weight ``W`` ``[out, in]``."""
-        return quantized_product(x, self.weight, self.weight_scale, bias, self.quant_type, self.group_size)
+        return weight_only_linear(x, self.weight, self.weight_scale, bias, quant_type=self.quant_type,
+                                  group_size=self.group_size)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, quant_type={self.quant_type}"
@@ -119,7 +120,8 @@ class QuantizedLoRALinear(LoRALinear):
         return layer.in_features, layer.out_features, layer.bias.dtype
 
     def base(self, x: paddle.Tensor) -> paddle.Tensor:
-        return quantized_product(x, self.weight, self.weight_scale, self.bias, self.quant_type, self.group_size)
+        return weight_only_linear(x, self.weight, self.weight_scale, self.bias, quant_type=self.quant_type,
+                                  group_size=self.group_size)
 
     def merged_linear(self):
         raise GLMError("a LoRA adapter cannot be merged into quantized weights: keep it applied (the adapter "
@@ -127,32 +129,6 @@ class QuantizedLoRALinear(LoRALinear):
 
 
 LORA_WRAPPERS[QuantizedLinear] = QuantizedLoRALinear
-
-
-def quantized_product(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, bias, quant_type: str,
-                      group_size: int) -> paddle.Tensor:
-    """``kernels.weight_only_linear``, with a gradient for ``x`` when one is wanted (a LoRA adapter trained
-    on a quantized model: the kernels define none)."""
-    if not paddle.is_grad_enabled() or x.stop_gradient:
-        return weight_only_linear(x, qweight, scale, bias, quant_type=quant_type, group_size=group_size)
-    out = _ProductWithInputGradient.apply(x, qweight, scale, quant_type, group_size)
-    return out if bias is None else out + bias
-
-
-class _ProductWithInputGradient(paddle.autograd.PyLayer):
-    """``x @ W.T`` through the kernels; backward: ``grad @ W`` with ``W`` dequantized (no gradient for W)."""
-
-    @staticmethod
-    def forward(ctx, x, qweight, scale, quant_type, group_size):
-        ctx.save_for_backward(qweight, scale)
-        ctx.quant_type, ctx.group_size = quant_type, group_size
-        return weight_only_linear(x, qweight, scale, quant_type=quant_type, group_size=group_size)
-
-    @staticmethod
-    def backward(ctx, grad):
-        qweight, scale = ctx.saved_tensor()
-        weight = dequantize_rows(qweight, scale, ctx.quant_type, ctx.group_size)  # [out, in]
-        return paddle.matmul(grad, weight.astype(grad.dtype)), None, None  # [..., out] @ [out, in]
 
 
 def dequantize_rows(qrows: paddle.Tensor, scale: paddle.Tensor, quant_type: str, group_size: int) -> paddle.Tensor:
