@@ -1,4 +1,4 @@
-"""Run the load, convert, generate, tensor-parallel, serve and train benchmarks and rewrite benchmarks/RESULTS.md.
+"""Run the load, convert, generate, tensor-parallel, serve, train and quantization benchmarks; rewrite RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
                                  [--only bench_serve.py ...]
@@ -31,6 +31,7 @@ BENCHMARKS = [
     ("Tensor parallelism", ["bench_tp.py"]),
     ("Serving", ["bench_serve.py"]),
     ("Training", ["bench_train.py"]),
+    ("Quantization", ["bench_quant.py"]),
 ]
 PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py", "bench_train.py")  # the scripts that also measure PaddleNLP
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
             extra += ["--model", args.model]
-        uses_work = command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py")
+        uses_work = command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py",
+                                   "bench_quant.py")
         if uses_work and work != default_work:
             extra += ["--work", work]
         shown = " ".join(["python", f"benchmarks/{command[0]}", *command[1:], *extra])

@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,6 +23,7 @@ from .checkpoint.source import CheckpointSource, find_checkpoint, is_checkpoint_
 from .checkpoint.writer import ShardedWriter
 from .errors import CheckpointError, GLMError
 from .io_utils import atomic_output_dir, parse_size, require_local_dir
+from .quantization.settings import refuse_quantized_source
 
 OUTPUT_FORMATS = ("safetensors", "pdparams")
 FROM_LAYOUTS = ("auto",) + layouts.LAYOUTS
@@ -65,6 +66,10 @@ class _Transform:
         array = layouts.convert_layout(name, array, self.source_layout, self.target_layout)
         return array if self.dtype in ("keep", source_dtype) else cast_array(array, self.dtype)
 
+    def outputs(self, name: str, array: np.ndarray, where: str) -> List[Tuple[str, np.ndarray]]:
+        """The output tensors ``(name, array)`` made from one source tensor (here: the tensor converted)."""
+        return [(name, self(name, array, where))]
+
 
 def convert(src: str, dst: str, to: str = "safetensors", from_layout: str = "auto", to_layout: str = "paddle",
             dtype: str = "keep", max_shard_size="2GB", verify: bool = False, overwrite: bool = False,
@@ -94,27 +99,47 @@ def convert(src: str, dst: str, to: str = "safetensors", from_layout: str = "aut
     _check_choice("from_layout", from_layout, FROM_LAYOUTS)
     _check_choice("to_layout", to_layout, layouts.LAYOUTS)
     _check_choice("dtype", dtype, DTYPES)
+    refuse_quantized_source(src, "convert")
+    return write_transformed(src, dst, lambda source: _Transform(_source_layout(source, from_layout), to_layout, dtype),
+                             max_shard_size, to=to, layout=to_layout, verify=verify, overwrite=overwrite,
+                             allow_unknown=allow_unknown, quiet=quiet)
+
+
+def write_transformed(src: str, dst: str, transform_for: Callable[[CheckpointSource], "_Transform"],
+                      max_shard_size="2GB", *, to: str = "safetensors", layout: str = "paddle", verify: bool = False,
+                      overwrite: bool = False, allow_unknown: bool = False, quiet: bool = False,
+                      finish_output: Optional[Callable[[str], None]] = None, desc: str = "Converting") -> ConvertReport:
+    """Write ``transform_for(source).outputs`` of every tensor of the checkpoint in ``src`` into ``dst``.
+
+    The machinery of :func:`convert` (and of ``paddle-glm quantize``): SRC only read, one input
+    shard in memory at a time, DST built in a temporary directory and put in place when complete
+    (after ``finish_output(tmp)``, which may edit the copied config.json, and with ``verify``, the
+    re-read comparison), so an existing DST survives a failed run.
+    """
     max_bytes = parse_size(max_shard_size)
     _check_paths(src, dst)
     start = time.perf_counter()
     source = find_checkpoint(src)
     if source.weight_map is not None:  # every name up front, so all unknown ones are listed at once
         layouts.check_known(source.weight_map, source.index_file, allow_unknown)
-    transform = _Transform(_source_layout(source, from_layout), to_layout, dtype)
+    transform = transform_for(source)
     with atomic_output_dir(dst, overwrite=overwrite) as tmp:
-        writer = ShardedWriter(tmp, to, None, max_bytes, layout=to_layout)
+        writer = ShardedWriter(tmp, to, None, max_bytes, layout=layout)
         count = 0
-        for shard in tqdm(source.shards, desc="Converting", unit="shard", disable=quiet or None):
+        for shard in tqdm(source.shards, desc=desc, unit="shard", disable=quiet or None):
             where = source.path(shard)
             names = list(source.specs(shard))  # cheap: headers, or pickles/zips with their data mapped, not read
             layouts.check_known(names, where, allow_unknown)
             for name, array in tqdm(source.read_shard(shard), desc=shard, total=len(names), unit="tensor",
                                     leave=False, disable=quiet or None):
-                writer.add(name, transform(name, array, where))
-                count += 1
+                for out_name, out in transform.outputs(name, array, where):
+                    writer.add(out_name, out)
+                    count += 1
             source.check_shard_names(shard, names)
         writer.finish()
         _copy_other_files(src, tmp)
+        if finish_output is not None:
+            finish_output(tmp)
         if verify:
             _verify(source, tmp, transform, quiet)
         files = sorted(os.listdir(tmp))
@@ -200,13 +225,13 @@ def _verify(source: CheckpointSource, out_dir: str, transform: _Transform, quiet
     seen: Set[str] = set()
     for shard in tqdm(source.shards, desc="Verifying", unit="shard", disable=quiet or None):
         where = source.path(shard)
-        for name, array in source.read_shard(shard):
-            expected = transform(name, array, where)
-            path, got = outputs.pop(name)
-            problem = _difference(expected, got)
-            if problem:
-                raise CheckpointError(f"verify: tensor {name!r} in {path} does not match {where}: {problem}")
-            seen.add(name)
+        for source_name, array in source.read_shard(shard):
+            for name, expected in transform.outputs(source_name, array, where):
+                path, got = outputs.pop(name)
+                problem = _difference(expected, got)
+                if problem:
+                    raise CheckpointError(f"verify: tensor {name!r} in {path} does not match {where}: {problem}")
+                seen.add(name)
     extra = sorted(outputs.names - seen)
     if extra:
         raise CheckpointError(f"verify: {out_dir} holds tensors the source lacks: {', '.join(extra[:10])}")

@@ -2,7 +2,8 @@
 
 ``apply_lora`` swaps the matching ``nn.Linear`` layers for :class:`LoRALinear` (the same
 weight and bias, plus ``lora_A`` ``[in, r]`` and ``lora_B`` ``[r, out]``) and freezes every
-other parameter; the model code knows nothing of it. ``save_adapter`` writes
+other parameter; the model code knows nothing of it. Other linear layers register their
+wrapper in ``LORA_WRAPPERS`` (the quantized Linears of ``paddle_glm/quantization``). ``save_adapter`` writes
 ``lora_config.json`` and ``lora_model_state.pdparams`` under PaddleNLP's parameter names
 (``glm.transformer.layers.0.attention.query_key_value.lora_A``), so PaddleNLP's
 ``LoRAModel.from_pretrained`` reads ours and ``load_adapter`` reads PaddleNLP's.
@@ -136,22 +137,31 @@ class LoRALinear(nn.Layer):
     starts Kaiming-uniform and ``lora_B`` at zero, so a fresh adapter changes nothing.
     """
 
-    def __init__(self, linear: nn.Linear, config: LoRAConfig):
+    def __init__(self, linear: nn.Layer, config: LoRAConfig):
         super().__init__()
-        self.weight = linear.weight
-        self.bias = linear.bias
-        in_features, out_features = linear.weight.shape
+        in_features, out_features, dtype = self._take_base(linear)
         self.scaling = config.scaling
         self.lora_dropout = nn.Dropout(config.lora_dropout)
         self.lora_A = self.create_parameter(
-            [in_features, config.r], dtype=linear.weight.dtype,
+            [in_features, config.r], dtype=dtype,
             default_initializer=nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu"))
         self.lora_B = self.create_parameter(
-            [config.r, out_features], dtype=linear.weight.dtype, default_initializer=nn.initializer.Constant(0.0))
+            [config.r, out_features], dtype=dtype, default_initializer=nn.initializer.Constant(0.0))
+
+    def _take_base(self, linear: nn.Linear):
+        """Keep the wrapped layer's parameters under their own names; returns ``(in, out, adapter dtype)``."""
+        self.weight = linear.weight
+        self.bias = linear.bias
+        in_features, out_features = linear.weight.shape
+        return in_features, out_features, linear.weight.dtype
+
+    def base(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The wrapped layer's output ``x W + b``."""
+        return F.linear(x, self.weight, self.bias)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         update = (self.lora_dropout(x) if self.training else x) @ self.lora_A @ self.lora_B
-        return F.linear(x, self.weight, self.bias) + update * self.scaling
+        return self.base(x) + update * self.scaling
 
     def merged_linear(self) -> nn.Linear:
         """A plain Linear holding ``W + A @ B * scaling`` and the bias."""
@@ -164,6 +174,10 @@ class LoRALinear(nn.Layer):
         if self.bias is not None:
             linear.bias = self.bias
         return linear
+
+
+# The layers apply_lora wraps, and their wrapper (quantization registers its QuantizedLinear).
+LORA_WRAPPERS: Dict[type, type] = {nn.Linear: LoRALinear}
 
 
 def _lora_layers(model: nn.Layer) -> Dict[str, LoRALinear]:
@@ -192,14 +206,15 @@ def apply_lora(model: nn.Layer, config: Optional[LoRAConfig] = None) -> nn.Layer
         raise GLMError("this model already has LoRA adapters; merge_lora() them or start from the base model")
     patterns = [re.compile(p) for p in config.target_modules]
     targets = [name for name, layer in model.named_sublayers()
-               if isinstance(layer, nn.Linear) and any(p.fullmatch(name) for p in patterns)]
+               if type(layer) in LORA_WRAPPERS and any(p.fullmatch(name) for p in patterns)]
     if not targets:
         raise GLMError(f"LoRA: target_modules {config.target_modules} match no Linear layer of the model "
                        "(names look like glm.transformer.layers.0.attention.query_key_value)")
     for param in model.parameters():
         param.stop_gradient = True
     for name in targets:
-        _replace(model, name, LoRALinear(_sublayer(model, name), config))
+        layer = _sublayer(model, name)
+        _replace(model, name, LORA_WRAPPERS[type(layer)](layer, config))
     model.lora_config = config
     return model
 

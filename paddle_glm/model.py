@@ -61,6 +61,14 @@ def _dropout(layer: nn.Dropout, x: paddle.Tensor) -> paddle.Tensor:
     return layer(x) if layer.training else x
 
 
+class WordEmbeddings(nn.Embedding):
+    """The word embeddings ``[vocab, hidden]``, which are also the tied output projection."""
+
+    def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        """The tied LM head: ``[..., hidden]`` -> ``[..., vocab]`` (``hidden @ Eᵀ``)."""
+        return paddle.matmul(hidden, self.weight, transpose_y=True)
+
+
 class GLMAttention(nn.Layer):
     """Multi-head self-attention with a packed q|k|v projection."""
 
@@ -168,7 +176,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, weight_attr=_init(config))
+        self.word_embeddings = WordEmbeddings(config.vocab_size, config.hidden_size, weight_attr=_init(config))
         self.transformer = GLMStack(config)
 
     def forward(self, input_ids: paddle.Tensor, position_ids: Optional[paddle.Tensor] = None,
@@ -195,7 +203,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         b, s = input_ids.shape
         position_ids = self._positions(position_ids, b, s)
         mask = build_attention_mask(attention_mask, b, s, s)
-        prepared = prepare_mask(mask, self.word_embeddings.weight.dtype, self.config.head_dim, attention_backend)
+        prepared = prepare_mask(mask, self.compute_dtype, self.config.head_dim, attention_backend)
         if cache is not None:
             check_cache_layout(prepared.backend, cache.layout)
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, prepared, cache)
@@ -228,7 +236,12 @@ class GLMModel(PretrainedMixin, nn.Layer):
 
     def lm_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         """The LM head, tied to the word embeddings: ``[..., hidden]`` -> ``[..., vocab]``."""
-        return paddle.matmul(hidden, self.word_embeddings.weight, transpose_y=True)
+        return self.word_embeddings.project(hidden)
+
+    @property
+    def compute_dtype(self):
+        """The activations' dtype: the final LayerNorm's (rewrites such as quantization keep LayerNorms float)."""
+        return self.transformer.final_layernorm.weight.dtype
 
     def _output(self, hidden: paddle.Tensor) -> GLMOutput:
         logits = self.lm_logits(hidden) if self.config.output_predict else None  # [b, s, vocab]
@@ -255,7 +268,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         """
         return KVCache.allocate(self.config.num_layers, batch, aligned_cache_length(max_length),
                                 num_heads or self.config.num_attention_heads, self.config.head_dim,
-                                self.word_embeddings.weight.dtype, cache_layout(cache_backend(attention_backend)))
+                                self.compute_dtype, cache_layout(cache_backend(attention_backend)))
 
 
 class GLMForConditionalGeneration(GenerationMixin, PretrainedMixin, nn.Layer):

@@ -167,6 +167,10 @@ class VocabParallelEmbedding(nn.Layer):
         rows = F.embedding(paddle.where(mine, local, paddle.zeros_like(local)), self.weight)  # [b, s, h]
         return all_reduce_sum(rows * mine.unsqueeze(-1).astype(rows.dtype))
 
+    def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
+        """This rank's vocabulary slice of the tied LM head, ``[..., rows]`` (gathered by ``GatheredLogits``)."""
+        return paddle.matmul(hidden, self.weight, transpose_y=True)
+
 
 @dataclass
 class TensorParallel:

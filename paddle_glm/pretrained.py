@@ -6,11 +6,13 @@ from typing import Callable, Iterable, Optional, Tuple, Union
 import numpy as np
 import paddle
 
+from .checkpoint.layout import PADDLE
 from .checkpoint.loader import load_checkpoint
 from .checkpoint.writer import ShardedWriter, save_checkpoint_dir
 from .config import GLMConfig
-from .devices import default_dtype, resolve_dtype, use_cpu_threads
+from .devices import default_dtype, device_type, resolve_dtype, use_cpu_threads
 from .io_utils import parse_size, require_local_dir
+from .quantization.settings import QUANT_CONFIG_KEY, requested_settings, settings_for_load
 
 
 class PretrainedMixin:
@@ -21,7 +23,8 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls, path: str, dtype: Optional[str] = None, strict: bool = True,
                         show_progress: bool = True, recompute: bool = False,
-                        rewrite: Optional[Callable[[object], Callable]] = None):
+                        rewrite: Optional[Callable[[object], Callable]] = None, quant_type: Optional[str] = None,
+                        group_size: Optional[int] = None, quantize_embeddings: bool = True):
         """Build the model from a local directory holding ``config.json`` and a checkpoint.
 
         Args:
@@ -36,17 +39,39 @@ class PretrainedMixin:
             rewrite: applied from outside to the built model before any weight is read; it returns
                 the loader's ``select(name, array)`` hook, which cuts each checkpoint tensor to what
                 the rewritten model holds (``paddle_glm.tensor_parallel.from_pretrained`` passes one).
+            quant_type: "weight_only_int8" or "weight_only_int4": quantize the weights as each shard
+                streams in (the float model never exists in memory); see ``paddle_glm/quantization``.
+                A quantized checkpoint (``paddle-glm quantize``) is recognised from its config.json
+                and loaded as it is, without this argument.
+            group_size: the int4 group along the input dimension (default 64).
+            quantize_embeddings: quantize the word embeddings and tied output projection too
+                (False keeps them in full precision).
         """
         require_local_dir(path)
         use_cpu_threads()  # an entry point: the process will compute with this model
         config = GLMConfig.from_pretrained(path)
         config.recompute = config.recompute or recompute
+        requested = requested_settings(quant_type, group_size, quantize_embeddings)
+        quantization = settings_for_load(config, path, requested, dtype, paddle.get_device(),
+                                         tensor_parallel=rewrite is not None)  # the one rewrite passed: TP
         dtype = resolve_dtype(dtype)
         # LazyGuard: parameters get memory only when the checkpoint assigns them (no random init).
         with default_dtype(dtype), paddle.LazyGuard():
             model = cls(config)
         select = rewrite(model) if rewrite else None
-        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select)
+        assign = layout = None
+        if quantization is not None:
+            from .quantization.rewrite import quantize_model  # the kernels only when asked for
+
+            assign = quantize_model(model, quantization).assign
+            layout = PADDLE if QUANT_CONFIG_KEY in config.extra else None  # quantized files are written in it
+        load_checkpoint(model, path, dtype, strict=strict, show_progress=show_progress, select=select,
+                        assign=assign, layout=layout)
+        if quantization is not None and device_type() == "gpu":
+            from .quantization.cuda_layout import cuda_arch, cuda_capability
+            from .quantization.rewrite import convert_for_cuda
+
+            convert_for_cuda(model, cuda_arch(cuda_capability()))
         model.eval()
         return model
 

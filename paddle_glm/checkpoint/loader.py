@@ -14,7 +14,8 @@ from .source import find_checkpoint
 
 
 def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool = True,
-                    show_progress: bool = True, select: Optional[Callable] = None) -> Dict[str, List[str]]:
+                    show_progress: bool = True, select: Optional[Callable] = None,
+                    assign: Optional[Callable] = None, layout: Optional[str] = None) -> Dict[str, List[str]]:
     """Assign every tensor of the checkpoint in ``directory`` to ``model``'s parameters.
 
     Names may carry the ``glm.`` prefix or not; torch-layout files are transposed
@@ -33,20 +34,26 @@ def load_checkpoint(model: paddle.nn.Layer, directory: str, dtype: str, strict: 
     ``select(name, array)``, when given, returns the part of each tensor (in the Paddle
     layout) the model holds, before the shape check and the cast (tensor parallelism: a
     rank's slice).
+
+    ``assign(name, array, path)``, when given, may take a tensor (in the Paddle layout) over
+    instead of the shape check, cast and copy, and returns the model keys it filled, or None
+    to leave it to the loader (quantization: a float weight becomes an integer weight and its
+    scale). ``layout`` ("paddle" or "torch") skips detecting the files' layout.
     """
+    args = (model, directory, dtype, strict, show_progress, select, assign, layout)
     try:
-        return _load_once(model, directory, dtype, strict, show_progress, select)
+        return _load_once(*args)
     except MissingFileError:
         try:
-            return _load_once(model, directory, dtype, strict, show_progress, select)
+            return _load_once(*args)
         except MissingFileError as e:
             raise MissingFileError(f"{e} (if a save is replacing the checkpoint in {directory}, load again)") from None
 
 
 def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool, show_progress: bool,
-               select: Optional[Callable]) -> Dict[str, List[str]]:
+               select: Optional[Callable], assign: Optional[Callable], layout: Optional[str]) -> Dict[str, List[str]]:
     source = find_checkpoint(directory)
-    source_layout = PADDLE if source.format == "pdparams" else source.detect_layout()
+    source_layout = layout or (PADDLE if source.format == "pdparams" else source.detect_layout())
     params = {strip_prefix(name): p for name, p in model.state_dict().items()}
     loaded, unexpected = set(), []
     found_in: Dict[str, str] = {}  # key -> the file it came from
@@ -65,9 +72,13 @@ def _load_once(model: paddle.nn.Layer, directory: str, dtype: str, strict: bool,
             if param is None:
                 unexpected.append(name)
                 continue
+            array = convert_layout(name, array, source_layout, PADDLE)
+            filled = assign(name, array, path) if assign else None
+            if filled:
+                loaded.update(filled)
+                continue
             if array.dtype not in STORAGE.values():
                 raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}; expected a float tensor")
-            array = convert_layout(name, array, source_layout, PADDLE)
             if select is not None:
                 array = select(name, array)
             if tuple(array.shape) != tuple(param.shape):

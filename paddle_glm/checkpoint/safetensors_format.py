@@ -22,7 +22,8 @@ from ..errors import CheckpointError, MissingFileError
 _HEADER_LIMIT = 100 * 2**20  # the safetensors library's own cap on header size
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "U16": np.uint16, "F64": np.float64,
                  "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint16): "U16"}
+_CODES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", np.dtype(np.uint16): "U16",
+          np.dtype(np.int8): "I8", np.dtype(np.uint8): "U8"}  # the integer weights of quantized checkpoints
 # Tensor data is written in slices of this size: measured ~1.5x faster than one write per tensor
 # when the data is a memory map of the source file (as when converting pdparams).
 _WRITE_CHUNK = 2**20

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "generate": ".generate_cmd",
     "fill": ".fill_cmd",
     "convert": ".convert_cmd",
+    "quantize": ".quantize_cmd",
     "info": ".info_cmd",
     "demo": ".demo_cmd",
     "serve": ".serve_cmd",

@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 from ..checkpoint.dtypes import DTYPE_NAMES
 from ..errors import GLMError
 from ..io_utils import require_local_dir
+from .quant_flags import add_quant_flags, quant_load_kwargs
 from .ranks import ADAPTER_WITH_TP
 
 
@@ -20,7 +21,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype (float16/bfloat16 need a CUDA GPU; default float32)")
     add_device_flag(parser)
     parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter (paddle-glm finetune --lora, or PaddleNLP's "
-                        "peft) to merge into the model")
+                        "peft) to merge into the model (applied on top of a quantized one)")
+    add_quant_flags(parser)
 
 
 def add_device_flag(parser) -> None:
@@ -95,13 +97,17 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     if tensor_parallel:
         from .. import tensor_parallel as tp
 
-        model = tp.from_pretrained(GLMForConditionalGeneration, args.model_dir, dtype=args.dtype)
+        model = tp.from_pretrained(GLMForConditionalGeneration, args.model_dir, dtype=args.dtype,
+                                   **quant_load_kwargs(args))
     else:
-        model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype)
+        model = GLMForConditionalGeneration.from_pretrained(args.model_dir, dtype=args.dtype,
+                                                            **quant_load_kwargs(args))
     if args.adapter:
         from ..lora import load_adapter, merge_lora
 
-        model = merge_lora(load_adapter(model, args.adapter))
+        model = load_adapter(model, args.adapter)
+        if getattr(model, "quantization", None) is None:  # integer weights cannot absorb the adapter
+            model = merge_lora(model)
     info(f"loaded {args.model_dir} ({args.dtype}) in {time.perf_counter() - start:.1f} s")
     return model, tokenizer
 

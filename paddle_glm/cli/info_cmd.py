@@ -12,6 +12,7 @@ from ..checkpoint.source import find_checkpoint
 from ..config import GLMConfig
 from ..errors import CheckpointError, GLMError
 from ..io_utils import require_local_dir
+from ..quantization.settings import QuantSettings, requested_settings
 from .common import format_bytes, format_count
 
 
@@ -25,6 +26,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tensor-parallel", type=int, default=1, metavar="N",
                         help="also print the memory per rank when the model is split over N processes")
     parser.add_argument("--adapter", metavar="DIR", help="also describe this LoRA adapter")
+    parser.add_argument("--quant-type", metavar="TYPE", help="also estimate the memory of the weights quantized with "
+                        "TYPE (weight_only_int8 or weight_only_int4, int4 in groups of 64)")
     parser.set_defaults(run=run)
 
 
@@ -47,7 +50,8 @@ def checkpoint_dtype(source) -> str:
     found = Counter()
     for name, spec in source.specs(shard).items():
         try:
-            found[dtype_name(np.empty(0, dtype=spec.dtype))] += 1
+            found[spec.dtype.name if spec.dtype.kind in "iu" and spec.dtype.itemsize == 1  # quantized weights
+                  else dtype_name(np.empty(0, dtype=spec.dtype))] += 1
         except GLMError as e:
             raise CheckpointError(f"{source.path(shard)}: tensor {name!r}: {e}") from None
     return ", ".join(sorted(found))
@@ -78,6 +82,35 @@ def print_memory_per_rank(config: GLMConfig, world: int) -> None:
           f"{config.max_sequence_length} tokens per rank float16/bfloat16 {format_bytes(kv)}")
 
 
+def describe_quantization(settings: QuantSettings) -> str:
+    """``weight_only_int4 (groups of 64, embeddings quantized)``."""
+    groups = f"groups of {settings.group_size}, " if settings.group_size > 0 else "per channel, "
+    embeddings = "embeddings quantized" if settings.quantize_embeddings else "embeddings in full precision"
+    return f"{settings.quant_type} ({groups}{embeddings})"
+
+
+def quantized_size(config: GLMConfig, settings: QuantSettings) -> int:
+    """Bytes of the model's weights quantized with ``settings``."""
+    from ..quantization.rewrite import quantized_model_bytes
+
+    return quantized_model_bytes(config, settings)
+
+
+def print_weights_in_memory(config: GLMConfig, params: int, args: argparse.Namespace) -> None:
+    """The weights' size in memory: per float dtype, or quantized (the checkpoint's, and --quant-type's estimate)."""
+    quantized = QuantSettings.from_config(config, os.path.join(args.model_dir, "config.json"))
+    if quantized is None:
+        print("weights in memory: " + ", ".join(f"{name} {format_bytes(params * storage.itemsize)}"
+                                                for name, storage in STORAGE.items()))
+    else:
+        print(f"quantization: {describe_quantization(quantized)}; weights in memory "
+              f"{format_bytes(quantized_size(config, quantized))} (float parts in float32)")
+    if args.quant_type:
+        estimate = requested_settings(args.quant_type)
+        print(f"weights in memory quantized with {describe_quantization(estimate)}: "
+              f"{format_bytes(quantized_size(config, estimate))} (float parts in float32)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.tensor_parallel < 1:
         raise GLMError(f"--tensor-parallel must be at least 1, got {args.tensor_parallel}")
@@ -103,8 +136,7 @@ def run(args: argparse.Namespace) -> int:
     for shard in source.shards:
         print(f"  {shard}  {format_bytes(os.path.getsize(source.path(shard)))}")
     print(f"total on disk: {format_bytes(source.total_bytes)}; dtype: {checkpoint_dtype(source)}")
-    print("weights in memory: " + ", ".join(f"{name} {format_bytes(params * storage.itemsize)}"
-                                            for name, storage in STORAGE.items()))
+    print_weights_in_memory(config, params, args)
     print_kv_cache_size(config)
     if args.tensor_parallel > 1:
         print_memory_per_rank(config, args.tensor_parallel)

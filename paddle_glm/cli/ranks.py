@@ -45,11 +45,14 @@ def _check_before_launch(args: argparse.Namespace) -> None:
     from ..config import GLMConfig
     from ..io_utils import require_local_dir
     from ..parallel import check_split
+    from ..quantization.settings import QUANT_WITH_TP, recorded_quant_type
 
     _refuse_interactive(args)
     if getattr(args, "adapter", None):
         raise GLMError(ADAPTER_WITH_TP)
     require_local_dir(args.model_dir)
+    if getattr(args, "quant_type", None) or recorded_quant_type(args.model_dir):
+        raise GLMError(QUANT_WITH_TP)
     check_split(GLMConfig.from_pretrained(args.model_dir), args.tensor_parallel)
 
 

@@ -32,6 +32,7 @@ from ..distributed import init_job, on_rank_zero, rank_and_world
 from ..errors import GLMError
 from ..io_utils import require_local_dir
 from ..lora import DEFAULT_TARGETS, LoRAConfig, apply_lora, config_problem, save_adapter
+from ..quantization.settings import refuse_quantized_source
 from .checkpoints import (
     STATE_FILE,
     TrainerState,
@@ -164,6 +165,8 @@ def check_inputs(args: FinetuneArgs) -> Inputs:
     check_flags(args)
     require_local_dir(args.model_dir)
     config = GLMConfig.from_pretrained(args.model_dir)
+    if not args.lora:
+        refuse_quantized_source(args.model_dir, "finetune without --lora (integer weights do not train)")
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     positions = config.max_sequence_length

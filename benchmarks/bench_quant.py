@@ -1,0 +1,356 @@
+"""Weight-only int8/int4 quantization on CPU: memory, disk size and decode speed, measured side by side in one run.
+
+glm-large-chinese (random fp32 weights, 3 pdparams shards, as ``bench_convert.py`` makes them):
+
+* ``paddle-glm quantize`` to int8 and int4 (groups of 64): on-disk size against fp32's
+  (targets <= 0.27x for int8, <= 0.16x for int4);
+* peak RSS of ``from_pretrained(fp32, quant_type=...)`` (quantize-on-load; bound: the quantized
+  model + the largest shard + 1 GB) and of ``from_pretrained(quantized checkpoint)`` (bound: its
+  size + 1 GB), each in a fresh process;
+* decode seconds per token (median gap between streamer callbacks, 256-token context) at batch 1
+  and batch 8 for fp32, int8 and int4, against each one's bandwidth roofline: the bytes of
+  weights a token reads divided by the bandwidth of the fp32 GEMV pass measured in the same
+  round (``bench_generate.roofline_seconds``). Targets: int8 >= 0.7 of its roofline at batch 1
+  and faster than fp32; int4 >= 0.5 of its roofline. Then the same with the tiled fallback
+  (the C++ operator switched off).
+
+``--glm-10b`` (minutes, ~14 GB): glm-10b-chinese at full size as a 7-shard fp16 safetensors
+checkpoint of sparse files (real names and shapes, data reading as zeros, no disk used),
+``paddle-glm quantize`` to int8 (and int4 unless ``--glm-10b-int8-only``), then 4 decode tokens
+from the quantized checkpoint and from the fp16 checkpoint with ``quant_type``: peak RSS
+(targets <= 14 GB int8, <= 10 GB int4) and seconds per token (target int8 <= 0.6).
+
+    python benchmarks/bench_quant.py [--model glm-large-chinese] [--work benchmarks/_work] [--rounds 3]
+                                     [--tokens 16] [--glm-10b | --glm-10b-only [--glm-10b-int8-only]]
+                                     [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from bench_convert import MODEL, make_checkpoint, preset_shapes
+from bench_generate import contexts_for
+from paddle_glm import GLMConfig
+
+GB = 1e9
+SLACK = 1e9  # the issue's "+ 1 GB"
+QUANT_TYPES = ("weight_only_int8", "weight_only_int4")
+SHORT = {"weight_only_int8": "int8", "weight_only_int4": "int4", None: "fp32"}
+DISK_TARGETS = {"weight_only_int8": 0.27, "weight_only_int4": 0.16}
+ROOFLINE_TARGETS = {"weight_only_int8": 0.7, "weight_only_int4": 0.5}
+GLM_10B, GLM_10B_SHARDS = "glm-10b-chinese", 7
+RSS_TARGETS_10B = {"weight_only_int8": 14e9, "weight_only_int4": 10e9}
+SPEED_TARGET_10B = 0.6  # s/token, int8
+OPERATOR_SWITCH = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # "0": the kernels' tiled fallback
+
+# A fresh process: load (and optionally decode), report peak RSS (VmHWM) and timings as one JSON line.
+_LOAD_CHILD = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+import psutil
+sys.path.insert(0, sys.argv[1])
+from bench_quant import peak_rss, decode_seconds_per_token
+from paddle_glm import GLMForConditionalGeneration
+path, quant_type, tokens = sys.argv[2], sys.argv[3] or None, int(sys.argv[4])
+after_import = psutil.Process().memory_info().rss
+start = time.perf_counter()
+model = GLMForConditionalGeneration.from_pretrained(path, quant_type=quant_type, show_progress=False)
+out = {"after_import": after_import, "load_s": time.perf_counter() - start, "load_peak": peak_rss(),
+       "model_bytes": sum(int(p.numel()) * p.element_size() for p in model.state_dict().values())}
+if tokens:
+    out["s_per_token"] = decode_seconds_per_token(model, 1, 16, tokens)
+out["peak"] = peak_rss()
+print(json.dumps(out))
+"""
+
+
+def peak_rss() -> int:
+    """This process's peak resident set size in bytes (VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def decode_seconds_per_token(model, batch: int, context: int, tokens: int) -> float:
+    """Median seconds between consecutive new tokens of a greedy ``generate`` of ``batch`` rows."""
+    from bench_generate import StepTimer, glm_inputs
+
+    ids, pos, mask = glm_inputs(batch, context, tokens + 1, model.config.vocab_size)
+    timer = StepTimer()
+    model.generate(ids, pos, mask, max_new_tokens=tokens + 1, eos_token_id=None, bad_words_ids=[], streamer=timer)
+    return timer.per_token()
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights a decode step reads: every matrix (quantized: integers and scales) but the position
+    tables, the output projection included (tied to the word embeddings)."""
+    return sum(int(p.numel()) * p.element_size() for name, p in model.state_dict().items()
+               if name.endswith(("weight", "weight_scale")) and "position" not in name and "layernorm" not in name)
+
+
+def run_child(script: str, args, env=None) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", script, here, *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
+    if proc.returncode:
+        raise SystemExit(f"child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cli_peak(args) -> dict:
+    """``paddle-glm ARGS`` in a child; its wall seconds and peak RSS (the children's ru_maxrss, read in a
+    fresh wrapper process so earlier children do not count)."""
+    wrapper = ("import json, resource, subprocess, sys, time; start = time.perf_counter(); "
+               "proc = subprocess.run([sys.executable, '-m', 'paddle_glm', *sys.argv[1:]], capture_output=True, "
+               "text=True); print(proc.stderr[-2000:], file=sys.stderr); "
+               "print(json.dumps({'code': proc.returncode, 'seconds': time.perf_counter() - start, "
+               "'peak': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["code"]:
+        raise SystemExit(f"paddle-glm {' '.join(map(str, args))} failed:\n{proc.stderr}")
+    return result
+
+
+def directory_bytes(path: str, suffixes=(".pdparams", ".safetensors")) -> int:
+    """Apparent size of the weight files in ``path``."""
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(suffixes))
+
+
+# Decode speed of fp32, int8 and int4 in one process (the operator switch applies to the whole child).
+_SPEED_CHILD = r"""
+import json, statistics, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, sys.argv[1])
+import paddle
+from bench_generate import roofline_seconds
+from bench_quant import decode_seconds_per_token, weight_bytes_per_token
+from paddle_glm import GLMForConditionalGeneration
+from paddle_glm.quantization.kernels import operator_status
+src, int8_dir, int4_dir, rounds, tokens, context = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
+models = {name: GLMForConditionalGeneration.from_pretrained(path, show_progress=False)
+          for name, path in (("fp32", src), ("int8", int8_dir), ("int4", int4_dir))}
+fp32_bytes = weight_bytes_per_token(models["fp32"])
+for model in models.values():  # warm-up: first-call costs (allocations, the operator's load) stay out
+    decode_seconds_per_token(model, 8, context, 2)
+per_round = []
+for _ in range(rounds):
+    one = {"bandwidth": fp32_bytes / roofline_seconds(models["fp32"])}  # bytes/s of the fp32 GEMV, this round
+    for name, model in models.items():
+        for batch in (1, 8):
+            seconds = decode_seconds_per_token(model, batch, context, tokens)
+            one[f"{name}_b{batch}_s"] = seconds
+            one[f"{name}_b{batch}_roofline_fraction"] = weight_bytes_per_token(model) / one["bandwidth"] / seconds
+    one["int8_vs_fp32_b1"] = one["fp32_b1_s"] / one["int8_b1_s"]
+    per_round.append(one)
+out = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
+out.update({f"{name}_weight_bytes": weight_bytes_per_token(m) for name, m in models.items()})
+out["operator"] = list(operator_status())
+print(json.dumps(out))
+"""
+
+
+def speed(work_dirs: dict, rounds: int, tokens: int, context: int, fallback: bool) -> dict:
+    env = {OPERATOR_SWITCH: "0"} if fallback else {}
+    return run_child(_SPEED_CHILD, [work_dirs["fp32"], work_dirs["weight_only_int8"], work_dirs["weight_only_int4"],
+                                    rounds, tokens, context], env)
+
+
+def quantize_all(src: str, work: str, model: str, quant_types) -> dict:
+    """``paddle-glm quantize`` SRC into one directory per quant type (reused when there); seconds and peak RSS."""
+    out = {}
+    for quant_type in quant_types:
+        dst = os.path.join(work, f"{model}-{SHORT[quant_type]}")
+        result = {"dir": dst}
+        if not os.path.isfile(os.path.join(dst, "config.json")):
+            result.update(run_cli_peak(["quantize", src, dst, "--quant-type", quant_type, "--quiet", "--overwrite"]))
+        result["disk_bytes"] = directory_bytes(dst)
+        out[quant_type] = result
+    return out
+
+
+def largest_shard(path: str) -> int:
+    return max(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)
+               if n.endswith((".pdparams", ".safetensors")))
+
+
+def memory(src: str, quantized: dict, tokens: int = 0) -> dict:
+    """Peak RSS of quantize-on-load from ``src`` and of loading each quantized checkpoint, against the bounds."""
+    out = {}
+    for quant_type, q in quantized.items():
+        on_load = run_child(_LOAD_CHILD, [src, quant_type, tokens])
+        on_load["bound"] = on_load["model_bytes"] + largest_shard(src) + SLACK
+        loaded = run_child(_LOAD_CHILD, [q["dir"], "", tokens])
+        loaded["bound"] = q["disk_bytes"] + SLACK
+        for result in (on_load, loaded):
+            result["within_bound"] = result["peak"] <= result["bound"]
+        out[quant_type] = {"on_load": on_load, "checkpoint": loaded}
+    return out
+
+
+def make_sparse_checkpoint(directory: str, model: str = GLM_10B, shards: int = GLM_10B_SHARDS) -> None:
+    """Preset ``model`` as fp16 safetensors in ``shards`` files + index, with the real names and shapes, written
+    as headers only: each file is ``truncate``d to its full size, so its data reads as zeros and takes no disk."""
+    if os.path.isfile(os.path.join(directory, "model.safetensors.index.json")):
+        return
+    from paddle_glm.checkpoint.writer import plan_shards, shard_names
+    from paddle_glm.io_utils import atomic_output_dir
+
+    config, shapes = preset_shapes(model)
+    sizes = [(name, int(np.prod(shape)) * 2) for name, shape in shapes]
+    total = sum(n for _, n in sizes)
+    shard_size = next(size for size in range(total // shards, total, max(1, total // 4096))
+                      if len(plan_shards(sizes, size)) == shards)
+    groups = plan_shards(sizes, shard_size)
+    files = shard_names("safetensors", len(groups))
+    shape_of = dict(shapes)
+    with atomic_output_dir(directory, overwrite=True) as tmp:
+        for group, file in zip(groups, files):
+            header, offset = {"__metadata__": {"format": "np"}}, 0
+            for name in group:
+                nbytes = int(np.prod(shape_of[name])) * 2
+                header[name] = {"dtype": "F16", "shape": list(shape_of[name]),
+                                "data_offsets": [offset, offset + nbytes]}
+                offset += nbytes
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)
+            with open(os.path.join(tmp, file), "wb") as f:
+                f.write(len(blob).to_bytes(8, "little") + blob)
+                f.truncate(8 + len(blob) + offset)  # a hole: reads as zeros
+        weight_map = {name: file for group, file in zip(groups, files) for name in group}
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        config.save_pretrained(tmp)
+
+
+def glm_10b(work: str, quant_types, tokens: int = 4) -> dict:
+    """The glm-10b figures: quantize the sparse fp16 checkpoint, then decode from each quantized checkpoint and
+    from the fp16 one quantized on load, in fresh processes."""
+    src = os.path.join(work, f"{GLM_10B}-fp16-sparse")
+    make_sparse_checkpoint(src)
+    out = {"fp16_bytes": directory_bytes(src), "largest_shard": largest_shard(src)}
+    for quant_type in quant_types:
+        q = quantize_all(src, work, GLM_10B, [quant_type])[quant_type]
+        _progress(f"glm-10b {quant_type}: quantize", q)
+        q["from_checkpoint"] = run_child(_LOAD_CHILD, [q["dir"], "", tokens])
+        _progress(f"glm-10b {quant_type}: from the quantized checkpoint", q["from_checkpoint"])
+        q["from_fp16"] = run_child(_LOAD_CHILD, [src, quant_type, tokens])
+        _progress(f"glm-10b {quant_type}: from fp16, quantized on load", q["from_fp16"])
+        q["rss_target"] = RSS_TARGETS_10B[quant_type]
+        q["meets_rss_target"] = max(q["from_checkpoint"]["peak"], q["from_fp16"]["peak"]) <= q["rss_target"]
+        out[quant_type] = q
+    return out
+
+
+def _progress(what: str, result: dict) -> None:
+    """A figure as soon as it is measured (the glm-10b part takes many minutes), on stderr."""
+    print(f"{what}: {json.dumps(result)}", file=sys.stderr, flush=True)
+
+
+def targets(r: dict) -> dict:
+    """Which of the issue's targets this run met."""
+    met = {}
+    for quant_type in QUANT_TYPES:
+        short = SHORT[quant_type]
+        met[f"{short}_disk"] = r["disk_ratio"][quant_type] <= DISK_TARGETS[quant_type]
+        met[f"{short}_rss"] = all(m["within_bound"] for m in r["memory"][quant_type].values())
+        met[f"{short}_roofline_b1"] = r["speed"][f"{short}_b1_roofline_fraction"] >= ROOFLINE_TARGETS[quant_type]
+    met["int8_faster_than_fp32"] = r["speed"]["int8_vs_fp32_b1"] > 1
+    if "glm_10b" in r:
+        for quant_type in QUANT_TYPES:
+            if quant_type in r["glm_10b"]:
+                met[f"glm10b_{SHORT[quant_type]}_rss"] = r["glm_10b"][quant_type]["meets_rss_target"]
+        int8 = r["glm_10b"].get("weight_only_int8")
+        if int8:
+            met["glm10b_int8_speed"] = max(int8["from_checkpoint"]["s_per_token"],
+                                           int8["from_fp16"]["s_per_token"]) <= SPEED_TARGET_10B
+    return met
+
+
+def markdown(r: dict) -> str:
+    """Tables: sizes and memory, speed (operator and fallback), glm-10b."""
+    rows = [f"| {r['model']} | on disk (ratio to fp32; target) | quantize-on-load peak RSS / bound | quantized "
+            "checkpoint load peak RSS / bound |", "|---|---|---|---|"]
+    for quant_type in QUANT_TYPES:
+        m = r["memory"][quant_type]
+        rows.append(f"| {SHORT[quant_type]} | {r['quantized'][quant_type]['disk_bytes'] / GB:.3f} GB "
+                    f"({r['disk_ratio'][quant_type]:.3f}x; <= {DISK_TARGETS[quant_type]}) | "
+                    f"{m['on_load']['peak'] / GB:.2f} / {m['on_load']['bound'] / GB:.2f} GB | "
+                    f"{m['checkpoint']['peak'] / GB:.2f} / {m['checkpoint']['bound'] / GB:.2f} GB |")
+    rows += ["", f"| {r['model']} decode | route | batch 1 s/token (fraction of its roofline) | batch 8 s/step "
+             "(fraction) |", "|---|---|---|---|"]
+    for route in ("speed", "speed_fallback"):
+        s = r[route]
+        label = "C++ operator" if route == "speed" else "tiled fallback"
+        for name in ("fp32", "int8", "int4"):
+            rows.append(f"| {name} | {'matmul' if name == 'fp32' else label} | {s[f'{name}_b1_s']:.4f} "
+                        f"({s[f'{name}_b1_roofline_fraction']:.2f}) | {s[f'{name}_b8_s']:.4f} "
+                        f"({s[f'{name}_b8_roofline_fraction']:.2f}) |")
+    rows.append(f"\nfp32 GEMV bandwidth (the rooflines' basis): {r['speed']['bandwidth'] / GB:.1f} GB/s; int8 is "
+                f"{r['speed']['int8_vs_fp32_b1']:.2f}x as fast as fp32 at batch 1. Targets: int8 >= 0.7 and int4 "
+                ">= 0.5 of their rooflines at batch 1.")
+    if "glm_10b" in r:
+        g = r["glm_10b"]
+        rows += ["", f"| glm-10b-chinese (fp16 {g['fp16_bytes'] / GB:.1f} GB, 7 sparse shards) | quantize: s, peak "
+                 "RSS | on disk | from the quantized checkpoint: peak RSS, s/token | from fp16 with quant_type: "
+                 "peak RSS, s/token | RSS target |", "|---|---|---|---|---|---|"]
+        for quant_type in QUANT_TYPES:
+            if quant_type not in g:
+                continue
+            q = g[quant_type]
+            quantize = f"{q['seconds']:.0f} s, {q['peak'] / GB:.2f} GB" if "seconds" in q else "(reused)"
+            rows.append(f"| {SHORT[quant_type]} | {quantize} | {q['disk_bytes'] / GB:.2f} GB | "
+                        f"{q['from_checkpoint']['peak'] / GB:.2f} GB, {q['from_checkpoint']['s_per_token']:.3f} | "
+                        f"{q['from_fp16']['peak'] / GB:.2f} GB, {q['from_fp16']['s_per_token']:.3f} | "
+                        f"<= {q['rss_target'] / GB:.0f} GB |")
+    missed = [name for name, ok in r["targets"].items() if not ok]
+    rows.append("\nTargets met: " + ("all" if not missed else "all but " + ", ".join(missed)) + ".")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "_work"))
+    parser.add_argument("--model", default=MODEL, help="preset in configs/ (the targets are for glm-large)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the speed measurement (medians reported)")
+    parser.add_argument("--tokens", type=int, default=16, help="decode steps per speed measurement")
+    parser.add_argument("--glm-10b", action="store_true", help="also the full-size glm-10b-chinese part (~14 GB)")
+    parser.add_argument("--glm-10b-int8-only", action="store_true", help="glm-10b: int8 only")
+    parser.add_argument("--glm-10b-only", action="store_true", help="the glm-10b part only (implies --glm-10b)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    if args.glm_10b_only:
+        r = {"benchmark": "quantization", "model": GLM_10B,
+             "glm_10b": glm_10b(args.work, QUANT_TYPES[:1] if args.glm_10b_int8_only else QUANT_TYPES)}
+        print(json.dumps(r))
+        return 0
+    src = os.path.join(args.work, f"{args.model}-fp32-pdparams")
+    make_checkpoint(src, args.model)
+    r = {"benchmark": "quantization", "model": args.model, "fp32_disk_bytes": directory_bytes(src)}
+    r["quantized"] = quantize_all(src, args.work, args.model, QUANT_TYPES)
+    r["disk_ratio"] = {qt: q["disk_bytes"] / r["fp32_disk_bytes"] for qt, q in r["quantized"].items()}
+    r["memory"] = memory(src, r["quantized"])
+    dirs = {"fp32": src, **{qt: q["dir"] for qt, q in r["quantized"].items()}}
+    context = contexts_for(GLMConfig.from_name(args.model))["mid"]  # bench_generate's: 256 of 1024 positions
+    r["speed"] = speed(dirs, args.rounds, args.tokens, context, fallback=False)
+    r["speed_fallback"] = speed(dirs, 1, args.tokens, context, fallback=True)
+    if args.glm_10b:
+        r["glm_10b"] = glm_10b(args.work, QUANT_TYPES[:1] if args.glm_10b_int8_only else QUANT_TYPES)
+    r["targets"] = targets(r)
+    print(markdown(r))
+    print(json.dumps(r))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(r, f, indent=2)
+    return 0 if all(r["targets"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

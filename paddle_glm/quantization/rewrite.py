@@ -1,0 +1,163 @@
+"""Weight-only quantization as a rewrite of a built GLM, applied from outside as LoRA and tensor parallelism are.
+
+:func:`quantize_model` swaps every transformer Linear (``query_key_value``, ``dense``,
+``dense_h_to_4h``, ``dense_4h_to_h``) for a :class:`QuantizedLinear` and, unless told
+not to, the word embeddings (also the tied output projection) for a
+:class:`QuantizedEmbedding`. LayerNorms, biases and the position tables stay float. The
+model code does not change: it calls its layers and ``word_embeddings.project``.
+
+On a model built under ``paddle.LazyGuard`` (``from_pretrained``) nothing is allocated:
+the returned :class:`QuantizedLoading` is the loader's ``assign`` hook, which quantizes
+each float weight as its shard streams in (fp16/bf16 cast to float32 one tensor at a
+time) or takes the integer weights and scales of a quantized checkpoint as they are.
+On a loaded float model the weights are quantized at once.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ..attention import dtype_str
+from ..checkpoint.dtypes import STORAGE, cast_array
+from ..checkpoint.layout import strip_prefix
+from ..errors import CheckpointError, GLMError
+from .kernels import dequantize_weight, to_cuda_layout
+from .layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, lazy_parameter
+from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
+
+# The quantized Linears of each block: (parent sublayer, attribute)
+LINEARS = (("attention", "query_key_value"), ("attention", "dense"), ("mlp", "dense_h_to_4h"), ("mlp", "dense_4h_to_h"))
+SCALE_SUFFIX = "_scale"  # "<name>.weight" -> "<name>.weight_scale"
+
+
+def quantized_weight_names(config, settings: QuantSettings) -> List[str]:
+    """The checkpoint names (without ``glm.``) of the weights ``settings`` quantize."""
+    names = [f"transformer.layers.{i}.{parent}.{attr}.weight" for i in range(config.num_layers)
+             for parent, attr in LINEARS]
+    return names + (["word_embeddings.weight"] if settings.quantize_embeddings else [])
+
+
+class QuantizedLoading:
+    """The loader's ``assign`` hook for a rewritten model: which layer receives each checkpoint tensor."""
+
+    def __init__(self, layers: Dict[str, QuantizedWeight]):
+        self.layers = layers  # "transformer.layers.0.attention.dense" -> its quantized layer
+
+    def assign(self, name: str, array: np.ndarray, where: str) -> Optional[List[str]]:
+        """Take tensor ``name`` (Paddle layout) if it belongs to a quantized weight; returns the model keys it
+        filled, or None to leave it to the loader (biases, LayerNorms, position tables)."""
+        key = strip_prefix(name)
+        owner, _, field = key.rpartition(".")
+        layer = self.layers.get(owner)
+        if layer is None or field not in ("weight", "weight" + SCALE_SUFFIX):
+            return None
+        if field == "weight" and array.dtype in STORAGE.values():  # a float weight: quantize it now
+            layer.set_paddle_weight(cast_array(array, "float32"))  # one tensor at a time
+            return [key, key + SCALE_SUFFIX]
+        param = getattr(layer, field)
+        expected = np.dtype(dtype_str(param.dtype))
+        if array.dtype != expected or list(array.shape) != list(param.shape):
+            raise CheckpointError(f"{where}: tensor {name!r} is {array.dtype} {list(array.shape)}, but the quantized "
+                                  f"model expects {expected} {list(param.shape)} (does config.json's "
+                                  f"'{QUANT_CONFIG_KEY}' match the checkpoint?)")
+        param.set_value(array)
+        return [key]
+
+
+def quantize_model(model: nn.Layer, settings: QuantSettings) -> QuantizedLoading:
+    """Rewrite a built GLM (GLMModel or a model with a ``glm`` base) for weight-only quantization, in place.
+
+    Loaded float weights are quantized at once; a model built under ``paddle.LazyGuard`` gets
+    quantized layers without memory, which ``load_checkpoint(..., assign=loading.assign)`` fills.
+    The config records ``settings`` (``quantization_config``), so ``save_pretrained`` writes a
+    quantized checkpoint. Returns the loading hook; the settings are kept as ``model.quantization``.
+    """
+    base = getattr(model, "glm", model)
+    _refuse_other_rewrites(model)
+    settings.check(base.config)
+    dtype, hidden = base.compute_dtype, base.config.hidden_size
+    layers: Dict[str, QuantizedWeight] = {}
+    for i, block in enumerate(base.transformer.layers):
+        for parent_name, attr in LINEARS:
+            parent = getattr(block, parent_name)
+            old = getattr(parent, attr)
+            in_features, out_features = old.weight.shape
+            new = QuantizedLinear(in_features, out_features, settings, dtype)
+            _swap(parent, attr, old, new)
+            layers[f"transformer.layers.{i}.{parent_name}.{attr}"] = new
+    if settings.quantize_embeddings:
+        old = base.word_embeddings
+        new = QuantizedEmbedding(base.config.vocab_size, hidden, settings.for_embeddings(), dtype)
+        _swap(base, "word_embeddings", old, new)
+        layers["word_embeddings"] = new
+    base.config.extra[QUANT_CONFIG_KEY] = settings.to_dict()
+    model.quantization = settings
+    return QuantizedLoading(layers)
+
+
+def _refuse_other_rewrites(model: nn.Layer) -> None:
+    if getattr(model, "quantization", None) is not None:
+        raise GLMError("this model is already quantized")
+    if getattr(model, "tensor_parallel", None) is not None:
+        raise GLMError(QUANT_WITH_TP)
+    if getattr(model, "lora_config", None) is not None:
+        raise GLMError("quantize the base model first, then apply the LoRA adapter (it stays in full precision)")
+
+
+def _swap(parent: nn.Layer, attr: str, old: nn.Layer, new: nn.Layer) -> None:
+    """Put ``new`` in place of ``old``, quantizing its float weight (and copying its bias) if loaded."""
+    if old.weight._is_initialized():
+        new.set_paddle_weight(old.weight.numpy().astype(np.float32))
+        if getattr(new, "bias", None) is not None:
+            new.bias.set_value(old.bias)
+    setattr(parent, attr, new)
+
+
+def quantized_model_bytes(config, settings: QuantSettings, dtype: str = "float32") -> int:
+    """Bytes of the weights of ``GLMForConditionalGeneration(config)`` quantized with ``settings``, the float
+    parts in ``dtype`` (built lazily: no memory)."""
+    from ..devices import default_dtype
+    from ..model import GLMForConditionalGeneration
+
+    with default_dtype(dtype), paddle.LazyGuard():
+        model = GLMForConditionalGeneration(config)
+    quantize_model(model, settings)
+    return sum(int(np.prod(p.shape)) * p.element_size() for p in model.state_dict().values())
+
+
+def convert_for_cuda(model: nn.Layer, arch: int) -> None:
+    """Put a loaded quantized model in the layout Paddle's CUDA ``weight_only_linear`` reads, in place.
+
+    Each QuantizedLinear's weight and scale are reordered for ``arch`` (``kernels.to_cuda_layout``:
+    no requantization; the scale in the compute dtype). Quantized word embeddings are dequantized
+    to the compute dtype: a lookup gathers rows, which the CUDA layout does not keep. Run by
+    ``from_pretrained`` on a GPU; unverified there (no GPU here), tested on CPU.
+    """
+    from ..model import WordEmbeddings
+
+    base = getattr(model, "glm", model)
+    dtype = base.compute_dtype
+    for layer in base.sublayers():
+        if isinstance(layer, QuantizedLinear):
+            weight, scale = to_cuda_layout(layer.weight.numpy(), layer.weight_scale.numpy(), layer.quant_type,
+                                           layer.group_size, arch)
+            layer.weight = _parameter_holding(layer, weight)
+            layer.weight_scale = _parameter_holding(layer, paddle.to_tensor(scale).astype(dtype))
+    embeddings = base.word_embeddings
+    if isinstance(embeddings, QuantizedEmbedding):
+        dense = dequantize_weight(embeddings.weight.numpy(), embeddings.weight_scale.numpy(), embeddings.quant_type,
+                                  embeddings.group_size)  # [vocab, hidden]
+        with paddle.LazyGuard():
+            base.word_embeddings = WordEmbeddings(*dense.shape)
+        base.word_embeddings.weight.set_value(paddle.to_tensor(dense).astype(dtype))
+
+
+def _parameter_holding(layer: nn.Layer, value) -> paddle.Tensor:
+    """A frozen parameter of ``layer`` holding ``value`` (a numpy array or tensor)."""
+    tensor = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
+    param = lazy_parameter(layer, list(tensor.shape), dtype_str(tensor.dtype))
+    param.set_value(tensor)
+    return param
