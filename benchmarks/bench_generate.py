@@ -26,7 +26,8 @@ is printed too: no decoder that reads every weight once per token can beat it.
 ``--model`` takes another preset (contexts scale with its position table), e.g. the
 tiny one for a quick check of this script; the targets are for glm-large.
 
-Usage: python benchmarks/bench_generate.py [--model glm-large-chinese] [--json out.json] [--no-paddlenlp] [--tokens N] [--rounds 3]
+Usage: python benchmarks/bench_generate.py [--model glm-large-chinese] [--json out.json] [--no-paddlenlp]
+                                           [--tokens N] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def print_table(r: dict, args, ctx: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="glm-large-chinese", help="preset in configs/ (the targets are for glm-large)")
+    parser.add_argument("--model", default="glm-large-chinese",
+                        help="preset in configs/ (the targets are for glm-large)")
     parser.add_argument("--tokens", type=int, default=16, help="decode steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of our measurements (medians are reported)")
     parser.add_argument("--no-paddlenlp", action="store_true", help="skip the (slow) PaddleNLP measurement")

@@ -33,9 +33,9 @@ import subprocess
 import sys
 
 import numpy as np
-
 from bench_convert import MODEL, make_checkpoint, preset_shapes
 from bench_generate import contexts_for
+
 from paddle_glm import GLMConfig
 
 GB = 1e9

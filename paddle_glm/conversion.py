@@ -105,7 +105,7 @@ def convert(src: str, dst: str, to: str = "safetensors", from_layout: str = "aut
                              allow_unknown=allow_unknown, quiet=quiet)
 
 
-def write_transformed(src: str, dst: str, transform_for: Callable[[CheckpointSource], "_Transform"],
+def write_transformed(src: str, dst: str, transform_for: Callable[[CheckpointSource], _Transform],
                       max_shard_size="2GB", *, to: str = "safetensors", layout: str = "paddle", verify: bool = False,
                       overwrite: bool = False, allow_unknown: bool = False, quiet: bool = False,
                       finish_output: Optional[Callable[[str], None]] = None, desc: str = "Converting") -> ConvertReport:

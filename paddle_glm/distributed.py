@@ -301,10 +301,11 @@ def run_as_rank(run: Callable[[], int]) -> int:
 def _redirect_output(work: str, rank: int) -> None:
     """Rank 0's stdout and stderr into ``work`` (the starting process shows them); the others' stdout to nowhere."""
     if rank == 0:
-        sys.stdout = open(os.path.join(work, "stdout"), "w", encoding="utf-8", buffering=1)
-        sys.stderr = open(os.path.join(work, "stderr"), "w", encoding="utf-8", buffering=1)
+        # the process's own streams from here on: open until it exits
+        sys.stdout = open(os.path.join(work, "stdout"), "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        sys.stderr = open(os.path.join(work, "stderr"), "w", encoding="utf-8", buffering=1)  # noqa: SIM115
     else:
-        sys.stdout = open(os.devnull, "w", encoding="utf-8")
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
 
 
 def _write(path: str, text: str) -> None:
@@ -489,7 +490,7 @@ class _Forward:
         if self.file is None:
             if not os.path.exists(self.path):
                 return
-            self.file = open(self.path, "rb")
+            self.file = open(self.path, "rb")  # noqa: SIM115 (read as it grows; closed in close())
         text = self.decoder.decode(self.file.read())
         if text:
             self.target.write(text)

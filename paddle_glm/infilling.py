@@ -78,7 +78,7 @@ def fill_blanks(model, tokenizer, text: str, **generate_kwargs) -> Tuple[str, Li
         streamer.end()
     spans = [tokenizer.decode(span, skip_special_tokens=True) for _, span in filled]
     completed, start = [], 1 if context and context[0] == tokenizer.cls_token_id else 0
-    for (position, span_ids), span in zip(filled, spans):
+    for (position, _span_ids), span in zip(filled, spans):
         completed.append(tokenizer.decode(context[start:position], skip_special_tokens=True))
         completed.append(span)
         start = position + 1

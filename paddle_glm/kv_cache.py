@@ -33,7 +33,7 @@ class KVCache:
     """
 
     def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,
-                 layout: str, base: Optional["KVCache"] = None):
+                 layout: str, base: Optional[KVCache] = None):
         if layout not in (BHSD, BSHD):
             raise ValueError(f"unknown cache layout {layout!r}")
         self.keys, self.values, self.key_bias, self.layout = keys, values, key_bias, layout
@@ -67,7 +67,7 @@ class KVCache:
 
     @classmethod
     def allocate(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype,
-                 layout: str) -> "KVCache":
+                 layout: str) -> KVCache:
         """Zeroed buffers and every slot hidden."""
         if layout not in (BHSD, BSHD):
             raise ValueError(f"unknown cache layout {layout!r}")
@@ -121,7 +121,7 @@ class KVCache:
         per = lambda t: int(np.prod(t.shape)) * t.element_size()  # noqa: E731
         return sum(per(t) for t in self.keys + self.values) + per(self.key_bias)
 
-    def window(self, rows: int, length: int) -> "KVCache":
+    def window(self, rows: int, length: int) -> KVCache:
         """The first ``length`` slots of the first ``rows`` rows, as views: writes go to these buffers
         (continuous batching runs its running rows, kept in the lowest rows, over the slots its
         longest row uses, not the whole table)."""
@@ -140,7 +140,7 @@ class KVCache:
                 buffer[target, :length] = buffer[source, :length]
         self.key_bias[target] = self.key_bias[source]
 
-    def load_row(self, row: int, source: "KVCache", visible: paddle.Tensor) -> None:
+    def load_row(self, row: int, source: KVCache, visible: paddle.Tensor) -> None:
         """Put row 0 of ``source`` (a prefill of ``n`` tokens, same layout) into row ``row``: its keys and
         values at slots ``0..n-1``, and ``visible`` (bool ``[n]``) as the row's key visibility (later
         slots hidden until decode steps reveal them)."""

@@ -74,7 +74,7 @@ class LoRAConfig:
                             "use_quick_lora": False, "scaling": self.scaling}.items()))
 
     @classmethod
-    def from_file(cls, path: str) -> "LoRAConfig":
+    def from_file(cls, path: str) -> LoRAConfig:
         """Read a ``lora_config.json`` written by :func:`save_adapter` or by PaddleNLP; a bad field is a
         GLMError naming the file and the field."""
         if not os.path.isfile(path):

@@ -51,7 +51,7 @@ def main() -> None:
     results["during the gathers"] = outcome(lambda: model.save_pretrained(os.path.join(out, "full-disk"),
                                                                           max_shard_size="20KB"))
     writer.ShardedWriter.add = original
-    results["rank-0 write"] = outcome(lambda: on_rank_zero(lambda: open(os.path.join(out, "no", "such", "dir"), "w")))
+    results["rank-0 write"] = outcome(lambda: on_rank_zero(lambda: open(os.path.join(out, "no", "such", "dir"), "w")))  # noqa: SIM115
     results["then a save"] = outcome(lambda: model.save_pretrained(os.path.join(out, "saved")))
     with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
         json.dump(results, f)

@@ -2,6 +2,7 @@
 a bounded wait that kills the whole tree on timeout, and the checks that nothing is left behind."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import signal
@@ -50,10 +51,8 @@ def descendants(root: subprocess.Popen) -> List[psutil.Process]:
 def kill_tree(root: subprocess.Popen, env: dict) -> None:
     """SIGKILL the root, its descendants and every marked process (a test's last resort)."""
     for process in [*descendants(root), *marked(env)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
-        except psutil.NoSuchProcess:
-            pass
     if root.poll() is None:
         root.kill()
     root.wait()

@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_A, random_model
 from process_tree import assert_nothing_left, kill_tree, tree_env
+
+from conftest import TINY_A, random_model
 
 TESTS = Path(__file__).resolve().parent
 

@@ -163,12 +163,12 @@ def test_sampled_tokens_lie_in_top_k_and_nucleus(own, top_k, top_p):
     n0 = prompt.shape[1]
     for row in range(seqs.shape[0]):
         for step in range(GEN):
-            token, l = seqs[row, n0 + step], logits[row, step]
-            order = np.argsort(-l)
+            token, step_logits = seqs[row, n0 + step], logits[row, step]
+            order = np.argsort(-step_logits)
             if top_k:
                 assert token in order[:top_k]
             if top_p < 1:
-                p = np.exp(l - l.max())
+                p = np.exp(step_logits - step_logits.max())
                 p /= p.sum()
                 mass_before = np.cumsum(p[order]) - p[order]
                 nucleus = order[mass_before < top_p]
@@ -288,7 +288,8 @@ def test_text_streamers(own, capsys):
 
 
 class _DropAfter(TokenCollector):
-    """A streamer with ``before_step`` (the server's row-dropping hook): after ``steps`` puts, the rows in ``leaving`` are no longer wanted."""
+    """A streamer with ``before_step`` (the server's row-dropping hook): after ``steps`` puts, the rows in
+    ``leaving`` are no longer wanted."""
 
     def __init__(self, batch, steps, leaving):
         super().__init__()

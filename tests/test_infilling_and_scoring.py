@@ -3,7 +3,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ours_from, random_model, paddlenlp_model
+from conftest import ours_from, paddlenlp_model, random_model
 from tokenizer_helpers import TOKENIZER_DIR
 
 from paddle_glm import GLMError

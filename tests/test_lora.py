@@ -8,8 +8,7 @@ import pytest
 from conftest import generation_batch, logits_of, ours_from, paddlenlp_model
 
 from paddle_glm import GLMError
-from paddle_glm.lora import CONFIG_FILE, WEIGHTS_FILE, LoRAConfig, apply_lora, load_adapter, merge_lora, \
-    save_adapter
+from paddle_glm.lora import CONFIG_FILE, WEIGHTS_FILE, LoRAConfig, apply_lora, load_adapter, merge_lora, save_adapter
 
 CFG = dict(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=300, max_sequence_length=64)
 TARGETS = [".*query_key_value.*", ".*dense_h_to_4h.*"]

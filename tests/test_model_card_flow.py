@@ -49,7 +49,8 @@ def test_padded_vocabulary_rows_are_never_generated(setup):
         collector = TokenCollector()
         fill_blanks(model, tokenizer, TEXT, max_new_tokens=5, streamer=collector)
         inputs = tokenizer.build_inputs_for_generation(tokenizer(TEXT, return_tensors="pd"), max_gen_length=8)
-        default = model.generate(**inputs, max_new_tokens=5)  # default bad words: [gMASK] and the rows the tokenizer lacks
+        # default bad words: [gMASK] and the rows the tokenizer lacks
+        default = model.generate(**inputs, max_new_tokens=5)
         unguarded = model.generate(**inputs, max_new_tokens=5, bad_words_ids=[])
     finally:
         weight.set_value(original)

@@ -12,11 +12,18 @@ import paddle
 import pytest
 
 from paddle_glm import GLMError
-from paddle_glm.quantization import cpu_operator
-from paddle_glm.quantization import kernels
-from paddle_glm.quantization.kernels import (CPU_OPERATOR, CPU_TILED_FALLBACK, CUDA_WEIGHT_ONLY, choose_route,
-                                             dequantize_weight, quantize_weight, to_cuda_layout, weight_only_linear)
+from paddle_glm.quantization import cpu_operator, kernels
 from paddle_glm.quantization.cuda_layout import cuda_arch, cuda_weight_only_args
+from paddle_glm.quantization.kernels import (
+    CPU_OPERATOR,
+    CPU_TILED_FALLBACK,
+    CUDA_WEIGHT_ONLY,
+    choose_route,
+    dequantize_weight,
+    quantize_weight,
+    to_cuda_layout,
+    weight_only_linear,
+)
 
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,6 +9,8 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import TINY_A, random_model
+
 from paddle_glm import GLMForConditionalGeneration
 from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR
 from paddle_glm.errors import GLMError
@@ -18,8 +20,6 @@ from paddle_glm.quantization.layers import QuantizedEmbedding, QuantizedLinear, 
 from paddle_glm.quantization.rewrite import quantize_model
 from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
 from paddle_glm.tokenizer import GLMChineseTokenizer
-
-from conftest import TINY_A, random_model
 
 # glm-large-chinese's shape with 2 of its 24 layers (the error grows little with depth on random weights)
 GLM_LARGE_2 = dict(num_layers=2, hidden_size=1024, num_attention_heads=16, vocab_size=50048, max_sequence_length=1024)

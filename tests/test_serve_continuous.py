@@ -12,8 +12,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 parser = pytest.importorskip("prometheus_client.parser")
 
-from conftest import random_model  # noqa: E402
 from test_serve import ServerProcess, in_process  # noqa: E402
+
+from conftest import random_model  # noqa: E402
 from tokenizer_helpers import TOKENIZER_DIR  # noqa: E402
 
 from paddle_glm import GLMChineseTokenizer  # noqa: E402
@@ -86,7 +87,8 @@ def test_a_request_joins_the_running_batch(server):
         b_alone = stream(server, b_prompt, 8, times)
         b_alone_ttft = times[0] - sent
         a_times, b_times, result = [], [], {}
-        a = threading.Thread(target=lambda: result.update(a=stream(server, a_prompt, 64, a_times)))
+        a = threading.Thread(target=lambda result=result, a_times=a_times:
+                             result.update(a=stream(server, a_prompt, 64, a_times)))
         a.start()
         while len(a_times) < 4:
             time.sleep(0.001)

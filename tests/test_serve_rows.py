@@ -38,7 +38,10 @@ class Recorder(Sink):
         self.errors.append((status, message))
 
 
-def make_row(prompt="x[MASK]", max_tokens=8, stop=(), sampling=Sampling(), sink=None, index=0):
+DEFAULT_SAMPLING = Sampling()
+
+
+def make_row(prompt="x[MASK]", max_tokens=8, stop=(), sampling=DEFAULT_SAMPLING, sink=None, index=0):
     sink = sink or Recorder()
     row = Row(prompt, 3, max_tokens, stop, sampling, sink, index)
     sink.row = row

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from process_tree import ROOT, assert_nothing_left, cli, descendants, kill_tree, launch_dirs, stop, tree_env, wait_for
 
 DEMO = str(ROOT / "paddle_glm" / "demo_model")

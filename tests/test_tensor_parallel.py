@@ -16,7 +16,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import TINY_A, TINY_B, random_model, paddlenlp_model
+from conftest import TINY_A, TINY_B, paddlenlp_model, random_model
 from tokenizer_helpers import TOKENIZER_DIR
 from tp_worker import GENERATE, generation_inputs
 

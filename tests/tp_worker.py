@@ -18,8 +18,7 @@ import paddle
 
 from conftest import generation_batch
 
-from paddle_glm import GLMError, GLMForConditionalGeneration
-from paddle_glm import tensor_parallel
+from paddle_glm import GLMError, GLMForConditionalGeneration, tensor_parallel
 from paddle_glm.parallel import split_kind
 
 GENERATE = dict(max_new_tokens=5, eos_token_id=None, bad_words_ids=[])

@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         "serve", help="serve a model over HTTP (OpenAI completions subset, /v1/fill, a web page)",
         description="Serve MODEL_DIR over HTTP: POST /v1/completions (the OpenAI completions subset, streaming "
                     "with server-sent events), POST /v1/fill, GET /v1/models, GET /health, GET /metrics "
-                    "(Prometheus) and a page at /. Requests join the running batch at the next decode step (continuous batching). Needs "
+                    "(Prometheus) and a page at /. Requests join the running batch at the next decode step "
+                    "(continuous batching). Needs "
                     "the 'serve' extra: pip install 'paddle-glm[serve]'.")
     add_model_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

@@ -147,7 +147,7 @@ def _finalize(history: np.ndarray, beam_scores: np.ndarray, hyps: List[Hypothese
                 hyp.add(generated, float(beam_scores[row, beam]), len(generated))
     best = [hyp.best() for hyp in hyps]
     outputs = []
-    for score, tokens in best:
+    for _score, tokens in best:
         if eos_token_id is not None and len(tokens) < new_tokens:
             tokens = tokens + [eos_token_id]
         outputs.append(tokens)

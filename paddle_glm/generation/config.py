@@ -67,7 +67,7 @@ class GenerationConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "GenerationConfig") -> "GenerationConfig":
+    def from_dict(cls, values: Mapping[str, Any], source: str = "GenerationConfig") -> GenerationConfig:
         """A config from a mapping; unknown keys are an error that names them."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
@@ -76,7 +76,7 @@ class GenerationConfig:
         return cls(**values)
 
     @classmethod
-    def from_model_config(cls, config, tokenizer=None) -> "GenerationConfig":
+    def from_model_config(cls, config, tokenizer=None) -> GenerationConfig:
         """GLM's defaults for a model: eos is ``<|endofpiece|>`` (the config's ``eop_token_id``, else
         the tokenizer's); with a tokenizer, the bad words are :func:`default_bad_words` (without
         one they are decided where the settings are used: see :meth:`resolved`)."""
@@ -86,7 +86,7 @@ class GenerationConfig:
         return cls(eos_token_id=None if eop is None else int(eop),
                    bad_words_ids=None if tokenizer is None else default_bad_words(config, tokenizer))
 
-    def resolved(self, model_config, tokenizer=None) -> "GenerationConfig":
+    def resolved(self, model_config, tokenizer=None) -> GenerationConfig:
         """This config with GLM's eos and bad words where it has none: the one place they are decided
         (:meth:`from_model_config`, :func:`default_bad_words`)."""
         defaults = GenerationConfig.from_model_config(model_config, tokenizer)
@@ -95,7 +95,7 @@ class GenerationConfig:
         return dataclasses.replace(self, eos_token_id=eos, bad_words_ids=bad)
 
     @classmethod
-    def from_pretrained(cls, path: str, model_config=None) -> "GenerationConfig":
+    def from_pretrained(cls, path: str, model_config=None) -> GenerationConfig:
         """``generation_config.json`` of a local directory, over the model's defaults.
 
         Without the file: :meth:`from_model_config` (with the directory's tokenizer, when it holds
@@ -127,7 +127,7 @@ class GenerationConfig:
         diff = {name: value for name, value in dataclasses.asdict(self).items() if getattr(default, name) != value}
         atomic_write_text(os.path.join(path, GENERATION_CONFIG_NAME), json.dumps(diff, indent=2, sort_keys=True) + "\n")
 
-    def updated(self, **overrides) -> "GenerationConfig":
+    def updated(self, **overrides) -> GenerationConfig:
         """A copy with ``overrides`` applied (unknown names are an error naming them).
 
         Giving one of ``max_length`` / ``max_new_tokens`` drops the other from this config,
@@ -181,7 +181,7 @@ class GenerationConfig:
         if _is_int(self.num_beams) and self.num_beams > 1 and self.do_sample is True:
             yield "num_beams", "beam sampling is not supported: use num_beams > 1 or do_sample=True, not both"
 
-    def validate(self) -> "GenerationConfig":
+    def validate(self) -> GenerationConfig:
         """Raise GLMError naming the first invalid setting; returns ``self``."""
         for name, message in self.problems():
             raise GLMError(f"{name}: {message}")

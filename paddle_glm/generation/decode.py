@@ -113,7 +113,7 @@ class TokenChooser:
         self.settings, self.sampling, self.keys = settings, sampling, keys
 
     @classmethod
-    def for_rows(cls, settings: LogitsSettings, sampling: bool, rows: int, seed: Optional[int]) -> "TokenChooser":
+    def for_rows(cls, settings: LogitsSettings, sampling: bool, rows: int, seed: Optional[int]) -> TokenChooser:
         """A chooser for ``rows`` rows of one call, their streams derived from ``seed`` (None: a random one)."""
         return cls(settings, sampling, row_keys([seed] * rows) if sampling else None)
 

@@ -81,7 +81,7 @@ class TextIteratorStreamer(TextStreamer):
 
     def __init__(self, tokenizer, skip_special_tokens: bool = False, timeout: Optional[float] = None):
         super().__init__(tokenizer, skip_special_tokens)
-        self.queue: "queue.Queue" = queue.Queue()
+        self.queue: queue.Queue = queue.Queue()
         self.timeout = timeout
 
     def on_text(self, text: str, end: bool) -> None:

@@ -52,7 +52,7 @@ class QuantSettings:
             raise GLMError(f"group size {self.group_size!r} (--group-size) must be an even integer >= 2 "
                            "(int4 values are packed two per byte)")
 
-    def for_embeddings(self) -> "QuantSettings":
+    def for_embeddings(self) -> QuantSettings:
         """The settings of the word embeddings: per row for int8, groups of ``EMBEDDING_GROUP_SIZE`` for int4."""
         return QuantSettings(self.quant_type, EMBEDDING_GROUP_SIZE, self.quantize_embeddings)
 
@@ -78,7 +78,7 @@ class QuantSettings:
                 "quantize_embeddings": self.quantize_embeddings, "embedding_group_size": embedding_group}
 
     @classmethod
-    def from_config(cls, config, where: str = "config.json") -> Optional["QuantSettings"]:
+    def from_config(cls, config, where: str = "config.json") -> Optional[QuantSettings]:
         """The settings a config records (``config.extra["quantization_config"]``), None for a float model."""
         entry = config.extra.get(QUANT_CONFIG_KEY)
         if entry is None:

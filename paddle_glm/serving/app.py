@@ -3,6 +3,7 @@ at ``/``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from contextlib import asynccontextmanager
@@ -18,8 +19,17 @@ from ..tokenizer import with_mask
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import CountStatuses, ServerMetrics
 from .middleware import APIKey, BodyLimit
-from .protocol import APIError, CompletionRequest, FillRequest, check_prompt_count, choice, completion_body, \
-    completion_id, parse, usage
+from .protocol import (
+    APIError,
+    CompletionRequest,
+    FillRequest,
+    check_prompt_count,
+    choice,
+    completion_body,
+    completion_id,
+    parse,
+    usage,
+)
 from .rows import Row, Sink
 from .scheduler import FillJob, QueueFull
 
@@ -37,10 +47,8 @@ class Channel(Sink):
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def _push(self, event: tuple) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is shutting down
             self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: the server is shutting down
-            pass
 
     def text(self, index: int, delta: str) -> None:
         self._push(("text", index, delta))

@@ -77,7 +77,7 @@ class APIKey:
 
     def __init__(self, app, key: Optional[str], also: tuple = ()):
         self.app = app
-        self.expected = f"Bearer {key}".encode("utf-8") if key else None
+        self.expected = f"Bearer {key}".encode() if key else None
         self.also = also
 
     async def __call__(self, scope, receive, send):

@@ -6,6 +6,7 @@ Only the scheduler's model thread calls ``complete`` and ``fill``; ``prompt_toke
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -52,11 +53,9 @@ class ModelRunner:
         batch = tokenizer([row.prompt for row in rows], padding=True, return_tensors="pd")
         inputs = tokenizer.build_inputs_for_generation(batch, max_gen_length=new_tokens)
         streamer = BatchStreamer(rows, tokenizer, self.metrics)
-        try:
+        with contextlib.suppress(BatchFinished):
             self.model.generate(**inputs, generation_config=self.settings, max_new_tokens=new_tokens,
                                 streamer=streamer, **rows[0].sampling.generate_kwargs())
-        except BatchFinished:
-            pass
         return BatchStats(len(rows), len(streamer.step_times), streamer.step_seconds(), streamer.cancelled())
 
     def fill(self, text: str, max_tokens: int, sampling: Sampling) -> Tuple[str, List[str], int]:

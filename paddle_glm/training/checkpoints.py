@@ -51,7 +51,7 @@ class TrainerState:
     train_sha256: Optional[str] = None
 
     @classmethod
-    def from_file(cls, path: str) -> "TrainerState":
+    def from_file(cls, path: str) -> TrainerState:
         """Read a ``trainer_state.json``; bad JSON, an unknown key or a wrong value is a GLMError naming the file."""
         data = read_json_object(path)
         names = [f.name for f in fields(cls)]
