@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 from ..checkpoint.dtypes import DTYPE_NAMES
 from .common import add_device_flag, use_device
@@ -64,7 +65,7 @@ def finetune_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import launch
+    from ..distributed import in_launched_job, launch
     from ..errors import GLMError
     from ..training import finetune
     from ..training.loop import check_inputs, check_output_state
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     settings = finetune_args(args)
     if args.nproc < 1:
         raise GLMError(f"--nproc: must be at least 1, got {args.nproc}")
-    if args.nproc == 1:
+    args.replacing = args.overwrite and os.path.isdir(args.out) and bool(os.listdir(args.out))
+    if args.nproc == 1 or in_launched_job():  # a rank of a job (however --nproc was spelled) trains, never launches
         finetune(settings)
         return 0
     check_inputs(settings)  # one clear error here rather than one per process
@@ -84,9 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def last_checkpoint_note(args: argparse.Namespace) -> str:
-    """Where a stopped run can resume from (``--resume``)."""
+    """Where a stopped run can resume from (``--resume``); with ``--overwrite`` of an existing output the
+    new run's checkpoints were temporary, and the old output is what is left."""
     from ..training.checkpoints import latest_checkpoint
 
+    if getattr(args, "replacing", False):
+        return f"--overwrite: {args.out} is left as it was"
     latest = latest_checkpoint(args.out)
     return f"the last complete checkpoint is {latest}" if latest else f"no checkpoint was written in {args.out}"
 

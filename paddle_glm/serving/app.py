@@ -139,7 +139,9 @@ def _add_completions(app: FastAPI, scheduler, model_name: str) -> None:
     async def completions(request: Request):
         body = parse(CompletionRequest, await request.body())
         channel = Channel(asyncio.get_running_loop())
-        rows = [_row(scheduler.runner, prompt, body, channel, i) for i, prompt in enumerate(body.prompts())]
+        prompts = body.prompts()
+        check_prompt_count(len(prompts), scheduler.max_queue)  # before tokenizing a list that can never fit
+        rows = [_row(scheduler.runner, prompt, body, channel, i) for i, prompt in enumerate(prompts)]
         _submit(scheduler, rows)
         request_id = completion_id()
         if body.stream:
@@ -217,7 +219,6 @@ def _failure(status: int, message: str, param: Optional[str] = None) -> APIError
 
 
 def _submit(scheduler, jobs: list) -> None:
-    check_prompt_count(len(jobs), scheduler.max_queue)
     try:
         scheduler.submit(jobs)
     except QueueFull as e:
