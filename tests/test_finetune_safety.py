@@ -81,6 +81,12 @@ def _run(argv, capsys):
     return code, capsys.readouterr()
 
 
+def _run_process(argv):
+    proc = subprocess.run([sys.executable, "-m", "paddle_glm", *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, env=ENV, timeout=WAIT_SECONDS)
+    return proc.returncode, proc.stderr
+
+
 def _wait_for(condition, what: str):
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
@@ -155,6 +161,35 @@ def test_overwrite_swaps_at_the_end(tmp_path, capsys):
     code, captured = _run([*TRAIN, "--out", out, "--overwrite", "--max-steps", 2], capsys)
     assert code == 0, captured.err
     assert not (out / "old.txt").exists() and (out / "config.json").is_file() and (out / "cog-pretrain.model").is_file()
+
+
+def test_a_stopped_overwrite_says_the_old_output_is_left(tmp_path):
+    """SIGTERM to an --overwrite run of an existing output names no checkpoint of the old run: the new
+    run's checkpoints were temporary, and the old output is what is left."""
+    out = tmp_path / "out"
+    code, captured = _run_process([*TRAIN, "--out", out, "--max-steps", 2, "--save-steps", 1])
+    assert code == 0, captured
+    stopped = _start(*TRAIN, "--out", out, "--overwrite", "--max-steps", "100000", "--save-steps", "2")
+    try:
+        _wait_for(lambda: glob.glob(str(tmp_path / ".out.tmp-*" / "checkpoint-*")), "the new run's checkpoint")
+        stopped.send_signal(signal.SIGTERM)
+        _, err = stopped.communicate(timeout=60)
+    finally:
+        _kill(stopped)
+    assert stopped.returncode == 143, err[-2000:]
+    expected = f"paddle-glm finetune: stopped by SIGTERM; --overwrite: {out} is left as it was"
+    assert err.strip().splitlines()[-1] == expected
+    assert (out / "checkpoint-2").is_dir() and not glob.glob(str(tmp_path / ".out.*"))
+
+
+def test_a_rank_never_launches_a_job_of_its_own(tmp_path, monkeypatch, capsys):
+    """In a launched job every rank trains, however --nproc was spelled (argparse takes --npro for it)."""
+    import paddle_glm.distributed as distributed
+
+    monkeypatch.setattr(distributed, "in_launched_job", lambda: True)
+    monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("a rank launched a job"))
+    code, captured = _run([*TRAIN, "--out", tmp_path / "out", "--max-steps", 1, "--npro", 2], capsys)
+    assert code == 0, captured.err
 
 
 def test_an_overwrite_killed_mid_swap_is_undone_by_the_next_run(tmp_path, capsys):
