@@ -258,7 +258,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "finetuned 3 steps" in resumed.stdout
         assert sorted(os.listdir(out)) == ["added_tokens.json", "checkpoint-3", "cog-pretrain.model", "config.json",
-                                           "model.safetensors", "tokenizer_config.json"]
+                                           "generation_config.json", "model.safetensors", "tokenizer_config.json"]
 
 
 def test_a_checkpoint_is_written_in_one_temporary_directory(tmp_path, capsys, monkeypatch):
