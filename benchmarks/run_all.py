@@ -36,6 +36,9 @@ BENCHMARKS = [
     ("Quantization: glm-10b-chinese at full size", ["bench_quant.py", "--glm-10b-only"]),
 ]
 FULL_SIZE_ONLY = ("Quantization: glm-10b-chinese at full size",)  # real-shape runs, whatever --model says
+# with another --model (a check that the scripts work), these sections run briefly
+BRIEF = {"Serving: staggered arrivals": ["--arrivals", "4", "--mean-gap", "0.2", "--rounds", "1"],
+         "Quantization": ["--rounds", "1", "--tokens", "4"]}
 PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py", "bench_train.py")  # the scripts that also measure PaddleNLP
 
 
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
             continue
         extra = ["--no-paddlenlp"] if args.skip_paddlenlp and command[0] in PADDLENLP_SIDE else []
         if args.model != "glm-large-chinese":
-            extra += ["--model", args.model]
+            extra += ["--model", args.model, *BRIEF.get(title, [])]
         uses_work = command[0] in ("bench_load.py", "bench_convert.py", "bench_tp.py", "bench_train.py",
                                    "bench_quant.py")
         if uses_work and work != default_work:
