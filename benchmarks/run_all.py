@@ -93,7 +93,8 @@ def main(argv=None) -> int:
         proc = subprocess.run([sys.executable, os.path.join(HERE, command[0]), *command[1:], *extra],
                               capture_output=True, text=True, cwd=HERE)
         lines = proc.stdout.strip().splitlines()
-        table = "\n".join(line for line in lines if line.startswith("|"))
+        table = "\n".join(line if line.startswith("|") else "" for line in lines
+                          if line.startswith("|") or not line.strip())  # tables, a blank line between them
         json_lines = [line for line in lines if line.startswith("{")]
         if proc.returncode not in (0, 1) or not json_lines:  # 1 = ran, but a target was missed
             sys.stderr.write(proc.stderr)
