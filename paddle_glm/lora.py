@@ -21,11 +21,11 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from .checkpoint.safe_pickle import open_pdparams, save_pdparams
 from .errors import GLMError
 from .io_utils import atomic_write_text, read_json_object
+from .linear import Linear, linear
 
 CONFIG_FILE = "lora_config.json"  # PaddleNLP's LORA_CONFIG_NAME
 WEIGHTS_FILE = "lora_model_state.pdparams"  # PaddleNLP's LORA_WEIGHTS_NAME
@@ -157,7 +157,7 @@ class LoRALinear(nn.Layer):
 
     def base(self, x: paddle.Tensor) -> paddle.Tensor:
         """The wrapped layer's output ``x W + b``."""
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         update = (self.lora_dropout(x) if self.training else x) @ self.lora_A @ self.lora_B
@@ -167,17 +167,17 @@ class LoRALinear(nn.Layer):
         """A plain Linear holding ``W + A @ B * scaling`` and the bias."""
         in_features, out_features = self.weight.shape
         with paddle.LazyGuard():  # its own parameters are replaced at once: never allocate them
-            linear = nn.Linear(in_features, out_features, bias_attr=None if self.bias is not None else False)
+            merged = Linear(in_features, out_features, bias_attr=None if self.bias is not None else False)
         with paddle.no_grad():
             self.weight.set_value(self.weight + self.lora_A @ self.lora_B * self.scaling)
-        linear.weight = self.weight
+        merged.weight = self.weight
         if self.bias is not None:
-            linear.bias = self.bias
-        return linear
+            merged.bias = self.bias
+        return merged
 
 
 # The layers apply_lora wraps, and their wrapper (quantization registers its QuantizedLinear).
-LORA_WRAPPERS: Dict[type, type] = {nn.Linear: LoRALinear}
+LORA_WRAPPERS: Dict[type, type] = {nn.Linear: LoRALinear, Linear: LoRALinear}
 
 
 def _lora_layers(model: nn.Layer) -> Dict[str, LoRALinear]:

@@ -35,6 +35,7 @@ from .generation.mixin import GenerationMixin
 from .glm_layout import check_position_table, check_positions, default_positions, with_block_row
 from .ids import check_id_range, to_int64
 from .kv_cache import KVCache
+from .linear import Linear
 from .loss import lm_loss
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
@@ -75,8 +76,8 @@ class GLMAttention(nn.Layer):
     def __init__(self, config: GLMConfig):
         super().__init__()
         self.head_dim = config.head_dim
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, weight_attr=_init(config))
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size, weight_attr=_init(config))
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size, weight_attr=_init(config))
+        self.dense = Linear(config.hidden_size, config.hidden_size, weight_attr=_init(config))
         self.attention_dropout_prob = config.attention_dropout_prob
         self.output_dropout = nn.Dropout(config.output_dropout_prob)
 
@@ -108,8 +109,8 @@ class GLMMLP(nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size, weight_attr=_init(config))
-        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size, weight_attr=_init(config))
+        self.dense_h_to_4h = Linear(config.hidden_size, 4 * config.hidden_size, weight_attr=_init(config))
+        self.dense_4h_to_h = Linear(4 * config.hidden_size, config.hidden_size, weight_attr=_init(config))
         self.dropout = nn.Dropout(config.output_dropout_prob)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:

@@ -33,6 +33,7 @@ import paddle.nn.functional as F
 
 from .checkpoint.layout import table_key
 from .errors import GLMError
+from .linear import linear
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -143,7 +144,7 @@ class ColumnParallelLinear(_LocalLinear):
     """``x @ W[:, cols] + b[cols]``: this rank's output columns; no communication."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(_LocalLinear):

@@ -71,3 +71,24 @@ def test_generated_rows_must_agree_on_the_context(model):
     with pytest.raises(GLMError, match="attention_mask: the generated tokens' rows see different prompt columns"):
         greedy(model, inputs)
     greedy(model, inputs, use_cache=False)  # the recompute path takes it
+
+
+def test_a_decode_step_reads_no_paddle_flag(model, monkeypatch):
+    """F.linear looks up FLAGS_use_legacy_linear through paddle.get_flags on every call (~40 us each, ~4% of a
+    glm-large step); the model's projections call the same kernel directly, with the same result and gradient."""
+    from paddle_glm.linear import linear
+
+    x, w, b = paddle.randn([2, 3, 8]), paddle.randn([8, 5]), paddle.randn([5])
+    for tensor in (x, w, b):
+        tensor.stop_gradient = False
+    ours, theirs = linear(x, w, b), paddle.nn.functional.linear(x, w, b)
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    grads = [paddle.grad(out.sum(), [x, w, b]) for out in (ours, theirs)]
+    for mine, reference in zip(*grads):
+        np.testing.assert_array_equal(mine.numpy(), reference.numpy())
+    calls = []
+    real = paddle.get_flags
+    monkeypatch.setattr(paddle, "get_flags", lambda *a, **k: calls.append(a) or real(*a, **k))
+    inputs = glm_inputs(model)
+    greedy(model, inputs)
+    assert calls == []
