@@ -115,3 +115,14 @@ def use_cpu_threads() -> None:
 def set_cpu_threads(count: int) -> None:
     """Set the thread count of Paddle's CPU math now (Paddle has no public API for it)."""
     paddle.base.core.set_num_threads(count)
+    _chosen["threads"] = count
+
+
+def chosen_cpu_threads() -> int:
+    """The count :func:`set_cpu_threads` last set (Paddle has no getter), else :func:`cpu_thread_count`: what
+    this project's own CPU operators use, read per call without :func:`cpu_thread_count`'s ~10 us of
+    environment and affinity lookups."""
+    return _chosen["threads"] or cpu_thread_count()
+
+
+_chosen = {"threads": 0}  # set by set_cpu_threads

@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Tuple
 
 import paddle
 
-from ..devices import cpu_thread_count
+from ..devices import chosen_cpu_threads
 from ..errors import GLMError
 from ..io_utils import make_temp_dir, remove_tree
 
@@ -62,16 +62,17 @@ def status() -> Tuple[bool, str]:
     return _state["status"]
 
 
-def run(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
+def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
         group_size: int) -> paddle.Tensor:
-    """``rows`` float32 ``[n, in]`` times the dequantized weight, transposed: ``[n, out]`` (operator loaded).
+    """``x`` float32 ``[..., in]`` times the dequantized weight, transposed: ``[..., out]`` (operator loaded;
+    the leading dimensions are its rows, so a decode step needs no reshape).
 
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    return paddle._C_ops._run_custom_op(OP_NAME, rows, qweight, scale, _BITS[quant_type], int(group_size),
-                                        cpu_thread_count())[0]
+    if not x.is_contiguous():
+        x = x.contiguous()
+    return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, _BITS[quant_type], int(group_size),
+                                        chosen_cpu_threads())[0]
 
 
 def notice_fallback() -> None:

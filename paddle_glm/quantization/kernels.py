@@ -174,10 +174,11 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
         if scale.dtype != x.dtype:
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
+    if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] as it is
+        out = cpu_operator.run(x, qweight, scale, quant_type, group_size)  # [..., out]
+        return out if bias is None else out + bias
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
-    if route == CPU_OPERATOR and x.stop_gradient:
-        out = cpu_operator.run(rows, qweight, scale, quant_type, group_size)
-    elif route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
+    if route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
         out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
     else:
         cpu_operator.notice_fallback()

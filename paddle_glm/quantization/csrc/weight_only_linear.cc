@@ -1,4 +1,4 @@
-// Weight-only int8/int4 matrix product for CPU: y[n, out] = x[n, in] . dequantize(w)^T.
+// Weight-only int8/int4 matrix product for CPU: y[..., out] = x[..., in] . dequantize(w)^T (rows: x's leading dims).
 //
 // Layouts (paddle_glm/quantization/kernels.py):
 //   int8: w int8 [out, in], scale float32 [out] (per output channel).
@@ -241,21 +241,23 @@ static std::vector<float> split_even_odd(const float* x, int64_t n, int64_t in) 
 
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
                                              const paddle::Tensor& scale, int bits, int group_size, int threads) {
-  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 2,
-           "glm_weight_only_linear: x must be a float32 [rows, in] CPU tensor");
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 2,
+           "glm_weight_only_linear: x must be a float32 [..., in] CPU tensor");
   PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
   PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
                w.dtype() == (bits == 8 ? paddle::DataType::INT8 : paddle::DataType::UINT8),
            "glm_weight_only_linear: the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
   PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32,
            "glm_weight_only_linear: scale must be a float32 CPU tensor");
-  const int64_t n = x.shape()[0], in = x.shape()[1], out = w.shape()[0];
+  const int64_t in = x.shape().back(), n = in ? x.numel() / in : 0, out = w.shape()[0];  // rows: the leading dims
   PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
   PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
            "glm_weight_only_linear: group_size must be a positive even divisor of in");
   PD_CHECK(scale.numel() == (bits == 8 ? out : out * (in / group_size)),
            "glm_weight_only_linear: scale does not match the weight");
-  paddle::Tensor y = paddle::empty({n, out}, paddle::DataType::FLOAT32, x.place());
+  std::vector<int64_t> y_shape = x.shape();
+  y_shape.back() = out;  // [..., in] -> [..., out]
+  paddle::Tensor y = paddle::empty(y_shape, paddle::DataType::FLOAT32, x.place());
   const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
   if (bits == 8) {
     run_all<Int8Kernel>(Problem{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0}, threads);
@@ -269,7 +271,9 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
 
 std::vector<std::vector<int64_t>> WeightOnlyLinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
                                                         const std::vector<int64_t>& scale) {
-  return {{x[0], w[0]}};
+  std::vector<int64_t> y = x;
+  y.back() = w[0];
+  return {y};
 }
 
 std::vector<paddle::DataType> WeightOnlyLinearDtype(const paddle::DataType& x, const paddle::DataType& w,
