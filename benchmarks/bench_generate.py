@@ -7,7 +7,8 @@ one right after another, and the median of those is reported, except for the roo
 
 * ours vs PaddleNLP 2.8.1's ``generate`` (greedy) on identical weights, 256-token context;
 * ours vs a batch-1 GEMV roofline: one matmul pass over every weight matrix plus the
-  output projection, which any decode step must at least do. Both are minima, so that
+  output projection, which any decode step must at least do, with the faster of Paddle's matmul
+  and this package's own small-batch operator (``paddle_glm/linear.py``). Both are minima, so that
   other load on the machine inflates neither: the roofline is the fastest of 7 passes
   per round, ours the fastest of the rounds (one ``generate`` each, default 3), and
   ours / roofline is the fastest roofline over the fastest of ours. The non-weight share
@@ -45,6 +46,7 @@ from paddle_glm import GLMConfig, GLMForConditionalGeneration
 from paddle_glm.devices import cpu_thread_count, set_cpu_threads, use_cpu_threads
 from paddle_glm.generation.decode import static_decode_step
 from paddle_glm.glm_layout import blank_infilling_mask, blank_infilling_positions
+from paddle_glm.linear import linear
 
 
 class StepTimer:
@@ -119,25 +121,29 @@ def paddlenlp_per_token(reference, context: int, tokens: int) -> float:
 
 
 def roofline_seconds(model, batch: int = 1, repeats: int = 7) -> float:
-    """One matmul pass of ``batch`` rows over every weight matrix and the output projection (the fastest
-    of ``repeats``): the time a decode step of that batch cannot beat when it must read every weight."""
+    """One pass of ``batch`` rows over every weight matrix and the output projection, the fastest of
+    ``repeats`` with each kernel: Paddle's matmul, and ``paddle_glm.linear``'s route for that batch (the
+    C++ small-batch operator when built), whichever is faster: the time a decode step of that batch
+    cannot beat when it must read every weight."""
     h = model.config.hidden_size
     weights = [p for n, p in model.named_parameters() if len(p.shape) == 2 and "position" not in n
                and "word_embeddings" not in n]
     embedding = model.glm.word_embeddings.weight
     x = {h: paddle.randn([batch, 1, h]), 4 * h: paddle.randn([batch, 1, 4 * h])}
 
-    def one_pass():
+    def one_pass(product):
         for w in weights:
-            paddle.matmul(x[w.shape[0]], w)
+            product(x[w.shape[0]], w)
         paddle.matmul(x[h], embedding, transpose_y=True)
 
-    one_pass()
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        one_pass()
-        times.append(time.perf_counter() - start)
+    with paddle.no_grad():
+        for product in (paddle.matmul, linear):
+            one_pass(product)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                one_pass(product)
+                times.append(time.perf_counter() - start)
     return min(times)
 
 

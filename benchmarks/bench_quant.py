@@ -47,7 +47,7 @@ ROOFLINE_TARGETS = {"weight_only_int8": 0.7, "weight_only_int4": 0.5}
 GLM_10B, GLM_10B_SHARDS = "glm-10b-chinese", 7
 RSS_TARGETS_10B = {"weight_only_int8": 14e9, "weight_only_int4": 10e9}
 SPEED_TARGET_10B = 0.6  # s/token, int8
-OPERATOR_SWITCH = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # "0": the kernels' tiled fallback
+OPERATOR_SWITCH = "PADDLE_GLM_CPU_OPERATORS"  # "0": the kernels' tiled fallback
 
 # A fresh process: load (and optionally decode), report peak RSS (VmHWM) and timings as one JSON line.
 _LOAD_CHILD = r"""

@@ -30,8 +30,8 @@ from typing import Callable, Dict, List
 import numpy as np
 import paddle
 
+from paddle_glm import cpu_operators
 from paddle_glm.devices import cpu_thread_count, use_cpu_threads
-from paddle_glm.quantization import cpu_operator
 from paddle_glm.quantization.kernels import INT4, INT8, quantize_weight, tiled_fallback
 
 LAYER = {"query_key_value": (12288, 4096), "dense": (4096, 4096), "dense_h_to_4h": (16384, 4096),
@@ -61,8 +61,8 @@ def routes(fallback: bool, operator: bool) -> Dict[str, Callable]:
         chosen["fallback_int8"] = lambda x, w: tiled_fallback(x, w["q8"], w["s8"], INT8)
         chosen["fallback_int4"] = lambda x, w: tiled_fallback(x, w["q4"], w["s4"], INT4, GROUP_SIZE)
     if operator:
-        chosen["operator_int8"] = lambda x, w: cpu_operator.run(x, w["q8"], w["s8"], INT8, GROUP_SIZE)
-        chosen["operator_int4"] = lambda x, w: cpu_operator.run(x, w["q4"], w["s4"], INT4, GROUP_SIZE)
+        chosen["operator_int8"] = lambda x, w: cpu_operators.run(x, w["q8"], w["s8"], INT8, GROUP_SIZE)
+        chosen["operator_int4"] = lambda x, w: cpu_operators.run(x, w["q4"], w["s4"], INT4, GROUP_SIZE)
     return chosen
 
 
@@ -119,7 +119,7 @@ def quantize_throughput() -> Dict[str, float]:
 
 def portable_child(rounds: int, batches: List[int]) -> Dict[str, Dict[str, float]]:
     """The operator built for a baseline x86-64 CPU, measured beside fp32 in a child process."""
-    env = dict(os.environ, PADDLE_GLM_WEIGHT_ONLY_CFLAGS=PORTABLE_CFLAGS)
+    env = dict(os.environ, PADDLE_GLM_CPU_OPERATORS_CFLAGS=PORTABLE_CFLAGS)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--no-fallback", "--rounds", str(rounds),
            "--batches", *map(str, batches)]
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     paddle.set_device("cpu")
     use_cpu_threads()
-    built, reason = cpu_operator.status()
+    built, reason = cpu_operators.status()
     weights = layer_weights()
     sizes = weight_bytes()
     chosen = routes(not args.no_fallback, built)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         print(json.dumps(results))
         return 0
     r = {"threads": cpu_thread_count(), "operator": built, "operator_reason": reason, "layers": LAYERS,
-         "rounds": args.rounds, "cflags": os.environ.get(cpu_operator.CFLAGS_ENV, "-march=native"), **results}
+         "rounds": args.rounds, "cflags": os.environ.get(cpu_operators.CFLAGS_ENV, "-march=native"), **results}
     if args.portable:
         r["portable"] = portable_child(args.rounds, args.batches)
     r.update(quantize_throughput())

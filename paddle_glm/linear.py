@@ -1,11 +1,14 @@
-"""``nn.Linear`` without the per-call flag lookup of ``paddle.nn.functional.linear``.
+"""The float projections of the model (its Linears and the tied output projection), on the fastest CPU
+route for each case.
 
-On a CPU-only build of Paddle 3.3, ``F.linear`` in eager mode always ends in
-``_C_ops.linear(x, weight, bias)``, but first reads ``FLAGS_use_legacy_linear`` through
-``paddle.get_flags``, which costs ~30-45 us a call on this project's CPUs: 3-4 ms of every
-glm-large decode step (97 projections), ~4% of it. :func:`linear` makes that same call
-directly where the result cannot differ (eager mode, no CUDA in the build) and defers to
-``F.linear`` everywhere else (CUDA builds choose another kernel by that flag; static graphs).
+* Up to 16 rows of float32 on CPU, with no gradient wanted (a decode step, a small prefill): the
+  C++ operator ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight once for
+  all rows. Paddle's CPU matmul costs ~5x a one-row pass at 8 rows, ~1.25x ours at one row
+  (measured side by side in ``benchmarks/bench_generate.py``).
+* Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what
+  ``F.linear`` calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call,
+  ~4% of a glm-large decode step).
+* Everywhere else (CUDA builds, which choose another kernel by that flag; static graphs): ``F.linear``.
 """
 from __future__ import annotations
 
@@ -14,14 +17,42 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import _C_ops
 
+from . import cpu_operators
+
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
-    """``x @ weight + bias`` (``weight`` ``[in, out]``): exactly ``F.linear``, without its flag lookup on CPU builds."""
-    if _DIRECT and paddle.in_dynamic_mode():
-        return _C_ops.linear(x, weight, bias)
-    return F.linear(x, weight, bias)
+    """``x @ weight + bias`` (``weight`` ``[in, out]``): ``F.linear``'s result and gradient (module docstring)."""
+    if not (_DIRECT and paddle.in_dynamic_mode()):
+        return F.linear(x, weight, bias)
+    if small_batch_route(x, weight, bias):
+        out = cpu_operators.small_batch_linear(x, weight)  # [..., out]
+        return out if bias is None else out + bias
+    return _C_ops.linear(x, weight, bias)
+
+
+def linear_transposed(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    """``x @ weight.T`` (``weight`` ``[out, in]``, as the tied output projection stores it), on the same routes."""
+    if _DIRECT and paddle.in_dynamic_mode() and small_batch_route(x, weight):
+        return cpu_operators.small_batch_linear(x, weight, transposed=True)  # [..., out]
+    return paddle.matmul(x, weight, transpose_y=True)
+
+
+def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> bool:
+    """Whether ``glm_small_batch_linear`` computes this product: float32 on CPU, at most
+    ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use)."""
+    if x.dtype != paddle.float32 or weight.dtype != paddle.float32 or not x.place.is_cpu_place():
+        return False
+    rows = 1
+    for size in x.shape[:-1]:
+        rows *= size
+    if rows > cpu_operators.SMALL_BATCH_ROWS:
+        return False
+    if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
+                                         and (bias is None or bias.stop_gradient)):
+        return False
+    return cpu_operators.status()[0]
 
 
 class Linear(nn.Linear):

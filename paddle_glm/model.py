@@ -35,7 +35,7 @@ from .generation.mixin import GenerationMixin
 from .glm_layout import check_position_table, check_positions, default_positions, with_block_row
 from .ids import check_id_range, to_int64
 from .kv_cache import KVCache
-from .linear import Linear
+from .linear import Linear, linear_transposed
 from .loss import lm_loss
 from .masks import MaskLike, build_attention_mask
 from .pretrained import PretrainedMixin
@@ -67,7 +67,7 @@ class WordEmbeddings(nn.Embedding):
 
     def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
         """The tied LM head: ``[..., hidden]`` -> ``[..., vocab]`` (``hidden @ Eᵀ``)."""
-        return paddle.matmul(hidden, self.weight, transpose_y=True)
+        return linear_transposed(hidden, self.weight)
 
 
 class GLMAttention(nn.Layer):

@@ -11,8 +11,8 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_glm import GLMError
-from paddle_glm.quantization import cpu_operator, kernels
+from paddle_glm import GLMError, cpu_operators
+from paddle_glm.quantization import kernels
 from paddle_glm.quantization.cuda_layout import cuda_arch, cuda_weight_only_args
 from paddle_glm.quantization.kernels import (
     CPU_OPERATOR,
@@ -142,7 +142,7 @@ SHAPES = [(INT8, 64, o, i) for o in (1, 3, 17, 130) for i in (1, 3, 17, 130, 100
 
 @pytest.mark.parametrize("quant_type,group_size,out_features,in_features", SHAPES)
 def test_operator_and_fallback_match_float64(quant_type, group_size, out_features, in_features):
-    built, reason = cpu_operator.status()
+    built, reason = cpu_operators.status()
     assert built, reason
     q, s, d = _case(quant_type, group_size, out_features, in_features)
     qt, st = paddle.to_tensor(q), paddle.to_tensor(s)
@@ -152,7 +152,7 @@ def test_operator_and_fallback_match_float64(quant_type, group_size, out_feature
         x[n // 2] = 0  # a zero row of x
         ref = x.astype(np.float64) @ d.T
         xt = paddle.to_tensor(x)
-        op = cpu_operator.run(xt, qt, st, quant_type, group_size).numpy()
+        op = cpu_operators.run(xt, qt, st, quant_type, group_size).numpy()
         tiled = kernels.tiled_fallback(xt, qt, st, quant_type, group_size).numpy()
         assert _rel_err(op, ref) <= 1e-5, n
         assert _rel_err(tiled, ref) <= 1e-5, n
@@ -194,7 +194,7 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
 def test_operator_refuses_a_weight_of_the_wrong_type():
     q, s, _ = _case(INT8, 64, 8, 64)
     with pytest.raises(Exception, match="int8 .8 bits. or uint8 .4 bits."):
-        cpu_operator.run(paddle.ones([1, 128]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, 64)
+        cpu_operators.run(paddle.ones([1, 128]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, 64)
 
 
 def test_operator_reads_a_non_contiguous_x():
@@ -295,7 +295,7 @@ def test_to_cuda_layout_refusals(quant_type, group_size, shape, match):
 
 SCRIPT = textwrap.dedent("""
     import numpy as np, paddle
-    from paddle_glm.quantization import cpu_operator
+    from paddle_glm import cpu_operators
     from paddle_glm.quantization.kernels import dequantize_weight, quantize_weight, weight_only_linear
     rng = np.random.default_rng(0)
     worst = 0.0
@@ -307,7 +307,7 @@ SCRIPT = textwrap.dedent("""
             for _ in range(2):
                 got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type=qt)
                 worst = max(worst, float(np.abs(got.numpy() - ref).max() / np.abs(ref).max()))
-    print("STATUS", cpu_operator.status()[0], "ERR", worst)
+    print("STATUS", cpu_operators.status()[0], "ERR", worst)
 """)
 
 
@@ -331,7 +331,7 @@ def _finish(proc, timeout=300):
 
 
 @pytest.mark.parametrize("env,reason", [
-    ({"PADDLE_GLM_WEIGHT_ONLY_OPERATOR": "0"}, "PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0"),
+    ({"PADDLE_GLM_CPU_OPERATORS": "0"}, "PADDLE_GLM_CPU_OPERATORS=0"),
     ({"CXX": "/nonexistent/g++"}, "CXX=/nonexistent/g++ is not an executable"),
     ({"CXX": "", "PATH": "/nonexistent"}, "no C++ compiler"),  # none on PATH
     ({"PADDLE_GLM_CACHE_DIR": "/proc/no-cache-here"}, "cannot build in /proc/no-cache-here/ops"),
@@ -348,38 +348,38 @@ def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):
 
 
 def test_a_build_that_loses_the_race_keeps_the_winners_library(tmp_path, monkeypatch):
-    library = tmp_path / "ops" / "key" / (cpu_operator.OP_NAME + ".so")
+    library = tmp_path / "ops" / "key" / (cpu_operators.LIBRARY + ".so")
     library.parent.mkdir(parents=True)
     library.write_bytes(b"winner")
 
     def fake_compile(compiler, flags, tmp, ops_dir):
-        os.makedirs(os.path.join(tmp, "work", cpu_operator.OP_NAME))
-        with open(os.path.join(tmp, "work", cpu_operator.OP_NAME, cpu_operator.OP_NAME + ".so"), "wb") as f:
+        os.makedirs(os.path.join(tmp, "work", cpu_operators.LIBRARY))
+        with open(os.path.join(tmp, "work", cpu_operators.LIBRARY, cpu_operators.LIBRARY + ".so"), "wb") as f:
             f.write(b"loser")
         return ""
 
-    monkeypatch.setattr(cpu_operator, "_compile", fake_compile)
+    monkeypatch.setattr(cpu_operators, "_compile", fake_compile)
     lines = []
-    assert cpu_operator.build("g++", [], str(library), announce=lines.append) == ""
+    assert cpu_operators.build("g++", [], str(library), announce=lines.append) == ""
     assert library.read_bytes() == b"winner" and os.listdir(tmp_path / "ops") == ["key"]
-    assert lines == ["paddle_glm: building the weight-only CPU operator (once, ~10 s)"]
+    assert lines == ["paddle_glm: building the C++ CPU operators (once, ~20 s)"]
 
 
 def test_cache_key_follows_paddle_compiler_flags_and_source():
-    key = cpu_operator.cache_key("/usr/bin/g++", ["-march=native"])
+    key = cpu_operators.cache_key("/usr/bin/g++", ["-march=native"])
     assert key.startswith(paddle.__version__ + "-")
-    assert key != cpu_operator.cache_key("/usr/bin/g++", ["-march=x86-64"])
-    assert key == cpu_operator.cache_key("/usr/bin/g++", ["-march=native"])
+    assert key != cpu_operators.cache_key("/usr/bin/g++", ["-march=x86-64"])
+    assert key == cpu_operators.cache_key("/usr/bin/g++", ["-march=native"])
 
 
 @pytest.mark.slow
 def test_two_processes_build_the_portable_operator_at_once(tmp_path):
     """Both build the baseline x86-64 variant (no AVX2: the plain-loop path) into one fresh cache at
     the same time; both load a working library and the cache holds one complete build, no leftovers."""
-    env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_WEIGHT_ONLY_CFLAGS": "-march=x86-64"}
+    env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_CPU_OPERATORS_CFLAGS": "-march=x86-64"}
     procs = [_run_script(env), _run_script(env)]
     results = [_finish(p, timeout=900) for p in procs]
     for built, error, notices in results:
         assert built and error <= 1e-5 and len(notices) <= 1
     (key,) = os.listdir(tmp_path / "ops")
-    assert os.listdir(tmp_path / "ops" / key) == [cpu_operator.OP_NAME + ".so"]
+    assert os.listdir(tmp_path / "ops" / key) == [cpu_operators.LIBRARY + ".so"]

@@ -13,7 +13,7 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
 
 * ``cuda_weight_only``: ``paddle.nn.quant.weight_only_linear`` on the layout
   ``paddle.nn.quant.weight_quantize`` produces for the GPU's arch (see ``cuda_layout.py``).
-* ``cpu_operator``: the C++ operator in ``csrc/`` (built on first use, see ``cpu_operator.py``):
+* ``cpu_operator``: the C++ operator in ``csrc/`` (built on first use, see ``cpu_operators.py``):
   int8/int4 converted to float32 in registers, float32 accumulation, OpenMP over output channels.
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
@@ -27,9 +27,9 @@ from typing import Optional, Tuple
 import numpy as np
 import paddle
 
+from .. import cpu_operators
 from ..attention import device_type, dtype_str
 from ..errors import GLMError
-from . import cpu_operator
 from .cuda_layout import cuda_capability, cuda_weight_only_args, to_cuda_layout  # noqa: F401 (the interface)
 
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
@@ -148,7 +148,7 @@ def choose_route(device_type: str, dtype: str, quant_type: str, operator_built: 
 
 def operator_status() -> Tuple[bool, str]:
     """``(True, "")`` when the C++ CPU operator is loaded (building it on first use), else ``(False, reason)``."""
-    return cpu_operator.status()
+    return cpu_operators.status()
 
 
 def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor,
@@ -167,7 +167,7 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     itself never ran.
     """
     device, dtype = device_type(), dtype_str(x.dtype)
-    built = device == "cpu" and dtype == "float32" and cpu_operator.status()[0]
+    built = device == "cpu" and dtype == "float32" and cpu_operators.status()[0]
     route = choose_route(device, dtype, quant_type, built)
     if route == CUDA_WEIGHT_ONLY:
         args = cuda_weight_only_args(quant_type, group_size, cuda_capability())
@@ -175,13 +175,13 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
     if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] as it is
-        out = cpu_operator.run(x, qweight, scale, quant_type, group_size)  # [..., out]
+        out = cpu_operators.run(x, qweight, scale, quant_type, group_size)  # [..., out]
         return out if bias is None else out + bias
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
     if route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
         out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
     else:
-        cpu_operator.notice_fallback()
+        cpu_operators.notice_fallback()
         out = tiled_fallback(rows, qweight, scale, quant_type, group_size)
     if bias is not None:
         out = out + bias
@@ -218,7 +218,7 @@ class _OperatorWithInputGrad(paddle.autograd.PyLayer):
     def forward(ctx, rows, qweight, scale, quant_type, group_size):
         ctx.save_for_backward(qweight, scale)
         ctx.quant = (quant_type, group_size)
-        return cpu_operator.run(rows, qweight, scale, quant_type, group_size)
+        return cpu_operators.run(rows, qweight, scale, quant_type, group_size)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -1,18 +1,25 @@
-"""The C++ weight-only CPU operator (``csrc/weight_only_linear.cc``): built on first use, cached, loaded.
+"""The C++ CPU operators (``csrc/``): built on first use, cached, loaded.
 
-The source is compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
+* ``glm_weight_only_linear`` (``weight_only_linear.cc``): ``x`` times an int8/int4 weight
+  (``paddle_glm.quantization.kernels``);
+* ``glm_small_batch_linear`` (``small_batch_linear.cc``): ``x`` times a float32 ``[in, out]``
+  weight for up to 16 rows (``paddle_glm.linear``): a decode step's projections, where Paddle's
+  CPU matmul costs ~5x a one-row pass at 8 rows (measured in ``benchmarks/bench_generate.py``).
+
+The sources are compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
 OpenMP, e.g. Debian's ``build-essential``) through Paddle's custom-operator toolchain
-(``paddle.utils.cpp_extension``), once per Paddle version, Python version, compiler, CPU and
-source, into ``<cache>/ops/<paddle version>-<hash>/`` where ``<cache>`` is
+(``paddle.utils.cpp_extension``) into one library, once per Paddle version, Python version,
+compiler, CPU and source, into ``<cache>/ops/<paddle version>-<hash>/`` where ``<cache>`` is
 ``$PADDLE_GLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/paddle_glm``, else ``~/.cache/paddle_glm``.
 A build happens in a private temporary directory that is renamed into place when complete, so
 processes building at once never see half a library; the first rename wins and the others
-use its result.
+use its result. Without the library, weight-only products take the tiled fallback and float
+products Paddle's own matmul.
 
 Environment:
 
-* ``PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0``: do not build or load it (the tiled fallback runs).
-* ``PADDLE_GLM_WEIGHT_ONLY_CFLAGS``: the target flags, instead of ``-march=native`` (used when
+* ``PADDLE_GLM_CPU_OPERATORS=0``: do not build or load them.
+* ``PADDLE_GLM_CPU_OPERATORS_CFLAGS``: the target flags, instead of ``-march=native`` (used when
   the compiler accepts it); e.g. ``-march=x86-64-v2`` for a library that other CPUs can share.
 """
 from __future__ import annotations
@@ -29,13 +36,16 @@ from typing import Callable, List, Optional, Tuple
 
 import paddle
 
-from ..devices import chosen_cpu_threads
-from ..errors import GLMError
-from ..io_utils import make_temp_dir, remove_tree
+from .devices import chosen_cpu_threads
+from .errors import GLMError
+from .io_utils import make_temp_dir, remove_tree
 
-OP_NAME = "glm_weight_only_linear"
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "weight_only_linear.cc")
-DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR", "PADDLE_GLM_WEIGHT_ONLY_CFLAGS"
+LIBRARY = "glm_cpu_operators"
+OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
+SMALL_BATCH_ROWS = 16  # the most rows glm_small_batch_linear takes
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc")]
+DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
 _BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
 _state = {"status": None, "fallback_notice_shown": False}
@@ -52,7 +62,7 @@ def cache_root() -> str:
 
 
 def status() -> Tuple[bool, str]:
-    """``(True, "")`` once the operator is loaded (building it on the first call), else ``(False, reason)``.
+    """``(True, "")`` once the operators are loaded (building them on the first call), else ``(False, reason)``.
 
     Decided once per process.
     """
@@ -75,11 +85,20 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
                                         chosen_cpu_threads())[0]
 
 
+def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, transposed: bool = False) -> paddle.Tensor:
+    """``x`` float32 ``[..., in]`` (at most :data:`SMALL_BATCH_ROWS` rows in its leading dimensions) times
+    ``weight`` float32 ``[in, out]`` (``transposed``: times ``weight`` ``[out, in]`` transposed, as a tied
+    output projection stores it): ``[..., out]`` (operators loaded; no gradient)."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, chosen_cpu_threads(), int(transposed))[0]
+
+
 def notice_fallback() -> None:
     """One line on stderr, once per process, naming why the slower tiled route runs."""
     if not _state["fallback_notice_shown"]:
         _state["fallback_notice_shown"] = True
-        print(f"paddle_glm: the weight-only CPU operator is not available ({status()[1]}); "
+        print(f"paddle_glm: the C++ CPU operators are not available ({status()[1]}); "
               "using the slower tiled dequantization", file=sys.stderr)
 
 
@@ -92,7 +111,7 @@ def _load_or_build() -> Tuple[bool, str]:
         return False, (f"CXX={chosen} is not an executable" if chosen else
                        "no C++ compiler (g++ or c++; Debian: apt install build-essential)")
     flags = target_flags(compiler)
-    library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), OP_NAME + ".so")
+    library = os.path.join(cache_root(), "ops", cache_key(compiler, flags), LIBRARY + ".so")
     if not os.path.exists(library):
         try:
             reason = build(compiler, flags, library)
@@ -117,7 +136,7 @@ def find_compiler() -> Optional[str]:
 
 
 def target_flags(compiler: str) -> List[str]:
-    """``$PADDLE_GLM_WEIGHT_ONLY_CFLAGS``, else ``-march=native`` if the compiler takes it, else none."""
+    """``$PADDLE_GLM_CPU_OPERATORS_CFLAGS``, else ``-march=native`` if the compiler takes it, else none."""
     chosen = os.environ.get(CFLAGS_ENV)
     if chosen is not None:
         return shlex.split(chosen)
@@ -129,8 +148,9 @@ def target_flags(compiler: str) -> List[str]:
 def cache_key(compiler: str, flags: List[str]) -> str:
     """``<paddle version>-<hash>``: one library per Paddle, Python, compiler, flags, CPU and source."""
     digest = hashlib.sha256()
-    with open(SOURCE, "rb") as f:
-        digest.update(f.read())
+    for source in SOURCES:
+        with open(source, "rb") as f:
+            digest.update(f.read())
     parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags + openmp_link_flags()),
              _cpu_description()]
     digest.update("\0".join(parts).encode())
@@ -151,14 +171,14 @@ def _cpu_description() -> str:
 
 def build(compiler: str, flags: List[str], library: str,
           announce: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> str:
-    """Compile the operator into ``library`` (its directory appears complete or not at all).
+    """Compile the operators into ``library`` (its directory appears complete or not at all).
 
     Returns "" on success, else the one-line reason (the compiler's output is kept in a log file).
     """
     final_dir = os.path.dirname(library)
     ops_dir = os.path.dirname(final_dir)
     os.makedirs(ops_dir, exist_ok=True)
-    announce("paddle_glm: building the weight-only CPU operator (once, ~10 s)")
+    announce("paddle_glm: building the C++ CPU operators (once, ~20 s)")
     tmp = make_temp_dir(ops_dir, ".build-")
     try:
         reason = _compile(compiler, flags, tmp, ops_dir)
@@ -166,7 +186,7 @@ def build(compiler: str, flags: List[str], library: str,
             return reason
         stage = os.path.join(tmp, "stage")
         os.mkdir(stage)
-        os.rename(os.path.join(tmp, "work", OP_NAME, OP_NAME + ".so"), os.path.join(stage, OP_NAME + ".so"))
+        os.rename(os.path.join(tmp, "work", LIBRARY, LIBRARY + ".so"), os.path.join(stage, LIBRARY + ".so"))
         try:
             os.rename(stage, final_dir)
         except OSError:
@@ -189,20 +209,21 @@ def openmp_link_flags() -> List[str]:
 
 def _compile(compiler: str, flags: List[str], tmp: str, ops_dir: str) -> str:
     """Run Paddle's JIT build in a child process with its output in a log; "" or the reason it failed."""
-    script = ("import sys; from paddle.utils.cpp_extension import load; "
-              f"load(name={OP_NAME!r}, sources=[sys.argv[1]], build_directory=sys.argv[2], "
+    script = ("import os, sys; from paddle.utils.cpp_extension import load; "
+              f"load(name={LIBRARY!r}, sources=sys.argv[1].split(os.pathsep), build_directory=sys.argv[2], "
               f"extra_cxx_cflags=sys.argv[3:] + ['-O3', '-fopenmp'], extra_ldflags={openmp_link_flags()!r})")
     env = dict(os.environ, CC=compiler, CXX=compiler)
     os.mkdir(os.path.join(tmp, "work"))
     log_path = os.path.join(tmp, "build.log")
     with open(log_path, "wb") as log:
         try:
-            done = subprocess.run([sys.executable, "-c", script, SOURCE, os.path.join(tmp, "work"), *flags],
+            done = subprocess.run([sys.executable, "-c", script, os.pathsep.join(SOURCES), os.path.join(tmp, "work"),
+                                   *flags],
                                   stdout=log, stderr=subprocess.STDOUT, env=env, timeout=BUILD_TIMEOUT, check=False)
             failed = f"the build exited with status {done.returncode}" if done.returncode else ""
         except subprocess.TimeoutExpired:
             failed = f"the build took over {BUILD_TIMEOUT} s"
-    if not failed and not os.path.exists(os.path.join(tmp, "work", OP_NAME, OP_NAME + ".so")):
+    if not failed and not os.path.exists(os.path.join(tmp, "work", LIBRARY, LIBRARY + ".so")):
         failed = "the build produced no library"
     if failed:
         kept = os.path.join(ops_dir, "last-failed-build.log")

@@ -1,0 +1,176 @@
+// Float32 matrix products for a few rows on CPU (rows: x's leading dims, at most 16):
+//   transposed = 0: y[..., out] = x[..., in] . w[in, out]    (Paddle's Linear layout, row-major [in, out])
+//   transposed = 1: y[..., out] = x[..., in] . w[out, in]^T  (a tied output projection: the embeddings)
+//
+// A decode step multiplies 1-16 rows by every weight matrix, which is bound by reading the weights;
+// Paddle's CPU matmul costs ~5x a one-row pass at 8 rows (benchmarks/bench_generate.py). Both kernels
+// read each weight once for all rows:
+// * [in, out]: the output columns are split into blocks of kCols that OpenMP shares out; a block's
+//   accumulators for every row ([rows, kCols], at most 32 KiB) stay in L1 while the block's part of w
+//   is read, kSteps rows of w at a time (contiguous runs of kCols floats), each met with every row of x.
+// * [out, in]: blocks of kDotRows output channels (dot products with every row of x, kDotTile rows at
+//   a time), each weight vector loaded into registers once per tile, as weight_only_linear.cc does.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "paddle/extension.h"
+
+constexpr int64_t kMaxRows = 16;
+constexpr int64_t kCols = 512;
+constexpr int64_t kSteps = 4;
+constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
+
+#if defined(__AVX512F__)
+constexpr int kWidth = 16;
+#elif defined(__AVX__)
+constexpr int kWidth = 8;
+#else
+constexpr int kWidth = 4;
+#endif
+typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
+
+static inline vfloat load_floats(const float* p) {
+  vfloat v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline float lane_sum(vfloat v) {
+  float s = 0.f;
+  for (int k = 0; k < kWidth; ++k) s += v[k];
+  return s;
+}
+
+// w [in, out]: y[b, c0:c1] = sum_i x[b, i] * w[i, c0:c1] for every row b.
+static void column_block(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out,
+                         int64_t c0, int64_t c1) {
+  const int64_t width = c1 - c0;
+  float acc[kMaxRows * kCols];
+  std::memset(acc, 0, sizeof(float) * n * width);
+  int64_t i = 0;
+  for (; i + kSteps <= in; i += kSteps) {
+    const float* w0 = w + i * out + c0;
+    const float* w1 = w0 + out;
+    const float* w2 = w1 + out;
+    const float* w3 = w2 + out;
+    for (int64_t b = 0; b < n; ++b) {
+      const float* xb = x + b * in + i;
+      const float x0 = xb[0], x1 = xb[1], x2 = xb[2], x3 = xb[3];
+      float* a = acc + b * width;
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) a[k] += x0 * w0[k] + x1 * w1[k] + x2 * w2[k] + x3 * w3[k];
+    }
+  }
+  for (; i < in; ++i) {
+    const float* w0 = w + i * out + c0;
+    for (int64_t b = 0; b < n; ++b) {
+      const float x0 = x[b * in + i];
+      float* a = acc + b * width;
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) a[k] += x0 * w0[k];
+    }
+  }
+  for (int64_t b = 0; b < n; ++b) std::memcpy(y + b * out + c0, acc + b * width, sizeof(float) * width);
+}
+
+// w [out, in]: y[b, o0:o0+R] = x[b, :] . w[o0:o0+R, :] for rows b0..b0+NB-1.
+template <int R, int NB>
+static void dot_block(const float* x, const float* w, float* y, int64_t in, int64_t out, int64_t o0, int64_t b0) {
+  vfloat acc[R][NB] = {};
+  const float* wr = w + o0 * in;
+  const float* xb = x + b0 * in;
+  int64_t i = 0;
+  for (; i + kWidth <= in; i += kWidth) {
+    vfloat wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = load_floats(wr + r * in + i);
+    for (int b = 0; b < NB; ++b) {
+      const vfloat xv = load_floats(xb + b * in + i);
+      for (int r = 0; r < R; ++r) acc[r][b] += wv[r] * xv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < NB; ++b) {
+      float s = lane_sum(acc[r][b]);
+      for (int64_t j = i; j < in; ++j) s += xb[b * in + j] * wr[r * in + j];
+      y[(b0 + b) * out + o0 + r] = s;
+    }
+  }
+}
+
+// One block of up to R output channels against every row, in tiles of up to kDotTile rows.
+template <int R>
+static void dot_rows(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int64_t o0) {
+  for (int64_t b0 = 0; b0 < n; b0 += kDotTile) {
+    if (n - b0 >= kDotTile) {
+      dot_block<R, kDotTile>(x, w, y, in, out, o0, b0);
+    } else {
+      dot_block<R, 1>(x, w, y, in, out, o0, b0);
+    }
+  }
+}
+
+static void run_columns(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
+  const int64_t blocks = (out + kCols - 1) / kCols;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    column_block(x, w, y, n, in, out, blk * kCols, std::min(out, (blk + 1) * kCols));
+  }
+}
+
+static void run_dots(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
+  const int64_t blocks = (out + kDotRows - 1) / kDotRows;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t o0 = blk * kDotRows;
+    if (out - o0 >= kDotRows) {
+      dot_rows<kDotRows>(x, w, y, n, in, out, o0);
+    } else {
+      for (int64_t o = o0; o < out; ++o) dot_rows<1>(x, w, y, n, in, out, o);
+    }
+  }
+}
+
+std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const paddle::Tensor& w, int threads,
+                                             int transposed) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
+           "glm_small_batch_linear: x must be a float32 [..., in] CPU tensor");
+  PD_CHECK(w.is_cpu() && w.dtype() == paddle::DataType::FLOAT32 && w.shape().size() == 2,
+           "glm_small_batch_linear: w must be a float32 2-D CPU tensor");
+  const int64_t in = x.shape().back(), out = w.shape()[transposed ? 0 : 1];
+  const int64_t n = in ? x.numel() / in : 0;
+  PD_CHECK(w.shape()[transposed ? 1 : 0] == in, "glm_small_batch_linear: w does not match x's inputs");
+  PD_CHECK(n <= kMaxRows, "glm_small_batch_linear: at most 16 rows");
+  std::vector<int64_t> shape = x.shape();
+  shape.back() = out;  // [..., in] -> [..., out]
+  paddle::Tensor y = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
+  if (n == 0 || out == 0) return {y};
+  if (transposed) {
+    run_dots(x.data<float>(), w.data<float>(), y.data<float>(), n, in, out, threads);
+  } else {
+    run_columns(x.data<float>(), w.data<float>(), y.data<float>(), n, in, out, threads);
+  }
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> SmallBatchLinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                        int threads, int transposed) {
+  std::vector<int64_t> y = x;
+  y.back() = w[transposed ? 0 : 1];
+  return {y};
+}
+
+std::vector<paddle::DataType> SmallBatchLinearDtype(const paddle::DataType& x, const paddle::DataType& w) {
+  return {paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(glm_small_batch_linear)
+    .Inputs({"X", "W"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int", "transposed: int"})
+    .SetKernelFn(PD_KERNEL(SmallBatchLinear))
+    .SetInferShapeFn(PD_INFER_SHAPE(SmallBatchLinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(SmallBatchLinearDtype));

@@ -1,0 +1,79 @@
+"""The float projection's routes (paddle_glm/linear.py): the C++ small-batch operator against float64
+numpy on odd shapes, and the dispatch that keeps training, large batches and other dtypes on Paddle's kernel."""
+import numpy as np
+import paddle
+import pytest
+
+from paddle_glm import cpu_operators
+from paddle_glm.linear import linear, linear_transposed, small_batch_route
+
+pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("in_features,out_features", [(1, 1), (7, 3), (64, 513), (130, 1030), (1024, 3072)])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 16])
+def test_operator_equals_float64(in_features, out_features, rows, transposed):
+    rng = np.random.default_rng(in_features * 31 + rows)
+    x = rng.standard_normal((rows, in_features)).astype(np.float32)
+    x[rows // 2] = 0  # a row of zeros
+    w = rng.standard_normal((in_features, out_features)).astype(np.float32)
+    stored = np.ascontiguousarray(w.T) if transposed else w  # [out, in] (the tied output projection) or [in, out]
+    got = cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(stored), transposed).numpy()
+    ref = x.astype(np.float64) @ w.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64) + 1e-30  # the sum's magnitude
+    assert got.shape == (rows, out_features)
+    assert np.max(np.abs(got - ref) / scale) < 1e-5
+
+
+def test_operator_takes_leading_dims_zero_rows_and_strided_x():
+    rng = np.random.default_rng(0)
+    w = paddle.to_tensor(rng.standard_normal((12, 20)).astype(np.float32))
+    x = paddle.to_tensor(rng.standard_normal((2, 3, 12)).astype(np.float32))
+    np.testing.assert_allclose(cpu_operators.small_batch_linear(x, w).numpy(), (x @ w).numpy(), rtol=1e-5, atol=1e-5)
+    assert list(cpu_operators.small_batch_linear(paddle.zeros([2, 0, 12]), w).shape) == [2, 0, 20]
+    wide = paddle.to_tensor(rng.standard_normal((4, 24)).astype(np.float32))
+    strided = wide[:, ::2]  # [4, 12], not contiguous
+    np.testing.assert_allclose(cpu_operators.small_batch_linear(strided, w).numpy(), (strided @ w).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="at most 16 rows"):
+        cpu_operators.small_batch_linear(paddle.ones([17, 12]), w)
+
+
+def test_route_only_without_gradients_small_float32_batches():
+    w = paddle.randn([8, 4])
+    x = paddle.randn([2, 1, 8])
+    with paddle.no_grad():
+        assert small_batch_route(x, w)
+        assert not small_batch_route(paddle.randn([17, 8]), w)  # a prefill: Paddle's matmul
+        assert not small_batch_route(x.astype("float64"), w.astype("float64"))
+    w.stop_gradient = False
+    assert not small_batch_route(x, w)  # training: Paddle's kernel records the gradient
+    w.stop_gradient = True
+    assert small_batch_route(x, w)
+
+
+def test_linear_keeps_the_gradient_and_the_bias():
+    rng = np.random.default_rng(1)
+    x = paddle.to_tensor(rng.standard_normal((3, 8)).astype(np.float32))
+    w = paddle.to_tensor(rng.standard_normal((8, 5)).astype(np.float32))
+    b = paddle.to_tensor(rng.standard_normal(5).astype(np.float32))
+    ref = x.numpy().astype(np.float64) @ w.numpy() + b.numpy()
+    with paddle.no_grad():
+        np.testing.assert_allclose(linear(x, w, b).numpy(), ref, rtol=1e-5, atol=1e-5)
+    w.stop_gradient = False
+    out = linear(x, w, b)
+    (grad,) = paddle.grad(out.sum(), [w])
+    np.testing.assert_allclose(grad.numpy(), np.repeat(x.numpy().sum(0)[:, None], 5, axis=1), rtol=1e-5)
+
+
+def test_transposed_route_is_the_tied_output_projection():
+    rng = np.random.default_rng(2)
+    x = paddle.to_tensor(rng.standard_normal((2, 1, 8)).astype(np.float32))
+    embeddings = paddle.to_tensor(rng.standard_normal((11, 8)).astype(np.float32))  # [vocab, hidden]
+    ref = paddle.matmul(x, embeddings, transpose_y=True).numpy()
+    with paddle.no_grad():
+        np.testing.assert_allclose(linear_transposed(x, embeddings).numpy(), ref, rtol=1e-5, atol=1e-5)
+    embeddings.stop_gradient = False  # training: Paddle's matmul, with the gradient
+    (grad,) = paddle.grad(linear_transposed(x, embeddings).sum(), [embeddings])
+    np.testing.assert_allclose(grad.numpy(), np.repeat(x.numpy().sum((0, 1))[None], 11, axis=0), rtol=1e-5)
