@@ -1,10 +1,10 @@
 """The float projections of the model (its Linears and the tied output projection), on the fastest CPU
 route for each case.
 
-* Up to 16 rows of float32 on CPU, with no gradient wanted (a decode step, a small prefill): the
-  C++ operator ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight once for
-  all rows. Paddle's CPU matmul costs ~5x a one-row pass at 8 rows, ~1.25x ours at one row
-  (measured side by side in ``benchmarks/bench_generate.py``).
+* Up to 128 rows of float32 on CPU, with no gradient wanted (a decode step, a short prompt's
+  prefill): the C++ operator ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight
+  once for all rows. On the glm-large shapes Paddle's CPU matmul costs ~1.25x ours at one row, ~3x
+  at 8 rows and ~2.3x from 16 to 128 rows (``benchmarks/bench_generate.py`` measures the one-row pass).
 * Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what
   ``F.linear`` calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call,
   ~4% of a glm-large decode step).

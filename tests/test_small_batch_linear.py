@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ C
 
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("in_features,out_features", [(1, 1), (7, 3), (64, 513), (130, 1030), (1024, 3072)])
-@pytest.mark.parametrize("rows", [1, 2, 5, 8, 16])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 16, 37, 128])
 def test_operator_equals_float64(in_features, out_features, rows, transposed):
     rng = np.random.default_rng(in_features * 31 + rows)
     x = rng.standard_normal((rows, in_features)).astype(np.float32)
@@ -36,8 +36,8 @@ def test_operator_takes_leading_dims_zero_rows_and_strided_x():
     strided = wide[:, ::2]  # [4, 12], not contiguous
     np.testing.assert_allclose(cpu_operators.small_batch_linear(strided, w).numpy(), (strided @ w).numpy(),
                                rtol=1e-5, atol=1e-5)
-    with pytest.raises(Exception, match="at most 16 rows"):
-        cpu_operators.small_batch_linear(paddle.ones([17, 12]), w)
+    with pytest.raises(Exception, match="at most 128 rows"):
+        cpu_operators.small_batch_linear(paddle.ones([129, 12]), w)
 
 
 def test_route_only_without_gradients_small_float32_batches():
@@ -45,7 +45,8 @@ def test_route_only_without_gradients_small_float32_batches():
     x = paddle.randn([2, 1, 8])
     with paddle.no_grad():
         assert small_batch_route(x, w)
-        assert not small_batch_route(paddle.randn([17, 8]), w)  # a prefill: Paddle's matmul
+        assert small_batch_route(paddle.randn([1, 128, 8]), w)  # a short prompt's prefill
+        assert not small_batch_route(paddle.randn([1, 129, 8]), w)  # a longer one: Paddle's matmul
         assert not small_batch_route(x.astype("float64"), w.astype("float64"))
     w.stop_gradient = False
     assert not small_batch_route(x, w)  # training: Paddle's kernel records the gradient

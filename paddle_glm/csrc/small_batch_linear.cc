@@ -1,13 +1,14 @@
-// Float32 matrix products for a few rows on CPU (rows: x's leading dims, at most 16):
+// Float32 matrix products for a few rows on CPU (rows: x's leading dims, at most 128):
 //   transposed = 0: y[..., out] = x[..., in] . w[in, out]    (Paddle's Linear layout, row-major [in, out])
 //   transposed = 1: y[..., out] = x[..., in] . w[out, in]^T  (a tied output projection: the embeddings)
 //
-// A decode step multiplies 1-16 rows by every weight matrix, which is bound by reading the weights;
-// Paddle's CPU matmul costs ~5x a one-row pass at 8 rows (benchmarks/bench_generate.py). Both kernels
-// read each weight once for all rows:
-// * [in, out]: the output columns are split into blocks of kCols that OpenMP shares out; a block's
-//   accumulators for every row ([rows, kCols], at most 32 KiB) stay in L1 while the block's part of w
-//   is read, kSteps rows of w at a time (contiguous runs of kCols floats), each met with every row of x.
+// A decode step multiplies 1-16 rows by every weight matrix, which is bound by reading the weights,
+// and a short prompt's prefill a few dozen; Paddle's CPU matmul costs ~5x a one-row pass at 8 rows and
+// ~2.3x this file's kernels from 16 to 128 rows (measured on the glm-large shapes). Both kernels read
+// each weight once for all rows:
+// * [in, out]: the output columns are split into blocks (block_width) that OpenMP shares out; a block's
+//   accumulators for every row (at most kAccFloats, 32 KiB) stay in L1 while the block's part of w is
+//   read, kSteps rows of w at a time (contiguous runs of the block's width), each met with every row of x.
 // * [out, in]: blocks of kDotRows output channels (dot products with every row of x, kDotTile rows at
 //   a time), each weight vector loaded into registers once per tile, as weight_only_linear.cc does.
 #include <omp.h>
@@ -19,8 +20,8 @@
 
 #include "paddle/extension.h"
 
-constexpr int64_t kMaxRows = 16;
-constexpr int64_t kCols = 512;
+constexpr int64_t kMaxRows = 128;
+constexpr int64_t kAccFloats = 8192;  // a column block's accumulators for every row: 32 KiB, in L1
 constexpr int64_t kSteps = 4;
 constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
 
@@ -49,7 +50,7 @@ static inline float lane_sum(vfloat v) {
 static void column_block(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out,
                          int64_t c0, int64_t c1) {
   const int64_t width = c1 - c0;
-  float acc[kMaxRows * kCols];
+  float acc[kAccFloats];
   std::memset(acc, 0, sizeof(float) * n * width);
   int64_t i = 0;
   for (; i + kSteps <= in; i += kSteps) {
@@ -113,11 +114,17 @@ static void dot_rows(const float* x, const float* w, float* y, int64_t n, int64_
   }
 }
 
+// Columns per block for n rows: their accumulators fill at most kAccFloats; a multiple of 16, at most 512.
+static int64_t block_width(int64_t n) {
+  const int64_t width = std::min<int64_t>(512, kAccFloats / std::max<int64_t>(n, 1));
+  return std::max<int64_t>(16, width / 16 * 16);
+}
+
 static void run_columns(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
-  const int64_t blocks = (out + kCols - 1) / kCols;
+  const int64_t width = block_width(n), blocks = (out + width - 1) / width;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    column_block(x, w, y, n, in, out, blk * kCols, std::min(out, (blk + 1) * kCols));
+    column_block(x, w, y, n, in, out, blk * width, std::min(out, (blk + 1) * width));
   }
 }
 
@@ -143,7 +150,7 @@ std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const padd
   const int64_t in = x.shape().back(), out = w.shape()[transposed ? 0 : 1];
   const int64_t n = in ? x.numel() / in : 0;
   PD_CHECK(w.shape()[transposed ? 1 : 0] == in, "glm_small_batch_linear: w does not match x's inputs");
-  PD_CHECK(n <= kMaxRows, "glm_small_batch_linear: at most 16 rows");
+  PD_CHECK(n <= kMaxRows, "glm_small_batch_linear: at most 128 rows");
   std::vector<int64_t> shape = x.shape();
   shape.back() = out;  // [..., in] -> [..., out]
   paddle::Tensor y = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
