@@ -307,6 +307,14 @@ SCRIPT = textwrap.dedent("""
             for _ in range(2):
                 got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type=qt)
                 worst = max(worst, float(np.abs(got.numpy() - ref).max() / np.abs(ref).max()))
+    from paddle_glm.linear import linear, linear_transposed  # the float products: the operator or Paddle's matmul
+    with paddle.no_grad():
+        for rows in (1, 5, 40):
+            x, w = rng.standard_normal((rows, 70)).astype("float32"), rng.standard_normal((70, 33)).astype("float32")
+            ref = x.astype("f8") @ w.astype("f8")
+            for got in (linear(paddle.to_tensor(x), paddle.to_tensor(w)),
+                        linear_transposed(paddle.to_tensor(x), paddle.to_tensor(np.ascontiguousarray(w.T)))):
+                worst = max(worst, float(np.abs(got.numpy() - ref).max() / np.abs(ref).max()))
     print("STATUS", cpu_operators.status()[0], "ERR", worst)
 """)
 
@@ -374,7 +382,7 @@ def test_cache_key_follows_paddle_compiler_flags_and_source():
 
 @pytest.mark.slow
 def test_two_processes_build_the_portable_operator_at_once(tmp_path):
-    """Both build the baseline x86-64 variant (no AVX2: the plain-loop path) into one fresh cache at
+    """Both build the baseline x86-64 variant (no AVX2: the SSE2 paths) into one fresh cache at
     the same time; both load a working library and the cache holds one complete build, no leftovers."""
     env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_CPU_OPERATORS_CFLAGS": "-march=x86-64"}
     procs = [_run_script(env), _run_script(env)]
