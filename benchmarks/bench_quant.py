@@ -11,8 +11,8 @@ glm-large-chinese (random fp32 weights, 3 pdparams shards, as ``bench_convert.py
   and batch 8 for fp32, int8 and int4, against each one's bandwidth roofline: the bytes of
   weights a token reads divided by the bandwidth of the fp32 GEMV pass measured in the same
   round (``bench_generate.roofline_seconds``). Targets: int8 >= 0.7 of its roofline at batch 1
-  and faster than fp32; int4 >= 0.5 of its roofline. Then the same with the tiled fallback
-  (the C++ operator switched off).
+  and faster than fp32; int4 >= 0.5 of its roofline. Then the same with the C++ operators switched
+  off (``PADDLE_GLM_CPU_OPERATORS=0``): int8/int4 on the tiled fallback, fp32 on Paddle's matmul.
 
 ``--glm-10b`` (minutes, ~14 GB): glm-10b-chinese at full size as a 7-shard fp16 safetensors
 checkpoint of sparse files (real names and shapes, data reading as zeros, no disk used),
@@ -288,8 +288,9 @@ def markdown(r: dict) -> str:
     for route in ("speed", "speed_fallback"):
         s = r[route]
         label = "C++ operator" if route == "speed" else "tiled fallback"
+        fp32_label = "small-batch operator" if route == "speed" else "Paddle's matmul"  # PADDLE_GLM_CPU_OPERATORS=0
         for name in ("fp32", "int8", "int4"):
-            rows.append(f"| {name} | {'matmul' if name == 'fp32' else label} | {s[f'{name}_b1_s']:.4f} "
+            rows.append(f"| {name} | {fp32_label if name == 'fp32' else label} | {s[f'{name}_b1_s']:.4f} "
                         f"({s[f'{name}_b1_roofline_fraction']:.2f}) | {s[f'{name}_b8_s']:.4f} "
                         f"({s[f'{name}_b8_roofline_fraction']:.2f}) |")
     rows.append(f"\nfp32 GEMV bandwidth (the rooflines' basis): {r['speed']['bandwidth'] / GB:.1f} GB/s; int8 is "

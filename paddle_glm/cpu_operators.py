@@ -19,7 +19,8 @@ products Paddle's own matmul.
 
 Environment:
 
-* ``PADDLE_GLM_CPU_OPERATORS=0``: do not build or load them.
+* ``PADDLE_GLM_CPU_OPERATORS=0`` (or its former name ``PADDLE_GLM_WEIGHT_ONLY_OPERATOR=0``): do not
+  build or load them.
 * ``PADDLE_GLM_CPU_OPERATORS_CFLAGS``: the target flags, instead of ``-march=native`` (used when
   the compiler accepts it); e.g. ``-march=x86-64-v2`` for a library that other CPUs can share.
 """
@@ -47,6 +48,7 @@ SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
+OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
 _BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
 _state = {"status": None, "fallback_notice_shown": False}
@@ -92,6 +94,8 @@ def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, transposed: bool
     output projection stores it): ``[..., out]`` (operators loaded; no gradient)."""
     if not x.is_contiguous():
         x = x.contiguous()
+    if not weight.is_contiguous():
+        weight = weight.contiguous()
     return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, chosen_cpu_threads(), int(transposed))[0]
 
 
@@ -104,8 +108,9 @@ def notice_fallback() -> None:
 
 
 def _load_or_build() -> Tuple[bool, str]:
-    if os.environ.get(DISABLE_ENV, "") == "0":
-        return False, f"{DISABLE_ENV}=0"
+    for switch in (DISABLE_ENV, OLD_DISABLE_ENV):
+        if os.environ.get(switch, "") == "0":
+            return False, f"{switch}=0"
     compiler = find_compiler()
     if compiler is None:
         chosen = os.environ.get("CXX")

@@ -33,7 +33,7 @@ import paddle.nn.functional as F
 
 from .checkpoint.layout import table_key
 from .errors import GLMError
-from .linear import linear
+from .linear import linear, linear_transposed
 
 # How each split tensor is cut (names as in checkpoint/layout.py's table); the rest is replicated.
 ROWS, COLUMNS, QKV = "rows", "columns", "qkv"  # axis 0; last axis; last axis within each of q, k, v
@@ -151,7 +151,7 @@ class RowParallelLinear(_LocalLinear):
     """``x[..., rows] @ W[rows, :]`` summed over the ranks, then the (whole) bias, added once."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return all_reduce_sum(paddle.matmul(x, self.weight)) + self.bias
+        return all_reduce_sum(linear(x, self.weight)) + self.bias
 
 
 class VocabParallelEmbedding(nn.Layer):
@@ -170,7 +170,7 @@ class VocabParallelEmbedding(nn.Layer):
 
     def project(self, hidden: paddle.Tensor) -> paddle.Tensor:
         """This rank's vocabulary slice of the tied LM head, ``[..., rows]`` (gathered by ``GatheredLogits``)."""
-        return paddle.matmul(hidden, self.weight, transpose_y=True)
+        return linear_transposed(hidden, self.weight)
 
 
 @dataclass

@@ -164,7 +164,7 @@ def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
     q, s, d = _case(quant_type, group_size, 96, 256, seed=3)
     rng = np.random.default_rng(4)
     bias = rng.standard_normal(96).astype(np.float32)
-    for shape in ((7, 256), (2, 3, 256), (1, 1, 256), (2, 0, 256)):  # the operator takes [..., in] as it is
+    for shape in ((7, 256), (2, 3, 256), (1, 1, 256), (2, 0, 256), (256,)):  # the operator takes [..., in] as it is
         x = rng.standard_normal(shape).astype(np.float32)
         for b in (None, bias):
             got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s),

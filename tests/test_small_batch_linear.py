@@ -38,6 +38,11 @@ def test_operator_takes_leading_dims_zero_rows_and_strided_x():
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception, match="at most 128 rows"):
         cpu_operators.small_batch_linear(paddle.ones([129, 12]), w)
+    with pytest.raises(Exception, match="x has no inputs"):
+        cpu_operators.small_batch_linear(paddle.ones([2, 0]), paddle.ones([0, 20]))
+    one = paddle.to_tensor(rng.standard_normal(12).astype(np.float32))  # 1-D: one row
+    np.testing.assert_allclose(cpu_operators.small_batch_linear(one, w).numpy(), (one @ w).numpy(), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_route_only_without_gradients_small_float32_batches():

@@ -11,8 +11,6 @@
 //   read, kSteps rows of w at a time (contiguous runs of the block's width), each met with every row of x.
 // * [out, in]: blocks of kDotRows output channels (dot products with every row of x, kDotTile rows at
 //   a time), each weight vector loaded into registers once per tile, as weight_only_linear.cc does.
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -22,6 +20,7 @@
 
 constexpr int64_t kMaxRows = 128;
 constexpr int64_t kAccFloats = 8192;  // a column block's accumulators for every row: 32 KiB, in L1
+static_assert(kAccFloats / kMaxRows >= 16, "a block of 16 columns must fit every row's accumulators");
 constexpr int64_t kSteps = 4;
 constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
 
@@ -121,7 +120,9 @@ static int64_t block_width(int64_t n) {
 }
 
 static void run_columns(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
-  const int64_t width = block_width(n), blocks = (out + width - 1) / width;
+  const int64_t per_thread = (out + threads - 1) / std::max(threads, 1);  // narrower blocks keep every thread busy
+  const int64_t width = std::min(block_width(n), std::max<int64_t>(16, (per_thread + 15) / 16 * 16));
+  const int64_t blocks = (out + width - 1) / width;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
     column_block(x, w, y, n, in, out, blk * width, std::min(out, (blk + 1) * width));
@@ -148,7 +149,8 @@ std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const padd
   PD_CHECK(w.is_cpu() && w.dtype() == paddle::DataType::FLOAT32 && w.shape().size() == 2,
            "glm_small_batch_linear: w must be a float32 2-D CPU tensor");
   const int64_t in = x.shape().back(), out = w.shape()[transposed ? 0 : 1];
-  const int64_t n = in ? x.numel() / in : 0;
+  PD_CHECK(in > 0, "glm_small_batch_linear: x has no inputs");
+  const int64_t n = x.numel() / in;
   PD_CHECK(w.shape()[transposed ? 1 : 0] == in, "glm_small_batch_linear: w does not match x's inputs");
   PD_CHECK(n <= kMaxRows, "glm_small_batch_linear: at most 128 rows");
   std::vector<int64_t> shape = x.shape();

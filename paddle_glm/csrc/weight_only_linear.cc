@@ -241,7 +241,7 @@ static std::vector<float> split_even_odd(const float* x, int64_t n, int64_t in) 
 
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
                                              const paddle::Tensor& scale, int bits, int group_size, int threads) {
-  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 2,
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
            "glm_weight_only_linear: x must be a float32 [..., in] CPU tensor");
   PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
   PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
@@ -249,7 +249,9 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
            "glm_weight_only_linear: the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
   PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32,
            "glm_weight_only_linear: scale must be a float32 CPU tensor");
-  const int64_t in = x.shape().back(), n = in ? x.numel() / in : 0, out = w.shape()[0];  // rows: the leading dims
+  const int64_t in = x.shape().back(), out = w.shape()[0];
+  PD_CHECK(in > 0, "glm_weight_only_linear: x has no inputs");
+  const int64_t n = x.numel() / in;  // rows: the leading dims
   PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
   PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
            "glm_weight_only_linear: group_size must be a positive even divisor of in");

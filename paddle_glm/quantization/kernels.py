@@ -13,7 +13,7 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
 
 * ``cuda_weight_only``: ``paddle.nn.quant.weight_only_linear`` on the layout
   ``paddle.nn.quant.weight_quantize`` produces for the GPU's arch (see ``cuda_layout.py``).
-* ``cpu_operator``: the C++ operator in ``csrc/`` (built on first use, see ``cpu_operators.py``):
+* ``cpu_operator``: the C++ operator in ``paddle_glm/csrc/`` (built on first use, see ``cpu_operators.py``):
   int8/int4 converted to float32 in registers, float32 accumulation, OpenMP over output channels.
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.

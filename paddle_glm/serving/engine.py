@@ -8,7 +8,7 @@ key visibility (the cache's ``key_bias``), its sampling settings and its stream 
 numbers; a decode step takes them as tensors. The running rows are kept in the lowest
 slots (a row leaving from the middle has the last one moved into its place), so that a step
 runs the first ``n`` rows, as views of the buffers, and costs what ``n`` rows cost (on CPU a
-batch-8 matmul pass costs several batch-1 passes); it attends over the slots its longest row
+batch-8 pass over the weights costs ~2.4 batch-1 passes); it attends over the slots its longest row
 uses, rounded up to :data:`WINDOW`. A joining row is prefilled alone and loaded into the next
 slot; its first token is chosen with the step's others. One device read per step: every
 running row's token and problem flag.
