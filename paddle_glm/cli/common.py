@@ -80,6 +80,16 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def ready_cpu_operators() -> None:
+    """On CPU, build (on first use, with one line on stderr) or load the C++ operators now, so that a
+    command's timings and a server's first request do not include the build."""
+    from .. import cpu_operators
+    from ..devices import device_type
+
+    if device_type() == "cpu":
+        cpu_operators.status()
+
+
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     """Model and tokenizer from ``args.model_dir`` on ``args.device``; user errors become GLMError."""
     from ..model import GLMForConditionalGeneration
@@ -87,6 +97,7 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
 
     require_local_dir(args.model_dir)
     use_device(args.device)
+    ready_cpu_operators()
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")
     tokenizer = GLMChineseTokenizer.from_pretrained(args.model_dir)
