@@ -47,6 +47,7 @@ OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
 SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc")]
+HEADERS = [os.path.join(_CSRC, "float_vectors.h")]  # included by both sources: part of the cache key
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
@@ -154,7 +155,7 @@ def target_flags(compiler: str) -> List[str]:
 def cache_key(compiler: str, flags: List[str]) -> str:
     """``<paddle version>-<hash>``: one library per Paddle, Python, compiler, flags, CPU and source."""
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         with open(source, "rb") as f:
             digest.update(f.read())
     parts = [sys.version.split()[0], os.path.realpath(compiler), " ".join(flags + openmp_link_flags()),

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "float_vectors.h"
 #include "paddle/extension.h"
 
 constexpr int64_t kMaxRows = 128;
@@ -24,26 +25,6 @@ static_assert(kAccFloats / kMaxRows >= 16, "a block of 16 columns must fit every
 constexpr int64_t kSteps = 4;
 constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
 
-#if defined(__AVX512F__)
-constexpr int kWidth = 16;
-#elif defined(__AVX__)
-constexpr int kWidth = 8;
-#else
-constexpr int kWidth = 4;
-#endif
-typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
-
-static inline vfloat load_floats(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline float lane_sum(vfloat v) {
-  float s = 0.f;
-  for (int k = 0; k < kWidth; ++k) s += v[k];
-  return s;
-}
 
 // w [in, out]: y[b, c0:c1] = sum_i x[b, i] * w[i, c0:c1] for every row b.
 static void column_block(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out,

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "float_vectors.h"
 #include "paddle/extension.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
@@ -27,30 +28,10 @@
 // AVX-512's 32 registers; with 16 registers 4 x 2 for small batches (more weight streams) and
 // 2 x 4 from 4 rows on (fewer conversions of each weight vector).
 #if defined(__AVX512F__)
-constexpr int kWidth = 16;
 constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 4, kRowsLargeBatch = 4, kTileLargeBatch = 4;
 #else
-#if defined(__AVX2__)
-constexpr int kWidth = 8;
-#else
-constexpr int kWidth = 4;
-#endif
 constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 2, kRowsLargeBatch = 2, kTileLargeBatch = 4;
 #endif
-
-typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
-
-static inline vfloat load_floats(const float* p) {
-  vfloat v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-static inline float lane_sum(vfloat v) {
-  float s = 0.f;
-  for (int k = 0; k < kWidth; ++k) s += v[k];
-  return s;
-}
 
 #if defined(__SSE2__) && !defined(__AVX2__)
 // 4 int8 values -> 4 sign-extended int32 lanes (SSE2 has no pmovsxbd).
