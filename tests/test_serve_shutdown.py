@@ -2,6 +2,7 @@
 400s, a stalled body is a 408, and SIGTERM ends the server within its grace period even while a client
 holds a half-sent body (real server, real sockets)."""
 import asyncio
+import re
 import signal
 import socket
 import threading
@@ -79,6 +80,22 @@ def test_bad_prompts_are_400s_and_sigterm_ends_a_held_server(tmp_path):
     assert_nothing_left(env)
 
 
+def _read_response(client):
+    """The whole HTTP response: headers and body can arrive in separate packets."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _content_length(data):
+        chunk = client.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
+def _content_length(data):
+    found = re.search(rb"content-length: *(\d+)", data, re.IGNORECASE)
+    return int(found.group(1)) if found else 0
+
+
 def test_a_stalled_body_gets_408():
     async def app(scope, receive, send):  # never reached: the body does not arrive
         raise AssertionError("the app saw a stalled body")
@@ -93,7 +110,7 @@ def test_a_stalled_body_gets_408():
         client = _half_sent_body(port)
         client.settimeout(10)
         start = time.time()
-        answer = client.recv(4096).decode()
+        answer = _read_response(client)
         client.close()
     finally:
         server.should_exit = True
