@@ -17,6 +17,10 @@ Backends:
 * ``flashmask``: ``F.flashmask_attention`` for masks where each key column is
   visible to one contiguous range of query rows (GLM's prefix-LM generation
   mask, with right padding). CUDA, fp16/bf16, SM >= 80 only.
+* ``cpu_decode``: a decode step over a float32 ``bhsd`` cache on CPU, in eager mode, without
+  gradients: the C++ operator ``glm_decode_attention`` (``cpu_operators``) writes the step's key and
+  value and attends in one call (:meth:`KVCache.attend_step`), where the ``math`` ops cost ~0.45 ms a
+  layer of glm-large in per-op dispatch. Chosen per step by :func:`decode_backend`.
 """
 from __future__ import annotations
 
@@ -26,10 +30,11 @@ from typing import Optional
 import paddle
 import paddle.nn.functional as F
 
+from . import cpu_operators
 from .devices import cuda_capability, device_type, dtype_str
 from .errors import GLMError
 
-MATH, SDPA, FLASHMASK = "math", "sdpa", "flashmask"
+MATH, SDPA, FLASHMASK, CPU_DECODE = "math", "sdpa", "flashmask", "cpu_decode"
 BHSD, BSHD = "bhsd", "bshd"  # [batch, heads, seq, dim] / [batch, seq, heads, dim]
 LAYOUT = {MATH: BHSD, SDPA: BSHD, FLASHMASK: BSHD}
 DECODE_BACKEND = {BHSD: MATH, BSHD: SDPA}  # a decode step (one query row) by cache layout: no FlashMask encoding
@@ -58,6 +63,16 @@ def select_backend(device: str, dtype: str, head_dim: int, mask_kind: str, query
     if flash_ok and mask_kind == "intervals" and query_len > 1:
         return FLASHMASK
     return SDPA  # flash attention when mask_kind == "none" and flash_ok, else memory-efficient / math
+
+
+def decode_backend(layout: str, buffer: paddle.Tensor, training: bool) -> str:
+    """The backend of a decode step over a cache of ``layout`` whose buffers are like ``buffer``:
+    ``cpu_decode`` for a float32 ``bhsd`` cache on CPU in eager mode, with no gradient to record and
+    no dropout (``training`` False), once the C++ operators are loaded; else ``DECODE_BACKEND``'s."""
+    if (paddle.in_dynamic_mode() and layout == BHSD and buffer.dtype == paddle.float32 and not training
+            and buffer.place.is_cpu_place() and not paddle.is_grad_enabled() and cpu_operators.status()[0]):
+        return CPU_DECODE
+    return DECODE_BACKEND[layout]
 
 
 def cache_layout(backend: str) -> str:

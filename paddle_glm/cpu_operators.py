@@ -3,9 +3,11 @@
 * ``glm_weight_only_linear`` (``weight_only_linear.cc``): ``x`` times an int8/int4 weight
   (``paddle_glm.quantization.kernels``);
 * ``glm_small_batch_linear`` (``small_batch_linear.cc``): ``x`` times a float32 ``[in, out]``
-  weight (or ``[out, in]`` transposed) for up to 128 rows (``paddle_glm.linear``): a decode step's
-  projections and a short prompt's prefill, where Paddle's CPU matmul costs ~5x a one-row pass at 8
-  rows and ~2.3x these kernels from 16 to 128 rows.
+  weight plus a bias (or times an ``[out, in]`` weight transposed) for up to 128 rows
+  (``paddle_glm.linear``): a decode step's projections and a short prompt's prefill, where Paddle's
+  CPU matmul costs ~5x a one-row pass at 8 rows and ~2.3x these kernels from 16 to 128 rows;
+* ``glm_decode_attention`` (``decode_attention.cc``): a decode step's attention over a float32
+  ``bhsd`` KV cache, with the cache write, in one call (``paddle_glm.kv_cache``).
 
 The sources are compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
 OpenMP, e.g. Debian's ``build-essential``) through Paddle's custom-operator toolchain
@@ -44,10 +46,12 @@ from .io_utils import make_temp_dir, remove_tree
 
 LIBRARY = "glm_cpu_operators"
 OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
+DECODE_ATTENTION_OP = "glm_decode_attention"
 SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc")]
-HEADERS = [os.path.join(_CSRC, "float_vectors.h")]  # included by both sources: part of the cache key
+SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc",
+                                                       "decode_attention.cc")]
+HEADERS = [os.path.join(_CSRC, "float_vectors.h")]  # included by the linear products: part of the cache key
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
@@ -77,27 +81,40 @@ def status() -> Tuple[bool, str]:
 
 
 def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
-        group_size: int) -> paddle.Tensor:
-    """``x`` float32 ``[..., in]`` times the dequantized weight, transposed: ``[..., out]`` (operator loaded;
-    the leading dimensions are its rows, so a decode step needs no reshape).
+        group_size: int, bias: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    """``x`` float32 ``[..., in]`` times the dequantized weight, transposed, plus ``bias`` float32 ``[out]`` when
+    given: ``[..., out]`` (operator loaded; the leading dimensions are its rows, so a decode step needs no
+    reshape).
 
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
     if not x.is_contiguous():
         x = x.contiguous()
-    return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, _BITS[quant_type], int(group_size),
+    return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, _BITS[quant_type], int(group_size),
                                         chosen_cpu_threads())[0]
 
 
-def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, transposed: bool = False) -> paddle.Tensor:
+def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
+                       transposed: bool = False) -> paddle.Tensor:
     """``x`` float32 ``[..., in]`` (at most :data:`SMALL_BATCH_ROWS` rows in its leading dimensions) times
-    ``weight`` float32 ``[in, out]`` (``transposed``: times ``weight`` ``[out, in]`` transposed, as a tied
-    output projection stores it): ``[..., out]`` (operators loaded; no gradient)."""
+    ``weight`` float32 ``[in, out]``, plus ``bias`` float32 ``[out]`` when given (``transposed``: times
+    ``weight`` ``[out, in]`` transposed, as a tied output projection stores it; no bias):
+    ``[..., out]`` (operators loaded; no gradient)."""
     if not x.is_contiguous():
         x = x.contiguous()
     if not weight.is_contiguous():
         weight = weight.contiguous()
-    return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, chosen_cpu_threads(), int(transposed))[0]
+    return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, bias, chosen_cpu_threads(), int(transposed))[0]
+
+
+def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Tensor, key_bias: paddle.Tensor,
+                     index: paddle.Tensor, length: int) -> paddle.Tensor:
+    """One decode step's attention (operators loaded; float32 CPU; no gradient): write the keys and values
+    of ``qkv`` ``[b, 1, 3 * heads * d]`` into ``keys``/``values`` ``[B, heads, T, d]`` (in place, rows
+    ``0..b-1``) at slot ``index`` (int64 ``[1]`` or ``[b]``), then attend over slots ``0..length-1`` with
+    the additive ``key_bias`` ``[B, heads, 1, T]``: the context ``[b, 1, heads * d]``."""
+    return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
+                                        chosen_cpu_threads())[0]
 
 
 def notice_fallback() -> None:

@@ -6,6 +6,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 import paddle
 
+from . import cpu_operators
 from .attention import BHSD, BSHD, additive_bias
 from .devices import dtype_str
 from .errors import GLMError
@@ -109,6 +110,14 @@ class KVCache:
             self.keys[layer][:, start:start + count] = k
             self.values[layer][:, start:start + count] = v
         return self.keys[layer], self.values[layer]
+
+    def attend_step(self, layer: int, qkv: paddle.Tensor, index: paddle.Tensor) -> paddle.Tensor:
+        """The ``cpu_decode`` backend (``attention.decode_backend``): write the keys and values of ``qkv``
+        ``[b, 1, 3 * heads * d]`` at slot ``index`` (int64 ``[1]`` or ``[b]``, already revealed) and attend
+        over this cache's slots with ``key_bias``, in one C++ call: the context ``[b, 1, heads * d]``."""
+        base = self._writes  # a window's rows and slots are the first ones of its base's whole buffers
+        return cpu_operators.decode_attention(qkv, base.keys[layer], base.values[layer], base.key_bias, index,
+                                              self.max_length)
 
     def reveal(self, index: paddle.Tensor) -> None:
         """Make slot ``index`` (int64 ``[1]``, or ``[b]``: one per row) visible to the rows' decode

@@ -12,6 +12,8 @@ route for each case.
 """
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -19,6 +21,7 @@ from paddle import _C_ops
 
 from . import cpu_operators
 
+_FLOAT32 = paddle.float32
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
 
 
@@ -27,8 +30,7 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
     if not (_DIRECT and paddle.in_dynamic_mode()):
         return F.linear(x, weight, bias)
     if small_batch_route(x, weight, bias):
-        out = cpu_operators.small_batch_linear(x, weight)  # [..., out]
-        return out if bias is None else out + bias
+        return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out]
     return _C_ops.linear(x, weight, bias)
 
 
@@ -41,18 +43,19 @@ def linear_transposed(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
 
 def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> bool:
     """Whether ``glm_small_batch_linear`` computes this product: float32 on CPU, at most
-    ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use)."""
-    if x.dtype != paddle.float32 or weight.dtype != paddle.float32 or not x.place.is_cpu_place():
+    ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use).
+
+    Called for every projection (~100 a decode step), so the cheapest tests come first; dtypes are
+    compared by identity (Paddle's dtype objects are singletons; ``==`` costs ~1 us a comparison)."""
+    if x.dtype is not _FLOAT32 or weight.dtype is not _FLOAT32:
         return False
-    rows = 1
-    for size in x.shape[:-1]:
-        rows *= size
-    if rows > cpu_operators.SMALL_BATCH_ROWS:
+    if bias is not None and (bias.dtype is not _FLOAT32 or not bias.is_contiguous()):
         return False
     if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
                                          and (bias is None or bias.stop_gradient)):
         return False
-    return cpu_operators.status()[0]
+    return (math.prod(x.shape[:-1]) <= cpu_operators.SMALL_BATCH_ROWS and x.place.is_cpu_place()
+            and cpu_operators.status()[0])
 
 
 class Linear(nn.Linear):

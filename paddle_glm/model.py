@@ -16,17 +16,19 @@ from typing import Optional
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+from paddle import _C_ops
 from paddle.distributed.fleet.utils import recompute as fleet_recompute
 
 from .attention import (
     BHSD,
-    DECODE_BACKEND,
+    CPU_DECODE,
     PreparedMask,
     aligned_cache_length,
     attend,
     cache_backend,
     cache_layout,
     check_cache_layout,
+    decode_backend,
     prepare_mask,
 )
 from .config import GLMConfig
@@ -62,6 +64,18 @@ def _dropout(layer: nn.Dropout, x: paddle.Tensor) -> paddle.Tensor:
     return layer(x) if layer.training else x
 
 
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dimension (same parameters, names and initialisation) calling Paddle's
+    kernel directly in eager mode: ``F.layer_norm`` checks the input's shape in Python on every call
+    (~9 us of ~16 us for a decode step's ``[b, 1, hidden]``; 49 calls a step). The model's shapes are
+    fixed by its config, so a wrong hidden size fails in the projections before."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if not paddle.in_dynamic_mode():
+            return super().forward(x)
+        return _C_ops.layer_norm(x, self.weight, self.bias, self._epsilon, x.ndim - 1)
+
+
 class WordEmbeddings(nn.Embedding):
     """The word embeddings ``[vocab, hidden]``, which are also the tied output projection."""
 
@@ -83,10 +97,20 @@ class GLMAttention(nn.Layer):
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
                 layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
-        b, s, _ = x.shape
+        qkv = self.query_key_value(x)  # [b, s, 3 * heads * d]
+        if mask.backend == CPU_DECODE:  # one C++ call writes the cache and attends
+            context = cache.attend_step(layer, qkv, write_index)  # [b, 1, heads * d]
+        else:
+            context = self._context(qkv, mask, cache, layer, write_index)
+        return _dropout(self.output_dropout, self.dense(context))
+
+    def _context(self, qkv: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache], layer: int,
+                 write_index: Optional[paddle.Tensor]) -> paddle.Tensor:
+        """Attention through Paddle's ops: ``qkv`` ``[b, s, 3 * heads * d]`` -> the context ``[b, s, heads * d]``."""
+        b, s, _ = qkv.shape
         # [b, s, 3h] -> [b, s, 3, heads, d]: q | k | v, heads one after another within each (the heads this
         # layer holds: all of them, or a tensor-parallel rank's share)
-        qkv = self.query_key_value(x).reshape([b, s, 3, -1, self.head_dim])
+        qkv = qkv.reshape([b, s, 3, -1, self.head_dim])
         layout = cache.layout if cache is not None else cache_layout(mask.backend)
         if layout == BHSD:
             q, k, v = qkv.transpose([2, 0, 3, 1, 4]).unbind(axis=0)  # [3, b, heads, s, d] -> each [b, heads, s, d]
@@ -101,7 +125,7 @@ class GLMAttention(nn.Layer):
         context = attend(q, k, v, mask, self.attention_dropout_prob if self.training else 0.0)
         if layout == BHSD:
             context = context.transpose([0, 2, 1, 3])  # [b, heads, s, d] -> [b, s, heads, d]
-        return _dropout(self.output_dropout, self.dense(context.reshape([b, s, -1])))  # [b, s, heads * d]
+        return context.reshape([b, s, -1])  # [b, s, heads * d]
 
 
 class GLMMLP(nn.Layer):
@@ -122,9 +146,9 @@ class GLMBlock(nn.Layer):
 
     def __init__(self, config: GLMConfig):
         super().__init__()
-        self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
+        self.input_layernorm = LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
         self.attention = GLMAttention(config)
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
         self.mlp = GLMMLP(config)
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
@@ -147,7 +171,7 @@ class GLMStack(nn.Layer):
             self.block_position_embeddings = nn.Embedding(config.num_position_embeddings, config.hidden_size,
                                                           weight_attr=_init(config))
         self.layers = nn.LayerList([GLMBlock(config) for _ in range(config.num_layers)])
-        self.final_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
+        self.final_layernorm = LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
 
     def forward(self, hidden: paddle.Tensor, position_ids: paddle.Tensor, mask: PreparedMask,
                 cache: Optional[KVCache] = None, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
@@ -231,7 +255,8 @@ class GLMModel(PretrainedMixin, nn.Layer):
             The next-token logits ``[b, vocab]`` (the LM head tied to the word embeddings).
         """
         cache.reveal(write_index)  # a token sees its own key
-        mask = PreparedMask(DECODE_BACKEND[cache.layout], bias=cache.key_bias)  # [b, heads, 1, max_length]
+        backend = decode_backend(cache.layout, cache.keys[0], self.training)
+        mask = PreparedMask(backend, bias=cache.key_bias)  # [b, heads, 1, max_length]
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, mask, cache, write_index)
         return self.lm_logits(hidden[:, 0])  # [b, vocab]
 

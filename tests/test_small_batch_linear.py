@@ -19,11 +19,27 @@ def test_operator_equals_float64(in_features, out_features, rows, transposed):
     x[rows // 2] = 0  # a row of zeros
     w = rng.standard_normal((in_features, out_features)).astype(np.float32)
     stored = np.ascontiguousarray(w.T) if transposed else w  # [out, in] (the tied output projection) or [in, out]
-    got = cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(stored), transposed).numpy()
+    got = cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(stored), transposed=transposed).numpy()
     ref = x.astype(np.float64) @ w.astype(np.float64)
     scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64) + 1e-30  # the sum's magnitude
     assert got.shape == (rows, out_features)
     assert np.max(np.abs(got - ref) / scale) < 1e-5
+
+
+@pytest.mark.parametrize("rows", [1, 3, 128])
+def test_operator_adds_the_bias(rows):
+    rng = np.random.default_rng(rows)
+    x, w = rng.standard_normal((rows, 130)).astype(np.float32), rng.standard_normal((130, 1030)).astype(np.float32)
+    bias = rng.standard_normal(1030).astype(np.float32) * 100  # large: a missing or doubled bias shows
+    got = cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(bias)).numpy()
+    ref = x.astype(np.float64) @ w.astype(np.float64) + bias
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-3)
+    with paddle.no_grad():  # and through linear(), the model's route
+        np.testing.assert_allclose(linear(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(bias)).numpy(),
+                                   ref, rtol=1e-5, atol=1e-3)
+    with pytest.raises(Exception, match="bias must be a float32 CPU tensor of w's outputs"):
+        cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(w.T.copy()), paddle.to_tensor(bias),
+                                         transposed=True)
 
 
 def test_operator_takes_leading_dims_zero_rows_and_strided_x():

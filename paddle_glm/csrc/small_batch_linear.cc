@@ -1,5 +1,6 @@
 // Float32 matrix products for a few rows on CPU (rows: x's leading dims, at most 128):
-//   transposed = 0: y[..., out] = x[..., in] . w[in, out]    (Paddle's Linear layout, row-major [in, out])
+//   transposed = 0: y[..., out] = x[..., in] . w[in, out] + bias[out]  (Paddle's Linear layout, row-major
+//                   [in, out]; the bias is optional: the accumulators start from it, which saves a pass)
 //   transposed = 1: y[..., out] = x[..., in] . w[out, in]^T  (a tied output projection: the embeddings)
 //
 // A decode step multiplies 1-16 rows by every weight matrix, which is bound by reading the weights,
@@ -26,12 +27,18 @@ constexpr int64_t kSteps = 4;
 constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
 
 
-// w [in, out]: y[b, c0:c1] = sum_i x[b, i] * w[i, c0:c1] for every row b.
-static void column_block(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out,
-                         int64_t c0, int64_t c1) {
+// w [in, out]: y[b, c0:c1] = bias[c0:c1] + sum_i x[b, i] * w[i, c0:c1] for every row b (bias may be null).
+static void column_block(const float* x, const float* w, const float* bias, float* y, int64_t n, int64_t in,
+                         int64_t out, int64_t c0, int64_t c1) {
   const int64_t width = c1 - c0;
   float acc[kAccFloats];
-  std::memset(acc, 0, sizeof(float) * n * width);
+  for (int64_t b = 0; b < n; ++b) {
+    if (bias) {
+      std::memcpy(acc + b * width, bias + c0, sizeof(float) * width);
+    } else {
+      std::memset(acc + b * width, 0, sizeof(float) * width);
+    }
+  }
   int64_t i = 0;
   for (; i + kSteps <= in; i += kSteps) {
     const float* w0 = w + i * out + c0;
@@ -100,13 +107,14 @@ static int64_t block_width(int64_t n) {
   return std::max<int64_t>(16, width / 16 * 16);
 }
 
-static void run_columns(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
+static void run_columns(const float* x, const float* w, const float* bias, float* y, int64_t n, int64_t in,
+                        int64_t out, int threads) {
   const int64_t per_thread = (out + threads - 1) / std::max(threads, 1);  // narrower blocks keep every thread busy
   const int64_t width = std::min(block_width(n), std::max<int64_t>(16, (per_thread + 15) / 16 * 16));
   const int64_t blocks = (out + width - 1) / width;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    column_block(x, w, y, n, in, out, blk * width, std::min(out, (blk + 1) * width));
+    column_block(x, w, bias, y, n, in, out, blk * width, std::min(out, (blk + 1) * width));
   }
 }
 
@@ -123,7 +131,8 @@ static void run_dots(const float* x, const float* w, float* y, int64_t n, int64_
   }
 }
 
-std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const paddle::Tensor& w, int threads,
+std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const paddle::Tensor& w,
+                                             const paddle::optional<paddle::Tensor>& bias, int threads,
                                              int transposed) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
            "glm_small_batch_linear: x must be a float32 [..., in] CPU tensor");
@@ -134,6 +143,9 @@ std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const padd
   const int64_t n = x.numel() / in;
   PD_CHECK(w.shape()[transposed ? 1 : 0] == in, "glm_small_batch_linear: w does not match x's inputs");
   PD_CHECK(n <= kMaxRows, "glm_small_batch_linear: at most 128 rows");
+  PD_CHECK(!bias || (!transposed && bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 &&
+                     bias->numel() == out),
+           "glm_small_batch_linear: bias must be a float32 CPU tensor of w's outputs (not transposed)");
   std::vector<int64_t> shape = x.shape();
   shape.back() = out;  // [..., in] -> [..., out]
   paddle::Tensor y = paddle::empty(shape, paddle::DataType::FLOAT32, x.place());
@@ -141,24 +153,27 @@ std::vector<paddle::Tensor> SmallBatchLinear(const paddle::Tensor& x, const padd
   if (transposed) {
     run_dots(x.data<float>(), w.data<float>(), y.data<float>(), n, in, out, threads);
   } else {
-    run_columns(x.data<float>(), w.data<float>(), y.data<float>(), n, in, out, threads);
+    run_columns(x.data<float>(), w.data<float>(), bias ? bias->data<float>() : nullptr, y.data<float>(), n, in, out,
+                threads);
   }
   return {y};
 }
 
 std::vector<std::vector<int64_t>> SmallBatchLinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                        int threads, int transposed) {
+                                                        const paddle::optional<std::vector<int64_t>>& bias, int threads,
+                                                        int transposed) {
   std::vector<int64_t> y = x;
   y.back() = w[transposed ? 0 : 1];
   return {y};
 }
 
-std::vector<paddle::DataType> SmallBatchLinearDtype(const paddle::DataType& x, const paddle::DataType& w) {
+std::vector<paddle::DataType> SmallBatchLinearDtype(const paddle::DataType& x, const paddle::DataType& w,
+                                                   const paddle::optional<paddle::DataType>& bias) {
   return {paddle::DataType::FLOAT32};
 }
 
 PD_BUILD_OP(glm_small_batch_linear)
-    .Inputs({"X", "W"})
+    .Inputs({"X", "W", paddle::Optional("Bias")})
     .Outputs({"Out"})
     .Attrs({"threads: int", "transposed: int"})
     .SetKernelFn(PD_KERNEL(SmallBatchLinear))

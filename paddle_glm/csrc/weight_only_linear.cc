@@ -1,4 +1,5 @@
-// Weight-only int8/int4 matrix product for CPU: y[..., out] = x[..., in] . dequantize(w)^T (rows: x's leading dims).
+// Weight-only int8/int4 matrix product for CPU: y[..., out] = x[..., in] . dequantize(w)^T + bias (rows: x's
+// leading dims; the bias is optional).
 //
 // Layouts (paddle_glm/quantization/kernels.py):
 //   int8: w int8 [out, in], scale float32 [out] (per output channel).
@@ -220,8 +221,17 @@ static std::vector<float> split_even_odd(const float* x, int64_t n, int64_t in) 
   return out;
 }
 
+// y[b, :] += bias for every row (a decode step's bias add without an op of its own).
+static void add_bias(float* y, const float* bias, int64_t n, int64_t out) {
+  for (int64_t b = 0; b < n; ++b) {
+#pragma omp simd
+    for (int64_t o = 0; o < out; ++o) y[b * out + o] += bias[o];
+  }
+}
+
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
-                                             const paddle::Tensor& scale, int bits, int group_size, int threads) {
+                                             const paddle::Tensor& scale, const paddle::optional<paddle::Tensor>& bias,
+                                             int bits, int group_size, int threads) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
            "glm_weight_only_linear: x must be a float32 [..., in] CPU tensor");
   PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
@@ -238,6 +248,8 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
            "glm_weight_only_linear: group_size must be a positive even divisor of in");
   PD_CHECK(scale.numel() == (bits == 8 ? out : out * (in / group_size)),
            "glm_weight_only_linear: scale does not match the weight");
+  PD_CHECK(!bias || (bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == out),
+           "glm_weight_only_linear: bias must be a float32 CPU tensor of the weight's outputs");
   std::vector<int64_t> y_shape = x.shape();
   y_shape.back() = out;  // [..., in] -> [..., out]
   paddle::Tensor y = paddle::empty(y_shape, paddle::DataType::FLOAT32, x.place());
@@ -249,23 +261,26 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
     run_all<Int4Kernel>(Problem{split.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
                         threads);
   }
+  if (bias) add_bias(y.data<float>(), bias->data<float>(), n, out);
   return {y};
 }
 
 std::vector<std::vector<int64_t>> WeightOnlyLinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
-                                                        const std::vector<int64_t>& scale) {
+                                                        const std::vector<int64_t>& scale,
+                                                        const paddle::optional<std::vector<int64_t>>& bias) {
   std::vector<int64_t> y = x;
   y.back() = w[0];
   return {y};
 }
 
 std::vector<paddle::DataType> WeightOnlyLinearDtype(const paddle::DataType& x, const paddle::DataType& w,
-                                                    const paddle::DataType& scale) {
+                                                    const paddle::DataType& scale,
+                                                    const paddle::optional<paddle::DataType>& bias) {
   return {paddle::DataType::FLOAT32};
 }
 
 PD_BUILD_OP(glm_weight_only_linear)
-    .Inputs({"X", "W", "Scale"})
+    .Inputs({"X", "W", "Scale", paddle::Optional("Bias")})
     .Outputs({"Out"})
     .Attrs({"bits: int", "group_size: int", "threads: int"})
     .SetKernelFn(PD_KERNEL(WeightOnlyLinear))

@@ -174,9 +174,10 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
         if scale.dtype != x.dtype:
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
-    if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] as it is
-        out = cpu_operators.run(x, qweight, scale, quant_type, group_size)  # [..., out]
-        return out if bias is None else out + bias
+    if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] and the bias as they are
+        if bias is not None and (bias.dtype != paddle.float32 or not bias.is_contiguous()):
+            return cpu_operators.run(x, qweight, scale, quant_type, group_size) + bias  # [..., out]
+        return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias)  # [..., out]
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
     if route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
         out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
