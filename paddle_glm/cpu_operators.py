@@ -112,7 +112,13 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
     """One decode step's attention (operators loaded; float32 CPU; no gradient): write the keys and values
     of ``qkv`` ``[b, 1, 3 * heads * d]`` into ``keys``/``values`` ``[B, heads, T, d]`` (in place, rows
     ``0..b-1``) at slot ``index`` (int64 ``[1]`` or ``[b]``), then attend over slots ``0..length-1`` with
-    the additive ``key_bias`` ``[B, heads, 1, T]``: the context ``[b, 1, heads * d]``."""
+    the additive ``key_bias`` ``[B, heads, 1, T]``: the context ``[b, 1, heads * d]``.
+
+    ``keys`` and ``values`` must be contiguous: Paddle hands a custom operator a contiguous copy of a strided
+    input, so a view's write would be lost."""
+    if not (keys.is_contiguous() and values.is_contiguous()):
+        raise GLMError("decode_attention: the key and value buffers must be contiguous (they are written in "
+                       "place; pass a cache's whole buffers, not views)")
     return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
                                         chosen_cpu_threads())[0]
 

@@ -30,7 +30,8 @@ class KVCache:
     CPU add is ~9x slower when it broadcasts over the heads (measured at 16 heads). Nothing
     here tracks a length in Python, so a decode step is a function of tensors only: it writes
     with ``index_put_``, which reads its index on the device (slicing with a tensor bound
-    would copy the bound to the host in eager mode).
+    would copy the bound to the host in eager mode), or, on CPU, through :meth:`attend_step`'s
+    operator, which writes and attends in one call.
     """
 
     def __init__(self, keys: List[paddle.Tensor], values: List[paddle.Tensor], key_bias: paddle.Tensor,

@@ -45,17 +45,23 @@ def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> boo
     """Whether ``glm_small_batch_linear`` computes this product: float32 on CPU, at most
     ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use).
 
-    Called for every projection (~100 a decode step), so the cheapest tests come first; dtypes are
-    compared by identity (Paddle's dtype objects are singletons; ``==`` costs ~1 us a comparison)."""
-    if x.dtype is not _FLOAT32 or weight.dtype is not _FLOAT32:
+    Called for every projection (~100 a decode step), so the cheapest tests come first."""
+    if not (_is_float32(x) and _is_float32(weight)):
         return False
-    if bias is not None and (bias.dtype is not _FLOAT32 or not bias.is_contiguous()):
+    if bias is not None and not (_is_float32(bias) and bias.is_contiguous()):
         return False
     if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
                                          and (bias is None or bias.stop_gradient)):
         return False
     return (math.prod(x.shape[:-1]) <= cpu_operators.SMALL_BATCH_ROWS and x.place.is_cpu_place()
             and cpu_operators.status()[0])
+
+
+def _is_float32(t: paddle.Tensor) -> bool:
+    """``t.dtype == float32``, by identity first: Paddle 3.3 hands out one dtype object per dtype (``==`` costs
+    ~1 us), and ``==`` decides when it does not."""
+    dtype = t.dtype
+    return dtype is _FLOAT32 or dtype == _FLOAT32
 
 
 class Linear(nn.Linear):

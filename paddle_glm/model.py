@@ -240,7 +240,9 @@ class GLMModel(PretrainedMixin, nn.Layer):
 
         Shapes are static and nothing synchronises with the host (no checks here: see
         ``forward`` for validated input), so the step can be wrapped by ``paddle.jit.to_static``
-        or captured as a CUDA graph.
+        or captured as a CUDA graph. On CPU in eager mode the attention is the ``cpu_decode``
+        operator (``attention.decode_backend``), which refuses a ``write_index`` outside the cache
+        (a one-line error; the caller keeps it in range).
 
         Args:
             input_ids: int64 ``[b, 1]``, the tokens to feed.

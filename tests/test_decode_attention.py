@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_A, random_model
 
 import paddle_glm.model as model_module
-from paddle_glm import cpu_operators
+from paddle_glm import GLMError, cpu_operators
 from paddle_glm.attention import BHSD, BSHD, CPU_DECODE, MATH, SDPA, decode_backend
 
 pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
@@ -56,8 +56,14 @@ def test_operator_equals_float64(rows, batch, heads, slots, length, d, per_row):
 def test_operator_refuses_a_slot_outside_the_window_and_bad_shapes():
     keys, bias = paddle.zeros([2, 2, 8, 4]), paddle.zeros([2, 2, 1, 8])
     qkv = paddle.ones([2, 1, 24])
-    with pytest.raises(Exception, match="write index is outside 0..length-1"):
-        cpu_operators.decode_attention(qkv, keys, keys.clone(), bias, paddle.to_tensor([1, 6], dtype="int64"), 6)
+    for index in ([1, 6], [-1, 0]):
+        with pytest.raises(Exception, match="write index is outside 0..length-1"):
+            cpu_operators.decode_attention(qkv, keys, keys.clone(), bias, paddle.to_tensor(index, dtype="int64"), 6)
+    with pytest.raises(Exception, match="length must be in 1..T"):
+        cpu_operators.decode_attention(qkv, keys, keys.clone(), bias, paddle.to_tensor([1], dtype="int64"), 9)
+    base = paddle.zeros([2, 2, 16, 4])  # a view would be copied by Paddle's custom-op call, losing the write
+    with pytest.raises(GLMError, match="must be contiguous .they are written in place"):
+        cpu_operators.decode_attention(qkv, base[:, :, :8], keys.clone(), bias, paddle.to_tensor([1], dtype="int64"), 8)
     with pytest.raises(Exception, match="qkv must be"):
         cpu_operators.decode_attention(paddle.ones([3, 1, 24]), keys, keys.clone(), bias,
                                        paddle.to_tensor([1], dtype="int64"), 8)
@@ -93,7 +99,12 @@ def test_model_steps_equal_paddles_ops(monkeypatch):
     the cache buffers equal the ``math`` backend's."""
     model = random_model(TINY_A, seed=5, spread=True)
     tokens = paddle.to_tensor(np.random.default_rng(0).integers(10, 400, (2, 4)), dtype="int64")
-    runs = {}
+    runs, chosen = {}, []
+    def spy(*args):
+        chosen.append(decode_backend(*args))
+        return chosen[-1]
+
+    monkeypatch.setattr(model_module, "decode_backend", spy)
     for backend in (CPU_DECODE, MATH):
         if backend == MATH:
             monkeypatch.setattr(model_module, "decode_backend", lambda *args: MATH)
@@ -103,6 +114,7 @@ def test_model_steps_equal_paddles_ops(monkeypatch):
             model(prompt, cache=cache)
         cache.show(paddle.to_tensor(np.array([[1] * 7, [1] * 5 + [0] * 2, [1] * 7], dtype=bool)))
         runs[backend] = decode_steps(model, cache, tokens, 2, [7, 5]), [k.numpy() for k in cache.keys + cache.values]
+    assert chosen == [CPU_DECODE] * 4  # the first run's steps went through the operator
     np.testing.assert_allclose(runs[CPU_DECODE][0], runs[MATH][0], rtol=1e-4, atol=1e-5)
     for ours, theirs in zip(runs[CPU_DECODE][1], runs[MATH][1]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -191,6 +191,16 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
     assert _rel_err(rows.grad.numpy(), g.reshape(6, 24) @ d) <= 1e-5
 
 
+def test_a_trainable_bias_gets_its_gradient():
+    """x needs no gradient (the operator takes the bias itself then), but the bias does: it must get one."""
+    q, s, _ = _case(INT8, 64, 24, 128, seed=9)
+    x = paddle.to_tensor(np.random.default_rng(1).standard_normal((2, 3, 128)).astype(np.float32))
+    bias = paddle.zeros([24])
+    bias.stop_gradient = False
+    weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), bias, quant_type=INT8).sum().backward()
+    np.testing.assert_array_equal(bias.grad.numpy(), np.full(24, 6, np.float32))  # one per row of x
+
+
 def test_operator_refuses_a_weight_of_the_wrong_type():
     q, s, _ = _case(INT8, 64, 8, 64)
     with pytest.raises(Exception, match="int8 .8 bits. or uint8 .4 bits."):

@@ -11,6 +11,8 @@
 // transposes and reshapes) cost ~0.45 ms a layer on glm-large in per-op dispatch; this is one call. The
 // arithmetic matches theirs: q is scaled before the product, the bias added to the scores, the softmax
 // subtracts the row maximum.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -26,17 +28,19 @@ static float dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// One (row, head): write its key and value at `slot`, then attend over slots [0, length).
+// One (row, head): write its key and value at `slot`, then attend over slots [0, length). `scratch` holds
+// length + d floats (the scores, then the scaled query).
 static void attend_head(const float* q, const float* k_new, const float* v_new, float* keys, float* values,
-                        const float* bias, float* out, int64_t slot, int64_t length, int64_t d, float* scores) {
+                        const float* bias, float* out, int64_t slot, int64_t length, int64_t d, float* scratch) {
   std::memcpy(keys + slot * d, k_new, sizeof(float) * d);
   std::memcpy(values + slot * d, v_new, sizeof(float) * d);
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
-  std::vector<float> scaled(q, q + d);
-  for (int64_t i = 0; i < d; ++i) scaled[i] *= scale;
+  float* scores = scratch;
+  float* scaled = scratch + length;
+  for (int64_t i = 0; i < d; ++i) scaled[i] = q[i] * scale;
   float top = -INFINITY;
   for (int64_t t = 0; t < length; ++t) {
-    scores[t] = dot(scaled.data(), keys + t * d, d) + bias[t];
+    scores[t] = dot(scaled, keys + t * d, d) + bias[t];
     top = std::max(top, scores[t]);
   }
   float total = 0.f;
@@ -56,8 +60,8 @@ static void attend_head(const float* q, const float* k_new, const float* v_new, 
 static void check_inputs(const paddle::Tensor& qkv, const paddle::Tensor& k, const paddle::Tensor& v,
                          const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length) {
   for (const paddle::Tensor* t : {&qkv, &k, &v, &bias}) {
-    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32,
-             "glm_decode_attention: qkv, k, v and bias must be float32 CPU tensors");
+    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32 && t->is_contiguous(),
+             "glm_decode_attention: qkv, k, v and bias must be contiguous float32 CPU tensors");
   }
   PD_CHECK(k.shape().size() == 4 && k.shape() == v.shape(), "glm_decode_attention: k and v must be [B, heads, T, d]");
   const int64_t batch = k.shape()[0], heads = k.shape()[1], slots = k.shape()[2], d = k.shape()[3];
@@ -67,7 +71,7 @@ static void check_inputs(const paddle::Tensor& qkv, const paddle::Tensor& k, con
   PD_CHECK(bias.shape() == std::vector<int64_t>({batch, heads, 1, slots}),
            "glm_decode_attention: bias must be [B, heads, 1, T]");
   PD_CHECK(length > 0 && length <= slots, "glm_decode_attention: length must be in 1..T");
-  PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT64 &&
+  PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT64 && index.is_contiguous() &&
                (index.numel() == 1 || index.numel() == qkv.shape()[0]),
            "glm_decode_attention: index must be int64 [1] or [b]");
   const int64_t* slot = index.data<int64_t>();
@@ -88,31 +92,30 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, paddle::T
   const float* mask = bias.data<float>();
   const int64_t* slot = index.data<int64_t>();
   const bool shared = index.numel() == 1;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> scores(length);
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < b * heads; ++p) {
-      const int64_t r = p / heads, h = p % heads;
-      const float* q = x + r * 3 * hd + h * d;  // row r's q | k | v, head h in each
-      const int64_t at = (r * heads + h) * slots;  // (row, head)'s first slot in k, v and bias
-      attend_head(q, q + hd, q + 2 * hd, keys + at * d, values + at * d, mask + at, y + r * hd + h * d,
-                  slot[shared ? 0 : r], length, d, scores.data());
-    }
+  threads = std::max(threads, 1);
+  std::vector<float> scratch(static_cast<size_t>(threads * (length + d)));  // allocated outside the parallel region
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t p = 0; p < b * heads; ++p) {
+    const int64_t r = p / heads, h = p % heads;
+    const float* q = x + r * 3 * hd + h * d;  // row r's q | k | v, head h in each
+    const int64_t at = (r * heads + h) * slots;  // (row, head)'s first slot in k, v and bias
+    attend_head(q, q + hd, q + 2 * hd, keys + at * d, values + at * d, mask + at, y + r * hd + h * d,
+                slot[shared ? 0 : r], length, d, scratch.data() + omp_get_thread_num() * (length + d));
   }
   return {out};
 }
 
+// With an in-place map, the shape and dtype functions give the other outputs only (Out).
 std::vector<std::vector<int64_t>> DecodeAttentionShape(const std::vector<int64_t>& qkv, const std::vector<int64_t>& k,
                                                        const std::vector<int64_t>& v, const std::vector<int64_t>& bias,
                                                        const std::vector<int64_t>& index, int length, int threads) {
-  return {{qkv[0], 1, k[1] * k[3]}, k, v};
+  return {{qkv[0], 1, k[1] * k[3]}};
 }
 
 std::vector<paddle::DataType> DecodeAttentionDtype(const paddle::DataType& qkv, const paddle::DataType& k,
                                                    const paddle::DataType& v, const paddle::DataType& bias,
                                                    const paddle::DataType& index) {
-  return {paddle::DataType::FLOAT32, k, v};
+  return {paddle::DataType::FLOAT32};
 }
 
 PD_BUILD_OP(glm_decode_attention)
