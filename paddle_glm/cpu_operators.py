@@ -16,8 +16,8 @@ compiler, CPU and source, into ``<cache>/ops/<paddle version>-<hash>/`` where ``
 ``$PADDLE_GLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/paddle_glm``, else ``~/.cache/paddle_glm``.
 A build happens in a private temporary directory that is renamed into place when complete, so
 processes building at once never see half a library; the first rename wins and the others
-use its result. Without the library, weight-only products take the tiled fallback and float
-products Paddle's own matmul.
+use its result. Without the library, weight-only products take the tiled fallback, float
+products Paddle's own matmul and decode attention Paddle's matmul-softmax path.
 
 Environment:
 

@@ -139,7 +139,7 @@ class KVCache:
             keys, values = [k[:rows, :, :length] for k in self.keys], [v[:rows, :, :length] for v in self.values]
         else:
             keys, values = [k[:rows, :length] for k in self.keys], [v[:rows, :length] for v in self.values]
-        return KVCache(keys, values, self.key_bias[:rows, :, :, :length], self.layout, base=self)
+        return KVCache(keys, values, self.key_bias[:rows, :, :, :length], self.layout, base=self._writes)
 
     def move_row(self, source: int, target: int, length: int) -> None:
         """Copy row ``source``'s first ``length`` slots and its whole key visibility into row ``target``."""

@@ -82,14 +82,16 @@ def test_backend_choice():
     assert decode_backend(BHSD, buffer, training=False) == MATH  # a gradient to record
 
 
-def decode_steps(model, cache, tokens, rows, positions):
-    """Four decode steps of ``rows`` rows through a window of ``cache``, each row at its own slot."""
+def decode_steps(model, cache, tokens, rows, positions, nested=False):
+    """Four decode steps of ``rows`` rows through a window of ``cache`` (``nested``: a window of a wider
+    window), each row at its own slot."""
     logits = []
     with paddle.no_grad():
         for step in range(4):
             index = paddle.to_tensor([p + step for p in positions], dtype="int64")
             position = paddle.stack([index, paddle.zeros_like(index)], axis=1).unsqueeze(-1)  # [rows, 2, 1]
-            window = cache.window(rows, max(positions) + 6)
+            outer = cache.window(rows + 1, max(positions) + 9) if nested else cache
+            window = outer.window(rows, max(positions) + 6)
             logits.append(model.decode_step(tokens[:, step:step + 1], position, index, window).numpy())
     return np.stack(logits)
 
@@ -118,3 +120,18 @@ def test_model_steps_equal_paddles_ops(monkeypatch):
     np.testing.assert_allclose(runs[CPU_DECODE][0], runs[MATH][0], rtol=1e-4, atol=1e-5)
     for ours, theirs in zip(runs[CPU_DECODE][1], runs[MATH][1]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_window_of_a_window_writes_the_whole_buffers():
+    model = random_model(TINY_A, seed=6, spread=True)
+    tokens = paddle.to_tensor(np.random.default_rng(2).integers(10, 400, (2, 4)), dtype="int64")
+    runs = []
+    for nested in (False, True):
+        cache = model.new_cache(3, 24)
+        with paddle.no_grad():
+            model(paddle.to_tensor(np.random.default_rng(3).integers(10, 400, (3, 7)), dtype="int64"), cache=cache)
+        cache.show(paddle.ones([3, 7], dtype="bool"))
+        runs.append((decode_steps(model, cache, tokens, 2, [7, 6], nested), [k.numpy() for k in cache.keys]))
+    np.testing.assert_array_equal(runs[1][0], runs[0][0])
+    for nested_keys, keys in zip(runs[1][1], runs[0][1]):
+        np.testing.assert_array_equal(nested_keys, keys)

@@ -5,6 +5,8 @@
 //   bias  [B, heads, 1, T]       the additive key mask (0 visible, the dtype's minimum hidden)
 //   index int64 [1] or [b]       the slot each row writes (one for all rows, or each row's own)
 //   length                       the slots attended (a window's length, <= T)
+// Paddle hands a custom operator contiguous copies of strided inputs, so k and v must be the whole buffers
+// (cpu_operators.decode_attention refuses views: their writes would land in a copy).
 // out [b, 1, heads * d]: softmax(q / sqrt(d) . k[:length]^T + bias[:length]) . v[:length] for every row and head.
 //
 // Paddle's ops for the same step (two index_put_ writes, a scale, two batched matmuls, a bias add, a softmax,
@@ -60,8 +62,8 @@ static void attend_head(const float* q, const float* k_new, const float* v_new, 
 static void check_inputs(const paddle::Tensor& qkv, const paddle::Tensor& k, const paddle::Tensor& v,
                          const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length) {
   for (const paddle::Tensor* t : {&qkv, &k, &v, &bias}) {
-    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32 && t->is_contiguous(),
-             "glm_decode_attention: qkv, k, v and bias must be contiguous float32 CPU tensors");
+    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32,
+             "glm_decode_attention: qkv, k, v and bias must be float32 CPU tensors");
   }
   PD_CHECK(k.shape().size() == 4 && k.shape() == v.shape(), "glm_decode_attention: k and v must be [B, heads, T, d]");
   const int64_t batch = k.shape()[0], heads = k.shape()[1], slots = k.shape()[2], d = k.shape()[3];
@@ -71,7 +73,7 @@ static void check_inputs(const paddle::Tensor& qkv, const paddle::Tensor& k, con
   PD_CHECK(bias.shape() == std::vector<int64_t>({batch, heads, 1, slots}),
            "glm_decode_attention: bias must be [B, heads, 1, T]");
   PD_CHECK(length > 0 && length <= slots, "glm_decode_attention: length must be in 1..T");
-  PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT64 && index.is_contiguous() &&
+  PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT64 &&
                (index.numel() == 1 || index.numel() == qkv.shape()[0]),
            "glm_decode_attention: index must be int64 [1] or [b]");
   const int64_t* slot = index.data<int64_t>();
