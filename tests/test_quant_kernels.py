@@ -325,6 +325,18 @@ SCRIPT = textwrap.dedent("""
             for got in (linear(paddle.to_tensor(x), paddle.to_tensor(w)),
                         linear_transposed(paddle.to_tensor(x), paddle.to_tensor(np.ascontiguousarray(w.T)))):
                 worst = max(worst, float(np.abs(got.numpy() - ref).max() / np.abs(ref).max()))
+    # decode attention: the operator or Paddle's ops, against generation without a cache
+    from paddle_glm import GLMConfig, GLMForConditionalGeneration
+    from paddle_glm.attention import CPU_DECODE, decode_backend
+    paddle.seed(0)
+    model = GLMForConditionalGeneration(GLMConfig.from_name("glm-tiny-test"))
+    model.eval()
+    ids = rng.integers(10, 500, (2, 9))
+    cached, plain = (model.generate(ids, max_new_tokens=6, eos_token_id=None, bad_words_ids=[], use_cache=use).numpy()
+                     for use in (True, False))
+    with paddle.no_grad():
+        backend = decode_backend("bhsd", paddle.zeros([1]), False)
+    assert (backend == CPU_DECODE) == cpu_operators.status()[0] and (cached == plain).all(), (backend, cached, plain)
     print("STATUS", cpu_operators.status()[0], "ERR", worst)
 """)
 
