@@ -16,8 +16,10 @@ compiler, CPU and source, into ``<cache>/ops/<paddle version>-<hash>/`` where ``
 ``$PADDLE_GLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/paddle_glm``, else ``~/.cache/paddle_glm``.
 A build happens in a private temporary directory that is renamed into place when complete, so
 processes building at once never see half a library; the first rename wins and the others
-use its result. Without the library, weight-only products take the tiled fallback, float
-products Paddle's own matmul and decode attention Paddle's matmul-softmax path.
+use its result. Paddle hands an operator contiguous copies of strided inputs, so the callers below
+need not make them contiguous (and an in-place input must not be a view). Without the library,
+weight-only products take the tiled fallback, float products Paddle's own matmul and decode
+attention Paddle's matmul-softmax path.
 
 Environment:
 
@@ -88,8 +90,6 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
 
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
-    if not x.is_contiguous():
-        x = x.contiguous()
     return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, _BITS[quant_type], int(group_size),
                                         chosen_cpu_threads())[0]
 
@@ -100,10 +100,6 @@ def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[p
     ``weight`` float32 ``[in, out]``, plus ``bias`` float32 ``[out]`` when given (``transposed``: times
     ``weight`` ``[out, in]`` transposed, as a tied output projection stores it; no bias):
     ``[..., out]`` (operators loaded; no gradient)."""
-    if not x.is_contiguous():
-        x = x.contiguous()
-    if not weight.is_contiguous():
-        weight = weight.contiguous()
     return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, bias, chosen_cpu_threads(), int(transposed))[0]
 
 

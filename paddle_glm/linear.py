@@ -48,7 +48,7 @@ def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> boo
     Called for every projection (~100 a decode step), so the cheapest tests come first."""
     if not (_is_float32(x) and _is_float32(weight)):
         return False
-    if bias is not None and not (_is_float32(bias) and bias.is_contiguous()):
+    if bias is not None and not _is_float32(bias):
         return False
     if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
                                          and (bias is None or bias.stop_gradient)):

@@ -1,4 +1,4 @@
-// The float32 vectors both CPU operators compute with (GCC vector extensions): kWidth lanes, as wide as
+// The float32 vectors the weight-only and small-batch products compute with (GCC vector extensions): kWidth lanes, as wide as
 // the build's target allows (AVX-512: 16, AVX2: 8, else 4), loads from unaligned memory and a lane sum.
 #pragma once
 

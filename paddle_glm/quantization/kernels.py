@@ -175,8 +175,7 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
     if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] and the bias as they are
-        if bias is not None and (bias.dtype != paddle.float32 or not bias.is_contiguous()
-                                 or (paddle.is_grad_enabled() and not bias.stop_gradient)):
+        if bias is not None and (bias.dtype != paddle.float32 or (paddle.is_grad_enabled() and not bias.stop_gradient)):
             return cpu_operators.run(x, qweight, scale, quant_type, group_size) + bias  # [..., out]: bias's gradient
         return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias)  # [..., out]
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
