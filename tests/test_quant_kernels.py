@@ -159,6 +159,24 @@ def test_operator_and_fallback_match_float64(quant_type, group_size, out_feature
         assert not op[n // 2].any()
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 64)])
+def test_every_thread_count_computes_every_channel_once(monkeypatch, threads, quant_type, group_size):
+    """Each thread reads its share of the output channels as several streams, then its leftover channels
+    one at a time (csrc/row_streams.h): channel counts below, at and above threads x streams, with
+    leftovers of every size, each equal the float64 product."""
+    assert cpu_operators.status()[0]
+    monkeypatch.setattr(cpu_operators, "chosen_cpu_threads", lambda: threads)
+    rng = np.random.default_rng(threads)
+    for out_features in (1, 5, 6, 11, 12, 13, 24, 29, 61, 97):
+        q, s, d = _case(quant_type, group_size, out_features, 128)
+        for n in (1, 2, 3, 4, 7):
+            x = rng.standard_normal((n, 128)).astype(np.float32)
+            got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type,
+                                    group_size).numpy()
+            assert _rel_err(got, x.astype(np.float64) @ d.T) <= 1e-5, (out_features, n)
+
+
 @pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 64)])
 def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
     q, s, d = _case(quant_type, group_size, 96, 256, seed=3)

@@ -26,6 +26,20 @@ def test_operator_equals_float64(in_features, out_features, rows, transposed):
     assert np.max(np.abs(got - ref) / scale) < 1e-5
 
 
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_transposed_operator_at_every_thread_count(monkeypatch, threads):
+    """The [out, in] kernel's channel streams (csrc/row_streams.h) with other thread counts than the
+    machine's: leftover channels of every size."""
+    monkeypatch.setattr(cpu_operators, "chosen_cpu_threads", lambda: threads)
+    rng = np.random.default_rng(threads)
+    for out_features in (1, 6, 13, 29, 97):
+        for rows in (1, 2, 3):
+            x = rng.standard_normal((rows, 40)).astype(np.float32)
+            w = rng.standard_normal((out_features, 40)).astype(np.float32)
+            got = cpu_operators.small_batch_linear(paddle.to_tensor(x), paddle.to_tensor(w), transposed=True).numpy()
+            np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 128])
 def test_operator_adds_the_bias(rows):
     rng = np.random.default_rng(rows)

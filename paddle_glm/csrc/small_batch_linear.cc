@@ -11,13 +11,16 @@
 //   accumulators for every row (at most kAccFloats, 32 KiB) stay in L1 while the block's part of w is
 //   read, kSteps rows of w at a time (contiguous runs of the block's width), each met with every row of x.
 // * [out, in]: blocks of kDotRows output channels (dot products with every row of x, kDotTile rows at
-//   a time), each weight vector loaded into registers once per tile, as weight_only_linear.cc does.
+//   a time; 6 channels for one row), each weight vector loaded into registers once per tile, the
+//   channels of a block spread over the thread's share so that it reads several streams of memory at
+//   once (row_streams.h), as weight_only_linear.cc does.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "float_vectors.h"
+#include "row_streams.h"
 #include "paddle/extension.h"
 
 constexpr int64_t kMaxRows = 128;
@@ -25,6 +28,7 @@ constexpr int64_t kAccFloats = 8192;  // a column block's accumulators for every
 static_assert(kAccFloats / kMaxRows >= 16, "a block of 16 columns must fit every row's accumulators");
 constexpr int64_t kSteps = 4;
 constexpr int kDotRows = 4, kDotTile = 2;  // 8 accumulators + 4 weight vectors: fits 16 vector registers
+constexpr int kDotStreamsOneRow = 6;      // one row: 6 accumulators + 6 weight vectors
 
 
 // w [in, out]: y[b, c0:c1] = bias[c0:c1] + sum_i x[b, i] * w[i, c0:c1] for every row b (bias may be null).
@@ -65,16 +69,19 @@ static void column_block(const float* x, const float* w, const float* bias, floa
   for (int64_t b = 0; b < n; ++b) std::memcpy(y + b * out + c0, acc + b * width, sizeof(float) * width);
 }
 
-// w [out, in]: y[b, o0:o0+R] = x[b, :] . w[o0:o0+R, :] for rows b0..b0+NB-1.
+// w [out, in]: y[b, o] = x[b, :] . w[o, :] for the R output channels o = o0 + r * stride and rows
+// b0..b0+NB-1.
 template <int R, int NB>
-static void dot_block(const float* x, const float* w, float* y, int64_t in, int64_t out, int64_t o0, int64_t b0) {
+static void dot_block(const float* x, const float* w, float* y, int64_t in, int64_t out, int64_t o0, int64_t stride,
+                      int64_t b0) {
   vfloat acc[R][NB] = {};
-  const float* wr = w + o0 * in;
+  const float* wr[R];
+  for (int r = 0; r < R; ++r) wr[r] = w + (o0 + r * stride) * in;
   const float* xb = x + b0 * in;
   int64_t i = 0;
   for (; i + kWidth <= in; i += kWidth) {
     vfloat wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = load_floats(wr + r * in + i);
+    for (int r = 0; r < R; ++r) wv[r] = load_floats(wr[r] + i);
     for (int b = 0; b < NB; ++b) {
       const vfloat xv = load_floats(xb + b * in + i);
       for (int r = 0; r < R; ++r) acc[r][b] += wv[r] * xv;
@@ -83,20 +90,21 @@ static void dot_block(const float* x, const float* w, float* y, int64_t in, int6
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < NB; ++b) {
       float s = lane_sum(acc[r][b]);
-      for (int64_t j = i; j < in; ++j) s += xb[b * in + j] * wr[r * in + j];
-      y[(b0 + b) * out + o0 + r] = s;
+      for (int64_t j = i; j < in; ++j) s += xb[b * in + j] * wr[r][j];
+      y[(b0 + b) * out + o0 + r * stride] = s;
     }
   }
 }
 
-// One block of up to R output channels against every row, in tiles of up to kDotTile rows.
-template <int R>
-static void dot_rows(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int64_t o0) {
-  for (int64_t b0 = 0; b0 < n; b0 += kDotTile) {
-    if (n - b0 >= kDotTile) {
-      dot_block<R, kDotTile>(x, w, y, in, out, o0, b0);
+// One block of R output channels against every row, in tiles of up to TILE rows.
+template <int R, int TILE>
+static void dot_rows(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int64_t o0,
+                     int64_t stride) {
+  for (int64_t b0 = 0; b0 < n; b0 += TILE) {
+    if (n - b0 >= TILE) {
+      dot_block<R, TILE>(x, w, y, in, out, o0, stride, b0);
     } else {
-      dot_block<R, 1>(x, w, y, in, out, o0, b0);
+      dot_block<R, 1>(x, w, y, in, out, o0, stride, b0);
     }
   }
 }
@@ -118,16 +126,20 @@ static void run_columns(const float* x, const float* w, const float* bias, float
   }
 }
 
+// Blocks of output channels read side by side (row_streams.h): 6 for one row, else 4 in tiles of 2 rows.
+template <int R, int TILE>
+static void run_dot_blocks(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out,
+                           int threads) {
+  for_each_stream_block<R>(
+      out, threads, [&](int64_t o0, int64_t stride) { dot_rows<R, TILE>(x, w, y, n, in, out, o0, stride); },
+      [&](int64_t o) { dot_rows<1, TILE>(x, w, y, n, in, out, o, 1); });
+}
+
 static void run_dots(const float* x, const float* w, float* y, int64_t n, int64_t in, int64_t out, int threads) {
-  const int64_t blocks = (out + kDotRows - 1) / kDotRows;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t o0 = blk * kDotRows;
-    if (out - o0 >= kDotRows) {
-      dot_rows<kDotRows>(x, w, y, n, in, out, o0);
-    } else {
-      for (int64_t o = o0; o < out; ++o) dot_rows<1>(x, w, y, n, in, out, o);
-    }
+  if (n == 1) {
+    run_dot_blocks<kDotStreamsOneRow, 1>(x, w, y, n, in, out, threads);
+  } else {
+    run_dot_blocks<kDotRows, kDotTile>(x, w, y, n, in, out, threads);
   }
 }
 

@@ -7,10 +7,11 @@
 //         each a 4-bit two's complement; scale float32 [out, in / group_size].
 //
 // A decode step is bound by reading the weights, so each weight vector is converted to float32
-// in registers once and multiplied with up to 4 rows of x; up to 4 output channels are
-// read side by side; OpenMP splits the output channels. The arithmetic is written with GCC vector
-// extensions; only the widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2
-// (16, 8 or 4 lanes), whichever the build targets (-march=native by default); a plain loop elsewhere.
+// in registers once and multiplied with up to 4 rows of x; a block reads R output channels side by
+// side, spread over each thread's share of the channels so that the thread reads R streams of
+// memory at once (row_streams.h). The arithmetic is written with GCC vector extensions; only the
+// widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2 (16, 8 or 4 lanes),
+// whichever the build targets (-march=native by default); a plain loop elsewhere.
 #include <omp.h>
 
 #include <algorithm>
@@ -19,19 +20,25 @@
 #include <vector>
 
 #include "float_vectors.h"
+#include "row_streams.h"
 #include "paddle/extension.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
-// Blocks of output channels x batch rows whose accumulators fit the vector registers: 4 x 4 with
-// AVX-512's 32 registers; with 16 registers 4 x 2 for small batches (more weight streams) and
-// 2 x 4 from 4 rows on (fewer conversions of each weight vector).
+// Blocks of R output channels x a tile of batch rows whose accumulators fit the vector registers.
+// With AVX-512's 32 registers: 8 x 1 for one row, 4 x 4 from 2 rows on. With 16 registers: 6 x 1
+// for one row (six streams of weights: row_streams.h), 4 x 2 for 2-3 rows, 2 x 4 from 4 rows on
+// (fewer conversions of each weight vector). int4 needs twice the accumulators (a group's sum and
+// the total), so it reads fewer channels side by side.
+struct Tiling {
+  int rows, tile;
+};
 #if defined(__AVX512F__)
-constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 4, kRowsLargeBatch = 4, kTileLargeBatch = 4;
+constexpr Tiling kInt8Tilings[] = {{8, 1}, {4, 4}, {4, 4}}, kInt4Tilings[] = {{6, 1}, {4, 2}, {2, 4}};
 #else
-constexpr int kRowsSmallBatch = 4, kTileSmallBatch = 2, kRowsLargeBatch = 2, kTileLargeBatch = 4;
+constexpr Tiling kInt8Tilings[] = {{6, 1}, {4, 2}, {2, 4}}, kInt4Tilings[] = {{4, 1}, {2, 2}, {2, 4}};
 #endif
 
 #if defined(__SSE2__) && !defined(__AVX2__)
@@ -91,26 +98,28 @@ struct Problem {
   int64_t n, in, out, group_size;
 };
 
-// int8: rows o0..o0+R-1 of w against rows b0..b0+NB-1 of x.
+// int8: output channels o0, o0 + stride, ..., o0 + (R-1) * stride against rows b0..b0+NB-1 of x.
 template <int R, int NB>
-static void int8_block(const Problem& p, int64_t o0, int64_t b0) {
+static void int8_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
   vfloat acc[R][NB] = {};
-  const int8_t* w = p.w + o0 * p.in;
+  const int8_t* w[R];
+  for (int r = 0; r < R; ++r) w[r] = p.w + (o0 + r * stride) * p.in;
   const float* x = p.x + b0 * p.in;
   int64_t i = 0;
   for (; i + kWidth <= p.in; i += kWidth) {
     vfloat wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = widen_int8(w + r * p.in + i);
+    for (int r = 0; r < R; ++r) wv[r] = widen_int8(w[r] + i);
     for (int b = 0; b < NB; ++b) {
       const vfloat xv = load_floats(x + b * p.in + i);
       for (int r = 0; r < R; ++r) acc[r][b] += wv[r] * xv;
     }
   }
   for (int r = 0; r < R; ++r) {
+    const int64_t o = o0 + r * stride;
     for (int b = 0; b < NB; ++b) {
       float s = lane_sum(acc[r][b]);
-      for (int64_t j = i; j < p.in; ++j) s += x[b * p.in + j] * static_cast<float>(w[r * p.in + j]);
-      p.y[(b0 + b) * p.out + o0 + r] = s * p.scale[o0 + r];
+      for (int64_t j = i; j < p.in; ++j) s += x[b * p.in + j] * static_cast<float>(w[r][j]);
+      p.y[(b0 + b) * p.out + o] = s * p.scale[o];
     }
   }
 }
@@ -118,11 +127,12 @@ static void int8_block(const Problem& p, int64_t o0, int64_t b0) {
 // int4: the low nibbles multiply x's even inputs and the high nibbles its odd ones, so the
 // packed bytes need no shuffling; each group's sum is scaled once, at the group's end.
 template <int R, int NB>
-static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
+static void int4_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
   const int64_t half = p.in / 2, group_bytes = p.group_size / 2, groups = p.in / p.group_size;
   const float* xe = p.x + b0 * half;
   const float* xo = p.x + p.n * half + b0 * half;
-  const int8_t* w = p.w + o0 * half;
+  const int8_t* w[R];
+  for (int r = 0; r < R; ++r) w[r] = p.w + (o0 + r * stride) * half;
   vfloat total[R][NB] = {};
   float tail[R][NB] = {};
   for (int64_t g = 0; g < groups; ++g) {
@@ -132,7 +142,7 @@ static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
     int64_t j = g * group_bytes;
     for (; j + kWidth <= end; j += kWidth) {
       vfloat lo[R], hi[R];
-      for (int r = 0; r < R; ++r) widen_int4(w + r * half + j, &lo[r], &hi[r]);
+      for (int r = 0; r < R; ++r) widen_int4(w[r] + j, &lo[r], &hi[r]);
       for (int b = 0; b < NB; ++b) {
         const vfloat e = load_floats(xe + b * half + j), o = load_floats(xo + b * half + j);
         for (int r = 0; r < R; ++r) acc[r][b] += lo[r] * e + hi[r] * o;
@@ -140,14 +150,14 @@ static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
     }
     for (; j < end; ++j) {
       for (int r = 0; r < R; ++r) {
-        const int8_t byte = w[r * half + j];
+        const int8_t byte = w[r][j];
         const float lo = static_cast<float>(static_cast<int8_t>(byte << 4) >> 4);
         const float hi = static_cast<float>(byte >> 4);
         for (int b = 0; b < NB; ++b) part[r][b] += lo * xe[b * half + j] + hi * xo[b * half + j];
       }
     }
     for (int r = 0; r < R; ++r) {
-      const float s = p.scale[(o0 + r) * groups + g];
+      const float s = p.scale[(o0 + r * stride) * groups + g];
       for (int b = 0; b < NB; ++b) {
         total[r][b] += acc[r][b] * s;
         tail[r][b] += part[r][b] * s;
@@ -155,18 +165,18 @@ static void int4_block(const Problem& p, int64_t o0, int64_t b0) {
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r] = lane_sum(total[r][b]) + tail[r][b];
+    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r * stride] = lane_sum(total[r][b]) + tail[r][b];
 }
 
-typedef void (*BlockFn)(const Problem&, int64_t, int64_t);
+typedef void (*BlockFn)(const Problem&, int64_t, int64_t, int64_t);
 
 template <int R, int NB>
 struct Int8Kernel {
-  static void run(const Problem& p, int64_t o0, int64_t b0) { int8_block<R, NB>(p, o0, b0); }
+  static void run(const Problem& p, int64_t o0, int64_t stride, int64_t b0) { int8_block<R, NB>(p, o0, stride, b0); }
 };
 template <int R, int NB>
 struct Int4Kernel {
-  static void run(const Problem& p, int64_t o0, int64_t b0) { int4_block<R, NB>(p, o0, b0); }
+  static void run(const Problem& p, int64_t o0, int64_t stride, int64_t b0) { int4_block<R, NB>(p, o0, stride, b0); }
 };
 
 // The block function for R output channels and a batch tile of nb rows (1..4).
@@ -180,31 +190,26 @@ static BlockFn block_fn(int nb) {
   }
 }
 
-// Blocks of R output channels split over the threads (the last block may be shorter); each
-// block meets the batch in tiles of up to TILE rows while its weights sit in cache.
+// Blocks of R output channels read side by side (row_streams.h); each block meets the batch in
+// tiles of up to TILE rows while its weights sit in cache.
 template <template <int, int> class K, int R, int TILE>
 static void run_blocks(const Problem& p, int threads) {
-  const int64_t blocks = (p.out + R - 1) / R;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t o0 = blk * R, rows = std::min<int64_t>(R, p.out - o0);
-    for (int64_t b0 = 0; b0 < p.n; b0 += TILE) {
-      const int nb = static_cast<int>(std::min<int64_t>(TILE, p.n - b0));
-      if (rows == R) {
-        block_fn<K, R>(nb)(p, o0, b0);
-      } else {
-        for (int64_t r = 0; r < rows; ++r) block_fn<K, 1>(nb)(p, o0 + r, b0);
-      }
-    }
-  }
+  auto tiles = [&p](int64_t o0, int64_t stride, auto pick) {
+    for (int64_t b0 = 0; b0 < p.n; b0 += TILE) pick(static_cast<int>(std::min<int64_t>(TILE, p.n - b0)))(p, o0, stride, b0);
+  };
+  for_each_stream_block<R>(
+      p.out, threads, [&](int64_t o0, int64_t stride) { tiles(o0, stride, block_fn<K, R>); },
+      [&](int64_t o) { tiles(o, 1, block_fn<K, 1>); });
 }
 
-template <template <int, int> class K>
+template <template <int, int> class K, const Tiling* T>
 static void run_all(const Problem& p, int threads) {
-  if (p.n >= kTileLargeBatch) {
-    run_blocks<K, kRowsLargeBatch, kTileLargeBatch>(p, threads);
+  if (p.n == 1) {
+    run_blocks<K, T[0].rows, T[0].tile>(p, threads);
+  } else if (p.n < 4) {
+    run_blocks<K, T[1].rows, T[1].tile>(p, threads);
   } else {
-    run_blocks<K, kRowsSmallBatch, kTileSmallBatch>(p, threads);
+    run_blocks<K, T[2].rows, T[2].tile>(p, threads);
   }
 }
 
@@ -255,10 +260,10 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
   paddle::Tensor y = paddle::empty(y_shape, paddle::DataType::FLOAT32, x.place());
   const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
   if (bits == 8) {
-    run_all<Int8Kernel>(Problem{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0}, threads);
+    run_all<Int8Kernel, kInt8Tilings>(Problem{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0}, threads);
   } else {
     const std::vector<float> split = split_even_odd(x.data<float>(), n, in);
-    run_all<Int4Kernel>(Problem{split.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
+    run_all<Int4Kernel, kInt4Tilings>(Problem{split.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
                         threads);
   }
   if (bias) add_bias(y.data<float>(), bias->data<float>(), n, out);
