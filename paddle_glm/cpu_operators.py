@@ -53,7 +53,8 @@ SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc",
                                                        "decode_attention.cc")]
-HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h")]  # included by the linear products: part of the cache key
+# included by the linear products: part of the cache key
+HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
