@@ -68,30 +68,37 @@ static inline vfloat widen_int8(const int8_t* p) {
 #endif
 }
 
-// kWidth packed bytes -> their low nibbles and their high nibbles, sign-extended, as float32.
-static inline void widen_int4(const int8_t* p, vfloat* lo, vfloat* hi) {
+// kWidth packed bytes -> float32 c = b ^ 8 (b: the byte sign-extended) and its high nibble c >> 4.
+// With lo, hi the byte's two's-complement nibbles, c = 16 hi + (lo + 8) and 0 <= lo + 8 <= 15, so
+// c >> 4 = hi exactly and lo = c - 16 hi - 8: lo * e + hi * o = c * e + hi * (o - 16 e) - 8 e. The
+// operator prepares o - 16 e and the group sums of e once per call (prepare_int4_inputs), which
+// leaves one XOR where unpacking the low nibble took two shifts.
+static inline void widen_int4(const int8_t* p, vfloat* c, vfloat* hi) {
 #if defined(__AVX512F__)
-  const __m512i b = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  *lo = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(b, 28), 28));
+  const __m512i b = _mm512_xor_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+                                     _mm512_set1_epi32(8));
+  *c = _mm512_cvtepi32_ps(b);
   *hi = _mm512_cvtepi32_ps(_mm512_srai_epi32(b, 4));
 #elif defined(__AVX2__)
-  const __m256i b = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  *lo = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(b, 28), 28));
+  const __m256i b = _mm256_xor_si256(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))),
+                                     _mm256_set1_epi32(8));
+  *c = _mm256_cvtepi32_ps(b);
   *hi = _mm256_cvtepi32_ps(_mm256_srai_epi32(b, 4));
 #elif defined(__SSE2__)
-  const __m128i b = sse2_bytes_to_int32(p);
-  *lo = _mm_cvtepi32_ps(_mm_srai_epi32(_mm_slli_epi32(b, 28), 28));
+  const __m128i b = _mm_xor_si128(sse2_bytes_to_int32(p), _mm_set1_epi32(8));
+  *c = _mm_cvtepi32_ps(b);
   *hi = _mm_cvtepi32_ps(_mm_srai_epi32(b, 4));
 #else
   for (int k = 0; k < kWidth; ++k) {
-    (*lo)[k] = static_cast<float>(static_cast<int8_t>(p[k] << 4) >> 4);
-    (*hi)[k] = static_cast<float>(p[k] >> 4);
+    const int b = p[k] ^ 8;
+    (*c)[k] = static_cast<float>(b);
+    (*hi)[k] = static_cast<float>(b >> 4);
   }
 #endif
 }
 
 struct Problem {
-  const float* x;     // int8: x [n, in]; int4: x's even inputs [n, in/2] then its odd inputs [n, in/2]
+  const float* x;     // int8: x [n, in]; int4: prepare_int4_inputs's e [n, in/2], o - 16 e [n, in/2], sums [n, groups]
   const int8_t* w;    // [out, in] int8 or [out, in/2] packed int4
   const float* scale; // [out] or [out, groups]
   float* y;           // [n, out]
@@ -124,13 +131,15 @@ static void int8_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0)
   }
 }
 
-// int4: the low nibbles multiply x's even inputs and the high nibbles its odd ones, so the
-// packed bytes need no shuffling; each group's sum is scaled once, at the group's end.
+// int4: the low nibbles multiply x's even inputs e and the high nibbles its odd ones o, so the
+// packed bytes need no shuffling (widen_int4 says how); each group's sum is scaled once, at the
+// group's end, and its -8 e term is added from the group's sum of e.
 template <int R, int NB>
 static void int4_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
   const int64_t half = p.in / 2, group_bytes = p.group_size / 2, groups = p.in / p.group_size;
   const float* xe = p.x + b0 * half;
-  const float* xo = p.x + p.n * half + b0 * half;
+  const float* xo = p.x + p.n * half + b0 * half;                // o - 16 e
+  const float* esum = p.x + 2 * p.n * half + b0 * groups;        // e's sum over each group
   const int8_t* w[R];
   for (int r = 0; r < R; ++r) w[r] = p.w + (o0 + r * stride) * half;
   vfloat total[R][NB] = {};
@@ -141,26 +150,24 @@ static void int4_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0)
     const int64_t end = (g + 1) * group_bytes;
     int64_t j = g * group_bytes;
     for (; j + kWidth <= end; j += kWidth) {
-      vfloat lo[R], hi[R];
-      for (int r = 0; r < R; ++r) widen_int4(w[r] + j, &lo[r], &hi[r]);
+      vfloat c[R], hi[R];
+      for (int r = 0; r < R; ++r) widen_int4(w[r] + j, &c[r], &hi[r]);
       for (int b = 0; b < NB; ++b) {
         const vfloat e = load_floats(xe + b * half + j), o = load_floats(xo + b * half + j);
-        for (int r = 0; r < R; ++r) acc[r][b] += lo[r] * e + hi[r] * o;
+        for (int r = 0; r < R; ++r) acc[r][b] += c[r] * e + hi[r] * o;
       }
     }
     for (; j < end; ++j) {
       for (int r = 0; r < R; ++r) {
-        const int8_t byte = w[r][j];
-        const float lo = static_cast<float>(static_cast<int8_t>(byte << 4) >> 4);
-        const float hi = static_cast<float>(byte >> 4);
-        for (int b = 0; b < NB; ++b) part[r][b] += lo * xe[b * half + j] + hi * xo[b * half + j];
+        const int c = w[r][j] ^ 8;
+        for (int b = 0; b < NB; ++b) part[r][b] += c * xe[b * half + j] + (c >> 4) * xo[b * half + j];
       }
     }
     for (int r = 0; r < R; ++r) {
       const float s = p.scale[(o0 + r * stride) * groups + g];
       for (int b = 0; b < NB; ++b) {
         total[r][b] += acc[r][b] * s;
-        tail[r][b] += part[r][b] * s;
+        tail[r][b] += (part[r][b] - 8.f * esum[b * groups + g]) * s;
       }
     }
   }
@@ -213,14 +220,23 @@ static void run_all(const Problem& p, int threads) {
   }
 }
 
-// x [n, in] -> its even inputs [n, in/2] followed by its odd inputs [n, in/2].
-static std::vector<float> split_even_odd(const float* x, int64_t n, int64_t in) {
-  const int64_t half = in / 2;
-  std::vector<float> out(static_cast<size_t>(n * in));
+// x [n, in] -> what int4_block reads: x's even inputs e [n, in/2], then o - 16 e [n, in/2] (o: its odd
+// inputs), then the sum of e over each group [n, in/group_size].
+static std::vector<float> prepare_int4_inputs(const float* x, int64_t n, int64_t in, int64_t group_size) {
+  const int64_t half = in / 2, groups = in / group_size, group_half = group_size / 2;
+  std::vector<float> out(static_cast<size_t>(n * in + n * groups));
+  float* e = out.data();
+  float* o = e + n * half;
+  float* sums = o + n * half;
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t j = 0; j < half; ++j) {
-      out[b * half + j] = x[b * in + 2 * j];
-      out[n * half + b * half + j] = x[b * in + 2 * j + 1];
+      e[b * half + j] = x[b * in + 2 * j];
+      o[b * half + j] = x[b * in + 2 * j + 1] - 16.f * x[b * in + 2 * j];
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float sum = 0.f;
+      for (int64_t j = g * group_half; j < (g + 1) * group_half; ++j) sum += e[b * half + j];
+      sums[b * groups + g] = sum;
     }
   }
   return out;
@@ -262,8 +278,8 @@ std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const padd
   if (bits == 8) {
     run_all<Int8Kernel, kInt8Tilings>(Problem{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0}, threads);
   } else {
-    const std::vector<float> split = split_even_odd(x.data<float>(), n, in);
-    run_all<Int4Kernel, kInt4Tilings>(Problem{split.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
+    const std::vector<float> prepared = prepare_int4_inputs(x.data<float>(), n, in, group_size);
+    run_all<Int4Kernel, kInt4Tilings>(Problem{prepared.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size},
                         threads);
   }
   if (bias) add_bias(y.data<float>(), bias->data<float>(), n, out);
