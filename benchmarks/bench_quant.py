@@ -16,7 +16,7 @@ glm-large-chinese (random fp32 weights, 3 pdparams shards, as ``bench_convert.py
 
 ``--glm-10b`` (minutes, ~14 GB): glm-10b-chinese at full size as a 7-shard fp16 safetensors
 checkpoint of sparse files (real names and shapes, data reading as zeros, no disk used),
-``paddle-glm quantize`` to int8 (and int4 unless ``--glm-10b-int8-only``), then 4 decode tokens
+``paddle-glm quantize`` to int8 (and int4 unless ``--glm-10b-int8-only``), then 8 decode tokens
 from the quantized checkpoint and from the fp16 checkpoint with ``quant_type``: peak RSS
 (targets <= 14 GB int8, <= 10 GB int4) and seconds per token (target int8 <= 0.6), against the roofline
 of the bytes of weights a token reads over the fp32 GEMV bandwidth on glm-10b's layer shapes,
@@ -262,7 +262,7 @@ def make_sparse_checkpoint(directory: str, model: str = GLM_10B, shards: int = G
         config.save_pretrained(tmp)
 
 
-def glm_10b(work: str, quant_types, tokens: int = 4) -> dict:
+def glm_10b(work: str, quant_types, tokens: int = 8) -> dict:
     """The glm-10b figures: quantize the sparse fp16 checkpoint, then decode from each quantized checkpoint and
     from the fp16 one quantized on load, in fresh processes."""
     src = os.path.join(work, f"{GLM_10B}-fp16-sparse")

@@ -46,9 +46,9 @@ def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> boo
     ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use).
 
     Called for every projection (~100 a decode step), so the cheapest tests come first."""
-    if not (_is_float32(x) and _is_float32(weight)):
+    if not (is_float32(x) and is_float32(weight)):
         return False
-    if bias is not None and not _is_float32(bias):
+    if bias is not None and not is_float32(bias):
         return False
     if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
                                          and (bias is None or bias.stop_gradient)):
@@ -57,7 +57,7 @@ def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> boo
             and cpu_operators.status()[0])
 
 
-def _is_float32(t: paddle.Tensor) -> bool:
+def is_float32(t: paddle.Tensor) -> bool:
     """``t.dtype == float32``, by identity first: Paddle 3.3 hands out one dtype object per dtype (``==`` costs
     ~1 us), and ``==`` decides when it does not."""
     dtype = t.dtype

@@ -30,6 +30,7 @@ import paddle
 from .. import cpu_operators
 from ..attention import device_type, dtype_str
 from ..errors import GLMError
+from ..linear import is_float32
 from .cuda_layout import cuda_capability, cuda_weight_only_args, to_cuda_layout  # noqa: F401 (the interface)
 
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
@@ -166,6 +167,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     equal ``weight_quantize``'s output bit for bit (tested on CPU for archs 70-100); the kernel
     itself never ran.
     """
+    if x.stop_gradient and is_float32(x) and x.place.is_cpu_place() and cpu_operators.status()[0]:
+        return _cpu_inference(x, qweight, scale, bias, quant_type, group_size)  # checked first: ~100 calls a step
     device, dtype = device_type(), dtype_str(x.dtype)
     built = device == "cpu" and dtype == "float32" and cpu_operators.status()[0]
     route = choose_route(device, dtype, quant_type, built)
@@ -174,10 +177,6 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
         if scale.dtype != x.dtype:
             scale = scale.astype(x.dtype)
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
-    if route == CPU_OPERATOR and x.stop_gradient:  # inference: the operator takes [..., in] and the bias as they are
-        if bias is not None and (bias.dtype != paddle.float32 or (paddle.is_grad_enabled() and not bias.stop_gradient)):
-            return cpu_operators.run(x, qweight, scale, quant_type, group_size) + bias  # [..., out]: bias's gradient
-        return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias)  # [..., out]
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
     if route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
         out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
@@ -187,6 +186,15 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     if bias is not None:
         out = out + bias
     return out.reshape(list(x.shape[:-1]) + [out.shape[-1]])  # [rows, out] -> [..., out]
+
+
+def _cpu_inference(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, bias: Optional[paddle.Tensor],
+                   quant_type: str, group_size: int) -> paddle.Tensor:
+    """The operator on float32 ``x`` ``[..., in]`` that needs no gradient: it takes the leading dimensions and
+    the bias as they are; a bias in another dtype, or one that needs its gradient, is added by Paddle."""
+    if bias is not None and (not is_float32(bias) or (paddle.is_grad_enabled() and not bias.stop_gradient)):
+        return cpu_operators.run(x, qweight, scale, quant_type, group_size) + bias  # [..., out]
+    return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias)  # [..., out]
 
 
 def tiled_fallback(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
