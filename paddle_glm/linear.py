@@ -1,60 +1,103 @@
 """The float projections of the model (its Linears and the tied output projection), on the fastest CPU
 route for each case.
 
-* Up to 128 rows of float32 on CPU, with no gradient wanted (a decode step, a short prompt's
-  prefill): the C++ operator ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight
-  once for all rows. On the glm-large shapes Paddle's CPU matmul costs ~1.25x ours at one row, ~3x
-  at 8 rows and ~2.3x from 16 to 128 rows (``benchmarks/bench_generate.py`` measures the one-row pass).
-* Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what
-  ``F.linear`` calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call,
-  ~4% of a glm-large decode step).
-* Everywhere else (CUDA builds, which choose another kernel by that flag; static graphs): ``F.linear``.
+Float32 on CPU with no gradient wanted (inference), in eager mode on a CPU-only build of Paddle:
+
+* up to 128 rows (decode steps, a short prompt's prefill): the C++ operator ``glm_small_batch_linear``
+  (``cpu_operators``), which reads each weight once for all rows. On the glm-large shapes Paddle's CPU
+  matmul costs ~1.25x ours at one row, ~3x at 8 rows and ~2.3x from 16 to 128 rows
+  (``benchmarks/bench_generate.py`` measures the one-row pass);
+* more rows (a longer prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle),
+  reading Paddle's tensors in place and handing the result back without a copy (DLPack). A glm-large
+  prefill of 256-512 tokens takes 0.66-0.79x the time it takes with Paddle's CPU matmul
+  (``benchmarks/bench_prefill.py``). BLAS runs threads of its
+  own, so it is used only when this process is the only rank on the machine
+  (``distributed.local_ranks``). It is not used for fewer rows: there its threads and the operators'
+  OpenMP threads, which spin a while after each call, slow each other down on a 2-core machine
+  (a 40-token prefill took 1.5x as long).
+
+Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what ``F.linear``
+calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call, ~4% of a glm-large
+decode step). Everywhere else (CUDA builds, which choose another kernel by that flag; static graphs):
+``F.linear``.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import _C_ops
 
 from . import cpu_operators
+from .distributed import local_ranks
 
 _FLOAT32 = paddle.float32
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
+BLAS_MIN_ROWS = cpu_operators.SMALL_BATCH_ROWS + 1
+SMALL_BATCH, BLAS = "small_batch", "blas"
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
     """``x @ weight + bias`` (``weight`` ``[in, out]``): ``F.linear``'s result and gradient (module docstring)."""
     if not (_DIRECT and paddle.in_dynamic_mode()):
         return F.linear(x, weight, bias)
-    if small_batch_route(x, weight, bias):
+    route = inference_route(x, weight, bias)
+    if route == SMALL_BATCH:
         return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out]
+    if route == BLAS:
+        return blas_linear(x, weight, bias)  # [..., out]
     return _C_ops.linear(x, weight, bias)
 
 
 def linear_transposed(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
     """``x @ weight.T`` (``weight`` ``[out, in]``, as the tied output projection stores it), on the same routes."""
-    if _DIRECT and paddle.in_dynamic_mode() and small_batch_route(x, weight):
+    route = inference_route(x, weight) if _DIRECT and paddle.in_dynamic_mode() else None
+    if route == SMALL_BATCH:
         return cpu_operators.small_batch_linear(x, weight, transposed=True)  # [..., out]
+    if route == BLAS:
+        return blas_linear(x, weight, transposed=True)  # [..., out]
     return paddle.matmul(x, weight, transpose_y=True)
 
 
-def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> bool:
-    """Whether ``glm_small_batch_linear`` computes this product: float32 on CPU, at most
-    ``SMALL_BATCH_ROWS`` rows, no gradient to record, and the operators loaded (built on first use).
+def inference_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> Optional[str]:
+    """``SMALL_BATCH`` or ``BLAS`` for a float32 CPU product that records no gradient (module docstring), else
+    None (Paddle's kernel).
 
     Called for every projection (~100 a decode step), so the cheapest tests come first."""
     if not (is_float32(x) and is_float32(weight)):
-        return False
+        return None
     if bias is not None and not is_float32(bias):
-        return False
+        return None
     if paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient
                                          and (bias is None or bias.stop_gradient)):
-        return False
-    return (math.prod(x.shape[:-1]) <= cpu_operators.SMALL_BATCH_ROWS and x.place.is_cpu_place()
-            and cpu_operators.status()[0])
+        return None
+    if not x.place.is_cpu_place():
+        return None
+    rows = math.prod(x.shape[:-1])
+    if rows >= BLAS_MIN_ROWS and local_ranks() == 1:
+        return BLAS
+    return SMALL_BATCH if rows <= cpu_operators.SMALL_BATCH_ROWS and cpu_operators.status()[0] else None
+
+
+def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> bool:
+    """Whether ``glm_small_batch_linear`` computes this product (:func:`inference_route`)."""
+    return inference_route(x, weight, bias) == SMALL_BATCH
+
+
+def blas_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
+                transposed: bool = False) -> paddle.Tensor:
+    """``x @ weight + bias`` (``transposed``: ``x @ weight.T``) for float32 CPU tensors through numpy's BLAS,
+    reading the tensors in place and handing the result to Paddle without a copy (DLPack): ``[..., out]``."""
+    xs, w = np.from_dlpack(x.detach()), np.from_dlpack(weight.detach())
+    rows = xs.reshape(-1, xs.shape[-1])  # [..., in] -> [rows, in]
+    y = rows @ (w.T if transposed else w)  # [rows, out]
+    if bias is not None:
+        np.add(y, np.from_dlpack(bias.detach()), out=y)
+    return paddle.from_dlpack(y.reshape(*xs.shape[:-1], y.shape[-1]))  # [rows, out] -> [..., out]
 
 
 def is_float32(t: paddle.Tensor) -> bool:

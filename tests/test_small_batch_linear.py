@@ -5,7 +5,15 @@ import paddle
 import pytest
 
 from paddle_glm import cpu_operators
-from paddle_glm.linear import linear, linear_transposed, small_batch_route
+from paddle_glm.linear import (
+    BLAS,
+    SMALL_BATCH,
+    blas_linear,
+    inference_route,
+    linear,
+    linear_transposed,
+    small_batch_route,
+)
 
 pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
 
@@ -81,12 +89,48 @@ def test_route_only_without_gradients_small_float32_batches():
     with paddle.no_grad():
         assert small_batch_route(x, w)
         assert small_batch_route(paddle.randn([1, 128, 8]), w)  # a short prompt's prefill
-        assert not small_batch_route(paddle.randn([1, 129, 8]), w)  # a longer one: Paddle's matmul
+        assert not small_batch_route(paddle.randn([1, 129, 8]), w)  # a longer one: BLAS
         assert not small_batch_route(x.astype("float64"), w.astype("float64"))
     w.stop_gradient = False
     assert not small_batch_route(x, w)  # training: Paddle's kernel records the gradient
     w.stop_gradient = True
     assert small_batch_route(x, w)
+
+
+def test_longer_prefills_take_blas_when_this_is_the_only_rank(monkeypatch):
+    w = paddle.randn([8, 4])
+    with paddle.no_grad():
+        assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
+        assert inference_route(paddle.randn([2, 65, 8]), w) == BLAS  # 130 rows
+        monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")  # two ranks on this machine: BLAS's own threads would crowd them
+        assert inference_route(paddle.randn([2, 65, 8]), w) is None
+        assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
+    monkeypatch.delenv("PADDLE_LOCAL_SIZE")
+    w.stop_gradient = False
+    assert inference_route(paddle.randn([2, 65, 8]), w) is None  # training: Paddle's kernel records the gradient
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_blas_product_equals_float64(transposed):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 50, 40)).astype(np.float32)
+    w = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    stored = np.ascontiguousarray(w.T) if transposed else w
+    got = blas_linear(paddle.to_tensor(x), paddle.to_tensor(stored), None if transposed else paddle.to_tensor(b),
+                      transposed=transposed)
+    ref = x.astype(np.float64) @ w + (0 if transposed else b)
+    assert list(got.shape) == [3, 50, 30] and got.stop_gradient and got.place.is_cpu_place()
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
+    strided = paddle.to_tensor(rng.standard_normal((150, 80)).astype(np.float32))[:, ::2]  # [150, 40], not contiguous
+    np.testing.assert_allclose(blas_linear(strided, paddle.to_tensor(w)).numpy(),
+                               strided.numpy().astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
+    with paddle.no_grad():  # linear and linear_transposed take this route from 129 rows on
+        np.testing.assert_allclose(linear(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)).numpy(),
+                                   x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
+        embeddings = paddle.to_tensor(np.ascontiguousarray(w.T))  # [out, in], as a tied output projection
+        np.testing.assert_allclose(linear_transposed(paddle.to_tensor(x), embeddings).numpy(),
+                                   x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
 
 
 def test_linear_keeps_the_gradient_and_the_bias():
