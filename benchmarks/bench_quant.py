@@ -160,7 +160,7 @@ print(json.dumps(out))
 
 
 # The fp32 GEMV bandwidth on glm-10b's shapes: one layer's four matrices (0.8 GB, beyond any cache) in Paddle's
-# Linear layout, each pass the fastest of 7 with Paddle's matmul and with paddle_glm.linear's route.
+# Linear layout: the fastest of 8 passes with Paddle's matmul and 8 with paddle_glm.linear's route.
 _BANDWIDTH_CHILD = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")

@@ -1,4 +1,5 @@
-"""Run the load, convert, generate, tensor-parallel, serve, train and quantization benchmarks; rewrite RESULTS.md.
+"""Run the load, convert, generate, prefill, tensor-parallel, serve, train and quantization benchmarks; rewrite
+RESULTS.md.
 
     python benchmarks/run_all.py [--skip-paddlenlp] [--model glm-large-chinese] [--work DIR] [--out DIR]
                                  [--only bench_serve.py ...]
@@ -28,6 +29,7 @@ BENCHMARKS = [
     ("Loading", ["bench_load.py"]),
     ("Conversion", ["bench_convert.py"]),
     ("Generation", ["bench_generate.py"]),
+    ("Prefill", ["bench_prefill.py"]),
     ("Tensor parallelism", ["bench_tp.py"]),
     ("Serving", ["bench_serve.py"]),
     ("Serving: staggered arrivals", ["bench_serve.py", "--staggered"]),
@@ -38,7 +40,7 @@ BENCHMARKS = [
 FULL_SIZE_ONLY = ("Quantization: glm-10b-chinese at full size",)  # real-shape runs, whatever --model says
 # with another --model (a check that the scripts work), these sections run briefly
 BRIEF = {"Serving: staggered arrivals": ["--arrivals", "4", "--mean-gap", "0.2", "--rounds", "1"],
-         "Quantization": ["--rounds", "1", "--tokens", "4"]}
+         "Quantization": ["--rounds", "1", "--tokens", "4"], "Prefill": ["--rounds", "1", "--lengths", "8", "100"]}
 PADDLENLP_SIDE = ("bench_load.py", "bench_generate.py", "bench_train.py")  # the scripts that also measure PaddleNLP
 
 

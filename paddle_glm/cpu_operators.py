@@ -18,8 +18,9 @@ A build happens in a private temporary directory that is renamed into place when
 processes building at once never see half a library; the first rename wins and the others
 use its result. Paddle hands an operator contiguous copies of strided inputs, so the callers below
 need not make them contiguous (and an in-place input must not be a view). Without the library,
-weight-only products take the tiled fallback, float products Paddle's own matmul and decode
-attention Paddle's matmul-softmax path.
+weight-only products take the tiled fallback, float products of up to 128 rows Paddle's own matmul
+(more rows take numpy's BLAS either way: ``linear.py``) and decode attention Paddle's matmul-softmax
+path.
 
 Environment:
 

@@ -10,11 +10,12 @@ Float32 on CPU with no gradient wanted (inference), in eager mode on a CPU-only 
 * more rows (a longer prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle),
   reading Paddle's tensors in place and handing the result back without a copy (DLPack). A glm-large
   prefill of 256-512 tokens takes 0.66-0.79x the time it takes with Paddle's CPU matmul
-  (``benchmarks/bench_prefill.py``). BLAS runs threads of its
-  own, so it is used only when this process is the only rank on the machine
-  (``distributed.local_ranks``). It is not used for fewer rows: there its threads and the operators'
-  OpenMP threads, which spin a while after each call, slow each other down on a 2-core machine
-  (a 40-token prefill took 1.5x as long).
+  (``benchmarks/bench_prefill.py``). BLAS runs as many threads of its own as the machine has cores,
+  so it is used only when this process may use them all: it is the only rank on the machine
+  (``distributed.local_ranks``) and its thread count (``devices.chosen_cpu_threads``) is every usable
+  core; otherwise Paddle's matmul. It is not used for fewer rows: there its threads and the
+  operators' OpenMP threads, which spin a while after each call, slow each other down on a 2-core
+  machine (a 40-token prefill took 1.5x as long).
 
 Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what ``F.linear``
 calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call, ~4% of a glm-large
@@ -33,11 +34,11 @@ import paddle.nn.functional as F
 from paddle import _C_ops
 
 from . import cpu_operators
+from .devices import chosen_cpu_threads, usable_cores
 from .distributed import local_ranks
 
 _FLOAT32 = paddle.float32
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
-BLAS_MIN_ROWS = cpu_operators.SMALL_BATCH_ROWS + 1
 SMALL_BATCH, BLAS = "small_batch", "blas"
 
 
@@ -78,14 +79,9 @@ def inference_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> Optio
     if not x.place.is_cpu_place():
         return None
     rows = math.prod(x.shape[:-1])
-    if rows >= BLAS_MIN_ROWS and local_ranks() == 1:
-        return BLAS
-    return SMALL_BATCH if rows <= cpu_operators.SMALL_BATCH_ROWS and cpu_operators.status()[0] else None
-
-
-def small_batch_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> bool:
-    """Whether ``glm_small_batch_linear`` computes this product (:func:`inference_route`)."""
-    return inference_route(x, weight, bias) == SMALL_BATCH
+    if rows > cpu_operators.SMALL_BATCH_ROWS:
+        return BLAS if local_ranks() == 1 and chosen_cpu_threads() >= usable_cores() else None
+    return SMALL_BATCH if cpu_operators.status()[0] else None
 
 
 def blas_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
@@ -93,7 +89,7 @@ def blas_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.T
     """``x @ weight + bias`` (``transposed``: ``x @ weight.T``) for float32 CPU tensors through numpy's BLAS,
     reading the tensors in place and handing the result to Paddle without a copy (DLPack): ``[..., out]``."""
     xs, w = np.from_dlpack(x.detach()), np.from_dlpack(weight.detach())
-    rows = xs.reshape(-1, xs.shape[-1])  # [..., in] -> [rows, in]
+    rows = xs.reshape(math.prod(xs.shape[:-1]), xs.shape[-1])  # [..., in] -> [rows, in]
     y = rows @ (w.T if transposed else w)  # [rows, out]
     if bias is not None:
         np.add(y, np.from_dlpack(bias.detach()), out=y)

@@ -168,12 +168,15 @@ def test_every_thread_count_computes_every_channel_once(monkeypatch, threads, qu
     assert cpu_operators.status()[0]
     monkeypatch.setattr(cpu_operators, "chosen_cpu_threads", lambda: threads)
     rng = np.random.default_rng(threads)
-    for out_features in (1, 5, 6, 11, 12, 13, 24, 29, 61, 97):
-        q, s, d = _case(quant_type, group_size, out_features, 128)
+    cases = [(group_size, out, 128) for out in (1, 5, 6, 11, 12, 13, 24, 29, 61, 97)]
+    if quant_type == INT4:  # groups shorter than a vector (the scalar tail) in blocks of channels far apart
+        cases += [(6, 29, 18), (2, 61, 6)]
+    for group, out_features, in_features in cases:
+        q, s, d = _case(quant_type, group, out_features, in_features)
         for n in (1, 2, 3, 4, 7):
-            x = rng.standard_normal((n, 128)).astype(np.float32)
+            x = rng.standard_normal((n, in_features)).astype(np.float32)
             got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type,
-                                    group_size).numpy()
+                                    group).numpy()
             assert _rel_err(got, x.astype(np.float64) @ d.T) <= 1e-5, (out_features, n)
 
 
@@ -207,6 +210,12 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
     (kernels.tiled_fallback(rows, paddle.to_tensor(q), paddle.to_tensor(s), quant_type, 64)
      * paddle.to_tensor(g.reshape(6, 24).astype(np.float32))).sum().backward()
     assert _rel_err(rows.grad.numpy(), g.reshape(6, 24) @ d) <= 1e-5
+
+
+def test_an_unknown_quant_type_is_one_line_on_every_route():
+    q, s, _ = _case(INT8, 64, 4, 64)
+    with pytest.raises(GLMError, match="quant_type: expected one of"):
+        weight_only_linear(paddle.ones([1, 64]), paddle.to_tensor(q), paddle.to_tensor(s), quant_type="int3")
 
 
 def test_a_trainable_bias_gets_its_gradient():

@@ -4,6 +4,7 @@ import numpy as np
 import paddle
 import pytest
 
+import paddle_glm.linear as linear_module
 from paddle_glm import cpu_operators
 from paddle_glm.linear import (
     BLAS,
@@ -12,7 +13,6 @@ from paddle_glm.linear import (
     inference_route,
     linear,
     linear_transposed,
-    small_batch_route,
 )
 
 pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
@@ -87,17 +87,17 @@ def test_route_only_without_gradients_small_float32_batches():
     w = paddle.randn([8, 4])
     x = paddle.randn([2, 1, 8])
     with paddle.no_grad():
-        assert small_batch_route(x, w)
-        assert small_batch_route(paddle.randn([1, 128, 8]), w)  # a short prompt's prefill
-        assert not small_batch_route(paddle.randn([1, 129, 8]), w)  # a longer one: BLAS
-        assert not small_batch_route(x.astype("float64"), w.astype("float64"))
+        assert inference_route(x, w) == SMALL_BATCH
+        assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH  # a short prompt's prefill
+        assert inference_route(paddle.randn([1, 129, 8]), w) == BLAS  # a longer one
+        assert inference_route(x.astype("float64"), w.astype("float64")) is None
     w.stop_gradient = False
-    assert not small_batch_route(x, w)  # training: Paddle's kernel records the gradient
+    assert inference_route(x, w) is None  # training: Paddle's kernel records the gradient
     w.stop_gradient = True
-    assert small_batch_route(x, w)
+    assert inference_route(x, w) == SMALL_BATCH
 
 
-def test_longer_prefills_take_blas_when_this_is_the_only_rank(monkeypatch):
+def test_longer_prefills_take_blas_when_this_process_may_use_every_core(monkeypatch):
     w = paddle.randn([8, 4])
     with paddle.no_grad():
         assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
@@ -105,13 +105,15 @@ def test_longer_prefills_take_blas_when_this_is_the_only_rank(monkeypatch):
         monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")  # two ranks on this machine: BLAS's own threads would crowd them
         assert inference_route(paddle.randn([2, 65, 8]), w) is None
         assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
-    monkeypatch.delenv("PADDLE_LOCAL_SIZE")
+        monkeypatch.delenv("PADDLE_LOCAL_SIZE")
+        monkeypatch.setattr(linear_module, "chosen_cpu_threads", lambda: linear_module.usable_cores() - 1)
+        assert inference_route(paddle.randn([2, 65, 8]), w) is None  # fewer threads chosen than BLAS would run
     w.stop_gradient = False
     assert inference_route(paddle.randn([2, 65, 8]), w) is None  # training: Paddle's kernel records the gradient
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-def test_blas_product_equals_float64(transposed):
+def test_blas_product_equals_float64(monkeypatch, transposed):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 50, 40)).astype(np.float32)
     w = rng.standard_normal((40, 30)).astype(np.float32)
@@ -123,14 +125,19 @@ def test_blas_product_equals_float64(transposed):
     assert list(got.shape) == [3, 50, 30] and got.stop_gradient and got.place.is_cpu_place()
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, atol=1e-5)
     strided = paddle.to_tensor(rng.standard_normal((150, 80)).astype(np.float32))[:, ::2]  # [150, 40], not contiguous
+    assert not strided.is_contiguous()
     np.testing.assert_allclose(blas_linear(strided, paddle.to_tensor(w)).numpy(),
                                strided.numpy().astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
+    assert list(blas_linear(paddle.zeros([200, 0]), paddle.zeros([0, 30])).shape) == [200, 30]  # no inputs
+    calls = []
+    monkeypatch.setattr(linear_module, "blas_linear", lambda *a, **k: calls.append(1) or blas_linear(*a, **k))
     with paddle.no_grad():  # linear and linear_transposed take this route from 129 rows on
         np.testing.assert_allclose(linear(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)).numpy(),
                                    x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
         embeddings = paddle.to_tensor(np.ascontiguousarray(w.T))  # [out, in], as a tied output projection
         np.testing.assert_allclose(linear_transposed(paddle.to_tensor(x), embeddings).numpy(),
                                    x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 2
 
 
 def test_linear_keeps_the_gradient_and_the_bias():

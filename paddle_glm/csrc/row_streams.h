@@ -6,8 +6,8 @@
 // the parts side by side: block i holds channels a + i, a + q + i, ..., a + (S-1)q + i (q = the
 // part's length), so the thread reads S sequential streams of memory at once. One stream per
 // thread (S adjacent channels a block) reached ~13-14 GB/s from DRAM on a 2-core AMD EPYC with
-// int8 weights of glm-large's shapes; six streams ~28-34 GB/s, above what one stream of plain
-// loads reads (~21 GB/s): the hardware prefetchers keep more lines in flight with more streams.
+// int8 weights of glm-large's and glm-10b's shapes; six streams ~22-34 GB/s, above what one stream of
+// plain loads reads (~18-26 GB/s): the hardware prefetchers keep more lines in flight with more streams.
 // The channels left over after S * q (fewer than S) go one at a time.
 #pragma once
 

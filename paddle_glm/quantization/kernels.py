@@ -157,7 +157,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
                        group_size: int = DEFAULT_GROUP_SIZE) -> paddle.Tensor:
     """``x @ dequantize(qweight, scale).T + bias`` for ``x`` ``[..., in]``: the one entry point layers call.
 
-    On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
+    The route follows ``x``: a float32 CPU tensor takes the C++ operator (or the fallback), whatever Paddle's
+    default device. On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
     GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
     float16/bfloat16. No gradient flows to the quantized weight; on CPU ``x`` gets its gradient
     (LoRA adapters training over a quantized base) from :func:`input_grad`.
@@ -167,7 +168,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     equal ``weight_quantize``'s output bit for bit (tested on CPU for archs 70-100); the kernel
     itself never ran.
     """
-    if x.stop_gradient and is_float32(x) and x.place.is_cpu_place() and cpu_operators.status()[0]:
+    if (x.stop_gradient and quant_type in QUANT_TYPES and is_float32(x) and x.place.is_cpu_place()
+            and cpu_operators.status()[0]):
         return _cpu_inference(x, qweight, scale, bias, quant_type, group_size)  # checked first: ~100 calls a step
     device, dtype = device_type(), dtype_str(x.dtype)
     built = device == "cpu" and dtype == "float32" and cpu_operators.status()[0]
