@@ -10,8 +10,9 @@ Float32 on CPU with no gradient wanted (inference), in eager mode on a CPU-only 
 * more rows (a longer prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle),
   reading Paddle's tensors in place and handing the result back without a copy (DLPack). A glm-large
   prefill of 256-512 tokens takes 0.5-0.8x the time it takes with Paddle's CPU matmul (several runs of
-  ``benchmarks/bench_prefill.py``). BLAS runs as many threads of its own as the machine has cores,
-  so it is used only when this process may use them all: it is the only rank on the machine
+  ``benchmarks/bench_prefill.py``). BLAS runs threads of its own (OpenBLAS fixes their count when
+  numpy loads: ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``, else every core), so it is used only
+  when this process may use every core: it is the only rank on the machine
   (``distributed.local_ranks``) and its thread count (``devices.chosen_cpu_threads``) is every usable
   core; otherwise Paddle's matmul. It is not used for fewer rows: there its threads and the
   operators' OpenMP threads, which spin a while after each call, slow each other down on a 2-core

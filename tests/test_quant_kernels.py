@@ -212,7 +212,7 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
     assert _rel_err(rows.grad.numpy(), g.reshape(6, 24) @ d) <= 1e-5
 
 
-def test_an_unknown_quant_type_is_one_line_on_every_route():
+def test_an_unknown_quant_type_is_one_line():
     q, s, _ = _case(INT8, 64, 4, 64)
     with pytest.raises(GLMError, match="quant_type: expected one of"):
         weight_only_linear(paddle.ones([1, 64]), paddle.to_tensor(q), paddle.to_tensor(s), quant_type="int3")
