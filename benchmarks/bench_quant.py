@@ -12,7 +12,10 @@ glm-large-chinese (random fp32 weights, 3 pdparams shards, as ``bench_convert.py
   weights a token reads divided by the bandwidth of the fp32 GEMV pass measured in the same
   round (``bench_generate.roofline_seconds``). Targets: int8 >= 0.7 of its roofline at batch 1
   and faster than fp32; int4 >= 0.5 of its roofline. Then the same with the C++ operators switched
-  off (``PADDLE_GLM_CPU_OPERATORS=0``): int8/int4 on the tiled fallback, fp32 on Paddle's matmul.
+  off (``PADDLE_GLM_CPU_OPERATORS=0``): int8/int4 on the tiled fallback, fp32 on Paddle's matmul. Also a
+  batch-1 int8/int4 step with every weight-only product replaced by a cached result (what a step costs
+  besides its products), and the fraction of the roofline a step would reach with the products exactly
+  at the roofline.
 
 ``--glm-10b`` (minutes, ~14 GB): glm-10b-chinese at full size as a 7-shard fp16 safetensors
 checkpoint of sparse files (real names and shapes, data reading as zeros, no disk used),
@@ -89,6 +92,26 @@ def decode_seconds_per_token(model, batch: int, context: int, tokens: int) -> fl
     return timer.per_token()
 
 
+def seconds_without_products(model, batch: int, context: int, tokens: int) -> float:
+    """:func:`decode_seconds_per_token` with every weight-only product (the C++ operator's calls) replaced by a
+    cached result of its shape: what a decode step costs besides its quantized products."""
+    from paddle_glm import cpu_operators
+
+    real, cache = cpu_operators.run, {}
+
+    def cached(x, qweight, *args):
+        key = (tuple(x.shape), tuple(qweight.shape))
+        if key not in cache:
+            cache[key] = real(x, qweight, *args)
+        return cache[key]
+
+    cpu_operators.run = cached
+    try:
+        return decode_seconds_per_token(model, batch, context, tokens)
+    finally:
+        cpu_operators.run = real
+
+
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights a decode step reads: every matrix (quantized: integers and scales) but the position
     tables, the output projection included (tied to the word embeddings)."""
@@ -133,7 +156,7 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, sys.argv[1])
 import paddle
 from bench_generate import roofline_seconds
-from bench_quant import decode_seconds_per_token, weight_bytes_per_token
+from bench_quant import decode_seconds_per_token, seconds_without_products, weight_bytes_per_token
 from paddle_glm import GLMForConditionalGeneration
 from paddle_glm.quantization.kernels import operator_status
 src, int8_dir, int4_dir, rounds, tokens, context = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
@@ -151,6 +174,10 @@ for _ in range(rounds):
             one[f"{name}_b{batch}_s"] = seconds
             one[f"{name}_b{batch}_roofline_fraction"] = weight_bytes_per_token(model) / one["bandwidth"] / seconds
     one["int8_vs_fp32_b1"] = one["fp32_b1_s"] / one["int8_b1_s"]
+    for name in ("int8", "int4") if operator_status()[0] else ():
+        rest = one[f"{name}_b1_without_products_s"] = seconds_without_products(models[name], 1, context, tokens)
+        roofline = weight_bytes_per_token(models[name]) / one["bandwidth"]
+        one[f"{name}_b1_ceiling"] = roofline / (roofline + rest)  # the fraction with the products at the roofline
     per_round.append(one)
 out = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
 out.update({f"{name}_weight_bytes": weight_bytes_per_token(m) for name, m in models.items()})
@@ -343,6 +370,12 @@ def markdown(r: dict) -> str:
     rows.append(f"\nfp32 GEMV bandwidth (the rooflines' basis): {r['speed']['bandwidth'] / GB:.1f} GB/s; int8 is "
                 f"{r['speed']['int8_vs_fp32_b1']:.2f}x as fast as fp32 at batch 1. Targets: int8 >= 0.7 and int4 "
                 ">= 0.5 of their rooflines at batch 1.")
+    if "int8_b1_ceiling" in r["speed"]:
+        s = r["speed"]
+        rows.append(f"\nA batch-1 step without its weight-only products (each replaced by a cached result of its "
+                    f"shape): int8 {s['int8_b1_without_products_s']:.4f} s, int4 {s['int4_b1_without_products_s']:.4f}"
+                    f" s. With the products exactly at the roofline a step would reach {s['int8_b1_ceiling']:.2f} "
+                    f"(int8) and {s['int4_b1_ceiling']:.2f} (int4) of it.")
     if "glm_10b" in r:
         rows += ["", markdown_glm_10b(r["glm_10b"])]
     missed = [name for name, ok in r["targets"].items() if not ok]
