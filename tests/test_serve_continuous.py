@@ -219,3 +219,23 @@ def test_cache_slots_are_reused_without_reallocation(monkeypatch):
                                                        max_gen_length=row.max_tokens)
         alone = model.generate(**inputs, max_new_tokens=row.max_tokens)[0, inputs["input_ids"].shape[1]:].tolist()
         assert row.sink.text_so_far == tokenizer.decode(alone, skip_special_tokens=True)
+
+
+def test_joining_rows_get_their_first_token_before_the_next_decode_step():
+    """A step with joining rows prefills each and gives it its first token at once; the running rows take
+    no step then, and take the next one together with the joiners."""
+    model = random_model(dict(CFG, num_layers=2, hidden_size=64, num_attention_heads=4), seed=3, spread=True)
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    batch = SlotBatch(model, tokenizer, 4)
+    a, b, c = (Row(p, 6, 8, (), Sampling(), Collect()) for p in ["春眠不觉晓[gMASK]", "床前明月光[gMASK]", "学而时习之[gMASK]"])
+
+    def counts():
+        return [len(p.text.tokens) if p is not None else None for p in batch.slots]
+
+    batch.step([a])
+    batch.step([])
+    assert counts() == [2, None, None, None]
+    batch.step([b, c])
+    assert counts() == [2, 1, 1, None] and all(batch.slots[i].first_token is not None for i in (1, 2))
+    batch.step([])
+    assert counts() == [3, 2, 2, None]

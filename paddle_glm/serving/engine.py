@@ -9,9 +9,9 @@ numbers; a decode step takes them as tensors. The running rows are kept in the l
 slots (a row leaving from the middle has the last one moved into its place), so that a step
 runs the first ``n`` rows, as views of the buffers, and costs what ``n`` rows cost (on CPU a
 batch-8 pass over the weights costs ~2.4 batch-1 passes); it attends over the slots its longest row
-uses, rounded up to :data:`WINDOW`. A joining row is prefilled alone and loaded into the next
-slot; its first token is chosen with the step's others. One device read per step: every
-running row's token and problem flag.
+uses, rounded up to :data:`WINDOW`. Joining rows go first: each is prefilled alone, loaded into
+the next slot and given its first token at once, before the next decode step. One device read
+per decode step (every running row's token and problem flag) and one per prefill.
 """
 from __future__ import annotations
 
@@ -71,21 +71,27 @@ class SlotBatch:
                 f"({self.cache.nbytes / 2 ** 20:.1f} MiB)")
 
     def step(self, joining: List[Row]) -> None:
-        """Drop the rows whose client left, run one decode step for the running rows, admit ``joining``
-        (at most :attr:`free`) into the next slots, and give every running row its next token."""
+        """Drop the rows whose client left, then either admit ``joining`` (at most :attr:`free`), each prefilled
+        into the next slot and given its first token at once, or, with no row joining, run one decode step
+        that gives every running row its next token.
+
+        Joining rows come first (vLLM's default order): a row's first token never waits for a decode step of
+        the others, and the caller hands over the rows that arrived meanwhile before the next decode step. The
+        running rows wait at most ``max_batch`` prefills, since only free slots admit rows."""
         for i, progress in enumerate(self.slots):
             if progress is not None and progress.row.cancelled.is_set():
                 self.slots[i] = None
         self._compact()
-        decoding = self.running
-        logits = [self._decode(decoding)] if decoding else []
-        for row in joining:
-            prefill = self._admit(row)
-            if prefill is not None:
-                logits.append(prefill)
-        if not logits:
+        if joining:
+            for row in joining:
+                slot = self.running
+                prefill = self._admit(row)
+                if prefill is not None:
+                    self._choose(prefill, slot, slot + 1)
+        elif self.running:
+            self._choose(self._decode(self.running), 0, self.running)
+        else:
             return
-        self._choose(paddle.concat(logits), self.running)
         self.period["steps"] += 1
         self.period["peak"] = max(self.period["peak"], self.running)
         self._compact()
@@ -151,37 +157,39 @@ class SlotBatch:
         state["keys"][slot] = row_keys([sampling.seed], [row.index])[0]
         state["draws"][slot] = 0
 
-    def _choose(self, logits: paddle.Tensor, n: int) -> None:
-        """Rows ``0..n-1``'s next tokens (each with its own settings and random stream); the one host read."""
+    def _choose(self, logits: paddle.Tensor, lo: int, hi: int) -> None:
+        """Rows ``lo..hi-1``'s next tokens from their ``logits`` ``[hi - lo, vocab]`` (each row with its own
+        settings and random stream); the one host read of a decode step or a prefill."""
         state = self.state
-        chooser = self._chooser([self.slots[i].row.sampling for i in range(n)], n)
-        token, _, problems = chooser.choose(logits, state["history"][:n], 0, draws=state["draws"][:n])
-        state["tokens"][:n] = token.unsqueeze(1)
-        state["history"][:n] = paddle.put_along_axis(state["history"][:n], state["write_index"][:n].unsqueeze(1),
-                                                     token.unsqueeze(1), axis=1)
-        state["draws"][:n] = state["draws"][:n] + 1
-        host = paddle.concat([token, problems]).numpy()  # the one read of this step
-        for i in range(n):
+        chooser = self._chooser([self.slots[i].row.sampling for i in range(lo, hi)], lo, hi)
+        index = state["write_index"][lo:hi].unsqueeze(1)  # [rows, 1]
+        token, _, problems = chooser.choose(logits, state["history"][lo:hi], 0, draws=state["draws"][lo:hi])
+        state["tokens"][lo:hi] = token.unsqueeze(1)
+        state["history"][lo:hi] = paddle.put_along_axis(state["history"][lo:hi], index, token.unsqueeze(1), axis=1)
+        state["draws"][lo:hi] = state["draws"][lo:hi] + 1
+        host = paddle.concat([token, problems]).numpy()  # the one read
+        rows = hi - lo
+        for i in range(lo, hi):
             progress = self.slots[i]
-            if host[n + i]:
+            if host[rows + i - lo]:
                 progress.row.sink.fail(500, "the model's next-token logits are not finite (NaN or inf)")
                 self.slots[i] = None
                 continue
-            progress.add(int(host[i]))
+            progress.add(int(host[i - lo]))
             if progress.done:
                 self.slots[i] = None
 
-    def _chooser(self, samplings: list, n: int) -> TokenChooser:
-        """This step's processors for rows ``0..n-1``: per-row tensors, each only if a row needs it."""
+    def _chooser(self, samplings: list, lo: int, hi: int) -> TokenChooser:
+        """The processors for rows ``lo..hi-1``: per-row tensors, each only if a row needs it."""
         state = self.state
         sampled = [s for s in samplings if not s.greedy]
         settings = LogitsSettings(
-            temperature=state["temperature"][:n] if any(s.temperature != 1.0 for s in sampled) else 1.0,
-            top_k=state["top_k"][:n] if any(s.top_k for s in sampled) else 0,
-            top_p=state["top_p"][:n] if any(s.top_p < 1.0 for s in sampled) else 1.0,
-            repetition_penalty=state["penalty"][:n] if any(s.repetition_penalty != 1.0 for s in samplings) else 1.0,
+            temperature=state["temperature"][lo:hi] if any(s.temperature != 1.0 for s in sampled) else 1.0,
+            top_k=state["top_k"][lo:hi] if any(s.top_k for s in sampled) else 0,
+            top_p=state["top_p"][lo:hi] if any(s.top_p < 1.0 for s in sampled) else 1.0,
+            repetition_penalty=state["penalty"][lo:hi] if any(s.repetition_penalty != 1.0 for s in samplings) else 1.0,
             bad_words_ids=self.bad_words, _banned=self._banned)
-        return TokenChooser(settings, state["sampled"][:n] if sampled else False, state["keys"][:n])
+        return TokenChooser(settings, state["sampled"][lo:hi] if sampled else False, state["keys"][lo:hi])
 
     def _compact(self) -> None:
         """Keep the running rows in the lowest slots: the last one moves into each gap."""
