@@ -227,7 +227,8 @@ def test_joining_rows_get_their_first_token_before_the_next_decode_step():
     model = random_model(dict(CFG, num_layers=2, hidden_size=64, num_attention_heads=4), seed=3, spread=True)
     tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
     batch = SlotBatch(model, tokenizer, 4)
-    a, b, c = (Row(p, 6, 8, (), Sampling(), Collect()) for p in ["春眠不觉晓[gMASK]", "床前明月光[gMASK]", "学而时习之[gMASK]"])
+    prompts = ["春眠不觉晓[gMASK]", "床前明月光[gMASK]", "学而时习之[gMASK]"]
+    a, b, c = (Row(p, 6, 8, (), Sampling(), Collect()) for p in prompts)
 
     def counts():
         return [len(p.text.tokens) if p is not None else None for p in batch.slots]
