@@ -1,7 +1,8 @@
 """Prefill time of one prompt on CPU (glm-large-chinese shape, random fp32 weights) on each float route of
 ``paddle_glm/linear.py``, measured side by side in one process: the routes the package takes (the C++
-small-batch operator up to 128 rows, numpy's BLAS above) against the C++ operator or Paddle's matmul
-everywhere (no BLAS), at prompt lengths on both sides of the 128-row boundary.
+small-batch operator below ``linear.BLAS_ROWS`` rows, numpy's BLAS from there on) against the C++
+operator up to 128 rows and Paddle's matmul above (no BLAS), at prompt lengths on both sides of the
+128-row boundary.
 
     python benchmarks/bench_prefill.py [--model glm-large-chinese] [--lengths 40 256 512] [--rounds 5]
 """

@@ -4,7 +4,8 @@
   (``paddle_glm.quantization.kernels``);
 * ``glm_small_batch_linear`` (``small_batch_linear.cc``): ``x`` times a float32 ``[in, out]``
   weight plus a bias (or times an ``[out, in]`` weight transposed) for up to 128 rows
-  (``paddle_glm.linear``): a decode step's projections and a short prompt's prefill, where Paddle's
+  (``paddle_glm.linear``): a decode step's projections and a short prompt's prefill (32 rows or
+  more go to numpy's BLAS when it may use every core), where Paddle's
   CPU matmul costs ~5x a one-row pass at 8 rows and ~2.3x these kernels from 16 to 128 rows;
 * ``glm_decode_attention`` (``decode_attention.cc``): a decode step's attention over a float32
   ``bhsd`` KV cache, with the cache write, in one call (``paddle_glm.kv_cache``).
@@ -19,7 +20,7 @@ processes building at once never see half a library; the first rename wins and t
 use its result. Paddle hands an operator contiguous copies of strided inputs, so the callers below
 need not make them contiguous (and an in-place input must not be a view). Without the library,
 weight-only products take the tiled fallback, float products of up to 128 rows Paddle's own matmul
-(more rows take numpy's BLAS either way: ``linear.py``) and decode attention Paddle's matmul-softmax
+(unless numpy's BLAS takes them: ``linear.py``) and decode attention Paddle's matmul-softmax
 path.
 
 Environment:
@@ -46,6 +47,7 @@ import paddle
 from .devices import chosen_cpu_threads
 from .errors import GLMError
 from .io_utils import make_temp_dir, remove_tree
+from .openmp_wait import spin_when_idle
 
 LIBRARY = "glm_cpu_operators"
 OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
@@ -92,6 +94,7 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
 
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
+    spin_when_idle()
     return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, _BITS[quant_type], int(group_size),
                                         chosen_cpu_threads())[0]
 
@@ -102,6 +105,7 @@ def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[p
     ``weight`` float32 ``[in, out]``, plus ``bias`` float32 ``[out]`` when given (``transposed``: times
     ``weight`` ``[out, in]`` transposed, as a tied output projection stores it; no bias):
     ``[..., out]`` (operators loaded; no gradient)."""
+    spin_when_idle()
     return paddle._C_ops._run_custom_op(SMALL_BATCH_OP, x, weight, bias, chosen_cpu_threads(), int(transposed))[0]
 
 
@@ -117,6 +121,7 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
     if not (keys.is_contiguous() and values.is_contiguous()):
         raise GLMError("decode_attention: the key and value buffers must be contiguous (they are written in "
                        "place; pass a cache's whole buffers, not views)")
+    spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
                                         chosen_cpu_threads())[0]
 

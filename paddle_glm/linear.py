@@ -3,20 +3,19 @@ route for each case.
 
 Float32 on CPU with no gradient wanted (inference), in eager mode on a CPU-only build of Paddle:
 
-* up to 128 rows (decode steps, a short prompt's prefill): the C++ operator ``glm_small_batch_linear``
-  (``cpu_operators``), which reads each weight once for all rows. On the glm-large shapes Paddle's CPU
-  matmul costs ~1.25x ours at one row, ~3x at 8 rows and ~2.3x from 16 to 128 rows
-  (``benchmarks/bench_generate.py`` measures the one-row pass);
-* more rows (a longer prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle),
-  reading Paddle's tensors in place and handing the result back without a copy (DLPack). A glm-large
-  prefill of 256-512 tokens takes 0.5-0.8x the time it takes with Paddle's CPU matmul (several runs of
-  ``benchmarks/bench_prefill.py``). BLAS runs threads of its own (OpenBLAS fixes their count when
-  numpy loads: ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``, else every core), so it is used only
-  when this process may use every core: it is the only rank on the machine
-  (``distributed.local_ranks``) and its thread count (``devices.chosen_cpu_threads``) is every usable
-  core; otherwise Paddle's matmul. It is not used for fewer rows: there its threads and the
-  operators' OpenMP threads, which spin a while after each call, slow each other down on a 2-core
-  machine (a 40-token prefill took 1.5x as long).
+* fewer than :data:`BLAS_ROWS` (32) rows (decode steps, a short prompt's prefill): the C++ operator
+  ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight once for all rows. On the
+  glm-large shapes Paddle's CPU matmul costs ~1.25x ours at one row, ~3x at 8 rows and ~2.3x from 16 to
+  128 rows (``benchmarks/bench_generate.py`` measures the one-row pass);
+* more rows (a prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle), reading
+  Paddle's tensors in place and handing the result back without a copy (DLPack), with Paddle's OpenMP
+  threads set to sleep at once between its products (``openmp_wait``: spinning, they took BLAS's cores
+  and made it slower than the C++ operator below 128 rows). Measured on glm-large by
+  ``benchmarks/bench_prefill.py``. BLAS runs threads of its own (OpenBLAS fixes their count when numpy
+  loads: ``OPENBLAS_NUM_THREADS`` or ``OMP_NUM_THREADS``, else every core), so it is used only when this
+  process may use every core: it is the only rank on the machine (``distributed.local_ranks``) and its
+  thread count (``devices.chosen_cpu_threads``) is every usable core; otherwise the C++ operator up to
+  128 rows and Paddle's matmul above.
 
 Otherwise, on a CPU-only build of Paddle in eager mode: ``_C_ops.linear``, which is what ``F.linear``
 calls there, without its per-call ``paddle.get_flags`` lookup (~30-45 us a call, ~4% of a glm-large
@@ -37,10 +36,12 @@ from paddle import _C_ops
 from . import cpu_operators
 from .devices import chosen_cpu_threads, usable_cores
 from .distributed import local_ranks
+from .openmp_wait import sleep_when_idle
 
 _FLOAT32 = paddle.float32
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
 SMALL_BATCH, BLAS = "small_batch", "blas"
+BLAS_ROWS = 32  # products of at least this many rows go to BLAS when it may use every core
 
 
 def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
@@ -80,15 +81,16 @@ def inference_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> Optio
     if not x.place.is_cpu_place():
         return None
     rows = math.prod(x.shape[:-1])
-    if rows > cpu_operators.SMALL_BATCH_ROWS:
-        return BLAS if local_ranks() == 1 and chosen_cpu_threads() >= usable_cores() else None
-    return SMALL_BATCH if cpu_operators.status()[0] else None
+    if rows >= BLAS_ROWS and local_ranks() == 1 and chosen_cpu_threads() >= usable_cores():
+        return BLAS
+    return SMALL_BATCH if rows <= cpu_operators.SMALL_BATCH_ROWS and cpu_operators.status()[0] else None
 
 
 def blas_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
                 transposed: bool = False) -> paddle.Tensor:
     """``x @ weight + bias`` (``transposed``: ``x @ weight.T``) for float32 CPU tensors through numpy's BLAS,
     reading the tensors in place and handing the result to Paddle without a copy (DLPack): ``[..., out]``."""
+    sleep_when_idle()  # Paddle's OpenMP threads must not spin while BLAS's threads work
     xs, w = np.from_dlpack(x.detach()), np.from_dlpack(weight.detach())
     rows = xs.reshape(math.prod(xs.shape[:-1]), xs.shape[-1])  # [..., in] -> [rows, in]
     y = rows @ (w.T if transposed else w)  # [rows, out]

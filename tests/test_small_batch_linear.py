@@ -8,6 +8,7 @@ import paddle_glm.linear as linear_module
 from paddle_glm import cpu_operators
 from paddle_glm.linear import (
     BLAS,
+    BLAS_ROWS,
     SMALL_BATCH,
     blas_linear,
     inference_route,
@@ -88,8 +89,8 @@ def test_route_only_without_gradients_small_float32_batches():
     x = paddle.randn([2, 1, 8])
     with paddle.no_grad():
         assert inference_route(x, w) == SMALL_BATCH
-        assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH  # a short prompt's prefill
-        assert inference_route(paddle.randn([1, 129, 8]), w) == BLAS  # a longer one
+        assert inference_route(paddle.randn([1, BLAS_ROWS - 1, 8]), w) == SMALL_BATCH  # a short prompt's prefill
+        assert inference_route(paddle.randn([1, BLAS_ROWS, 8]), w) == BLAS  # a longer one
         assert inference_route(x.astype("float64"), w.astype("float64")) is None
     w.stop_gradient = False
     assert inference_route(x, w) is None  # training: Paddle's kernel records the gradient
@@ -100,15 +101,17 @@ def test_route_only_without_gradients_small_float32_batches():
 def test_longer_prefills_take_blas_when_this_process_may_use_every_core(monkeypatch):
     w = paddle.randn([8, 4])
     with paddle.no_grad():
-        assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
+        assert inference_route(paddle.randn([1, BLAS_ROWS - 1, 8]), w) == SMALL_BATCH
+        assert inference_route(paddle.randn([2, BLAS_ROWS // 2, 8]), w) == BLAS
         assert inference_route(paddle.randn([2, 65, 8]), w) == BLAS  # 130 rows
         monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")  # two ranks on this machine: BLAS's own threads would crowd them
         monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)  # even with every core
-        assert inference_route(paddle.randn([2, 65, 8]), w) is None
+        assert inference_route(paddle.randn([2, 65, 8]), w) is None  # more rows than the operator takes
         assert inference_route(paddle.randn([1, 128, 8]), w) == SMALL_BATCH
         monkeypatch.delenv("PADDLE_LOCAL_SIZE")
         monkeypatch.setattr(linear_module, "chosen_cpu_threads", lambda: linear_module.usable_cores() - 1)
         assert inference_route(paddle.randn([2, 65, 8]), w) is None  # fewer threads chosen than BLAS would run
+        assert inference_route(paddle.randn([1, BLAS_ROWS, 8]), w) == SMALL_BATCH
     w.stop_gradient = False
     assert inference_route(paddle.randn([2, 65, 8]), w) is None  # training: Paddle's kernel records the gradient
 
@@ -132,7 +135,7 @@ def test_blas_product_equals_float64(monkeypatch, transposed):
     assert list(blas_linear(paddle.zeros([200, 0]), paddle.zeros([0, 30])).shape) == [200, 30]  # no inputs
     calls = []
     monkeypatch.setattr(linear_module, "blas_linear", lambda *a, **k: calls.append(1) or blas_linear(*a, **k))
-    with paddle.no_grad():  # linear and linear_transposed take this route from 129 rows on
+    with paddle.no_grad():  # linear and linear_transposed take this route from BLAS_ROWS rows on
         np.testing.assert_allclose(linear(paddle.to_tensor(x), paddle.to_tensor(w), paddle.to_tensor(b)).numpy(),
                                    x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-5)
         embeddings = paddle.to_tensor(np.ascontiguousarray(w.T))  # [out, in], as a tied output projection

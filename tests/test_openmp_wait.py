@@ -1,0 +1,63 @@
+"""``openmp_wait``: Paddle's OpenMP threads sleep at once while BLAS products run and spin again (the
+runtime's own setting, whatever it was) before the C++ operators run; per thread."""
+import threading
+
+import paddle
+import pytest
+
+from paddle_glm import cpu_operators, openmp_wait
+from paddle_glm.linear import BLAS_ROWS, linear
+
+lib = openmp_wait._library()
+pytestmark = pytest.mark.skipif(lib is None, reason="this Paddle build has no Intel OpenMP runtime")
+
+
+@pytest.fixture(autouse=True)
+def own_setting():
+    openmp_wait.spin_when_idle()
+    before = lib.kmp_get_blocktime()
+    yield
+    openmp_wait.spin_when_idle()
+    lib.kmp_set_blocktime(before)
+
+
+def test_sleep_then_spin_restores_the_runtimes_own_setting():
+    lib.kmp_set_blocktime(37)  # as KMP_BLOCKTIME=37 would
+    openmp_wait.sleep_when_idle()
+    openmp_wait.sleep_when_idle()  # twice: the own setting is still 37
+    assert lib.kmp_get_blocktime() == 0
+    openmp_wait.spin_when_idle()
+    assert lib.kmp_get_blocktime() == 37
+    openmp_wait.spin_when_idle()
+    assert lib.kmp_get_blocktime() == 37
+
+
+def test_the_setting_is_per_thread():
+    seen = []
+
+    def other():
+        seen.append(lib.kmp_get_blocktime())
+        openmp_wait.spin_when_idle()  # nothing to undo on this thread
+        seen.append(lib.kmp_get_blocktime())
+
+    lib.kmp_set_blocktime(37)
+    openmp_wait.sleep_when_idle()
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert lib.kmp_get_blocktime() == 0 and seen[0] == seen[1] != 0
+
+
+@pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
+def test_blas_products_sleep_and_the_operators_spin(monkeypatch):
+    import paddle_glm.linear as linear_module
+
+    monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)
+    monkeypatch.setattr(linear_module, "local_ranks", lambda: 1)
+    lib.kmp_set_blocktime(37)
+    w = paddle.randn([16, 8])
+    with paddle.no_grad():
+        linear(paddle.randn([BLAS_ROWS, 16]), w)  # a prefill's product: BLAS
+        assert lib.kmp_get_blocktime() == 0
+        linear(paddle.randn([1, 16]), w)  # a decode step's: the C++ operator
+        assert lib.kmp_get_blocktime() == 37
