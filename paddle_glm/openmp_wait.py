@@ -23,36 +23,41 @@ from typing import Optional
 
 import paddle
 
-_state = threading.local()  # per thread: short (asleep at once) and the runtime's own blocktime
+_state = threading.local()  # per thread: short, True once asleep-at-once is set on it, False once spinning is
 _runtime: dict = {}
 
 
 def _library() -> Optional[ctypes.CDLL]:
-    """Paddle's libiomp5 (already loaded by Paddle, so this only finds it), or None."""
+    """Paddle's libiomp5 (already loaded by Paddle, so this only finds it), or None; on first use it also records
+    the runtime's own blocktime (``KMP_BLOCKTIME``, else 200 ms), before this module ever changed it."""
     if "lib" not in _runtime:
         path = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), "libs", "libiomp5.so")
         try:
-            _runtime["lib"] = ctypes.CDLL(path) if os.path.exists(path) else None
+            lib = ctypes.CDLL(path) if os.path.exists(path) else None
         except OSError:
-            _runtime["lib"] = None
+            lib = None
+        _runtime["own"] = lib.kmp_get_blocktime() if lib is not None else None
+        _runtime["lib"] = lib
     return _runtime["lib"]
 
 
 def sleep_when_idle() -> None:
     """This thread's OpenMP threads sleep as soon as a parallel region ends (blocktime 0)."""
-    if getattr(_state, "short", False):
+    if getattr(_state, "short", None) is True:
         return
     lib = _library()
-    if lib is None:
-        return
-    _state.own = lib.kmp_get_blocktime()
-    lib.kmp_set_blocktime(0)
+    if lib is not None:
+        lib.kmp_set_blocktime(0)
     _state.short = True
 
 
 def spin_when_idle() -> None:
-    """Undo :func:`sleep_when_idle` on this thread: the runtime's own blocktime again."""
-    if not getattr(_state, "short", False):
+    """This thread's OpenMP threads spin for the runtime's own blocktime after a region, as they do unless
+    :func:`sleep_when_idle` ran. Set explicitly on a thread's first call too: a thread the runtime starts
+    while another one is set to sleep at once may begin with that setting."""
+    if getattr(_state, "short", None) is False:
         return
-    _library().kmp_set_blocktime(_state.own)
+    lib = _library()
+    if lib is not None:
+        lib.kmp_set_blocktime(_runtime["own"])
     _state.short = False

@@ -13,18 +13,18 @@ pytestmark = pytest.mark.skipif(lib is None, reason="this Paddle build has no In
 
 
 @pytest.fixture(autouse=True)
-def own_setting():
+def own_setting(monkeypatch):
     openmp_wait.spin_when_idle()
     before = lib.kmp_get_blocktime()
+    monkeypatch.setitem(openmp_wait._runtime, "own", 37)  # as KMP_BLOCKTIME=37 would
     yield
-    openmp_wait.spin_when_idle()
+    monkeypatch.undo()
     lib.kmp_set_blocktime(before)
 
 
 def test_sleep_then_spin_restores_the_runtimes_own_setting():
-    lib.kmp_set_blocktime(37)  # as KMP_BLOCKTIME=37 would
     openmp_wait.sleep_when_idle()
-    openmp_wait.sleep_when_idle()  # twice: the own setting is still 37
+    openmp_wait.sleep_when_idle()
     assert lib.kmp_get_blocktime() == 0
     openmp_wait.spin_when_idle()
     assert lib.kmp_get_blocktime() == 37
@@ -36,16 +36,18 @@ def test_the_setting_is_per_thread():
     seen = []
 
     def other():
+        openmp_wait.spin_when_idle()  # its first call sets the runtime's own value, whatever it began with
         seen.append(lib.kmp_get_blocktime())
-        openmp_wait.spin_when_idle()  # nothing to undo on this thread
+        openmp_wait.sleep_when_idle()
         seen.append(lib.kmp_get_blocktime())
 
-    lib.kmp_set_blocktime(37)
     openmp_wait.sleep_when_idle()
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert lib.kmp_get_blocktime() == 0 and seen[0] == seen[1] != 0
+    assert seen == [37, 0] and lib.kmp_get_blocktime() == 0
+    openmp_wait.spin_when_idle()
+    assert lib.kmp_get_blocktime() == 37
 
 
 @pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
@@ -54,7 +56,6 @@ def test_blas_products_sleep_and_the_operators_spin(monkeypatch):
 
     monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)
     monkeypatch.setattr(linear_module, "local_ranks", lambda: 1)
-    lib.kmp_set_blocktime(37)
     w = paddle.randn([16, 8])
     with paddle.no_grad():
         linear(paddle.randn([BLAS_ROWS, 16]), w)  # a prefill's product: BLAS
