@@ -10,9 +10,9 @@ layer norm, GELU) take its cores: a 120-token glm-large prefill through BLAS too
 spinning and 0.71 s with them asleep.
 
 So :func:`sleep_when_idle` is called before each BLAS product (``linear.blas_linear``) and
-:func:`spin_when_idle` before each call of the C++ operators (``cpu_operators``). The setting belongs to the calling thread's OpenMP team
-(``kmp_set_blocktime``), so each thread keeps its own record. Without Intel's runtime (other builds)
-both are no-ops.
+:func:`spin_when_idle` before each call of the C++ operators (``cpu_operators``). The setting belongs
+to the calling thread's OpenMP team (``kmp_set_blocktime``), so each thread keeps its own record.
+Without Intel's runtime (other builds) both are no-ops.
 """
 from __future__ import annotations
 
