@@ -169,3 +169,34 @@ def test_a_cancelled_row_is_dropped_from_a_running_batch(tokenizer, model):
         model.generate(**inputs, max_new_tokens=64, eos_token_id=tokenizer.eop_token_id, streamer=streamer)
     assert staying.sink.texts[1] == "处处闻啼鸟。夜来风雨声，花落知多少。"
     assert streamer.live == [1]  # the loop dropped row 0 and fed only row 1 afterwards
+
+
+def test_the_first_token_is_sent_even_when_its_text_is_held_back(tokenizer):
+    """A byte that starts no character (text held back, "") is still sent as the row's first event; later held-back
+    tokens send nothing; the first token's text goes as it is; a first token that ends the row sends only the finish."""
+    from paddle_glm.serving.rows import RowProgress
+
+    byte = tokenizer.convert_tokens_to_ids("<0xC0>")
+    sink = EventLog()
+    progress = RowProgress(Row("x[gMASK]", 3, 4, (), Sampling(), sink), tokenizer)
+    progress.add(byte)
+    progress.add(byte)
+    assert sink.events == [("text", "")] and progress.first_token is not None
+    word = tokenizer.convert_tokens_to_ids("春")
+    sink = EventLog()
+    RowProgress(Row("x[gMASK]", 3, 4, (), Sampling(), sink), tokenizer).add(word)
+    assert sink.events == [("text", "春")]
+    sink = EventLog()
+    RowProgress(Row("x[gMASK]", 3, 4, (), Sampling(), sink), tokenizer).add(tokenizer.eop_token_id)
+    assert sink.events == [("finish", "stop")]
+
+
+class EventLog(Sink):
+    def __init__(self):
+        self.events = []
+
+    def text(self, index, delta):
+        self.events.append(("text", delta))
+
+    def finish(self, index, reason, completion_tokens):
+        self.events.append(("finish", reason))

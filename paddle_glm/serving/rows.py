@@ -150,10 +150,14 @@ class RowProgress:
         return self.text.finish_reason is not None or self.row.cancelled.is_set()
 
     def add(self, token: int) -> None:
-        if self.first_token is None:
+        """The row's next token: its new text to the sink (the first token always sends, its text or "" while
+        that is held back, so that a client sees when generation began, as vLLM's chunks show it), and the
+        finish when it ends the row."""
+        first = self.first_token is None
+        if first:
             self.first_token = time.monotonic()
         delta = self.text.add(token)
-        if delta:
+        if delta or (first and self.text.finish_reason is None):
             self.row.sink.text(self.row.index, delta)
         if self.text.finish_reason is not None:
             self.finish()
