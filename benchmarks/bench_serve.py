@@ -24,9 +24,10 @@ continuous batching (the default) side by side in one run: ``--arrivals`` stream
 offered on average, which a glm-large server on 2 CPU cores sustains; at 1 s the 36 tokens/s
 offered are ~3x what it serves, and both schedulers' times to first token measure a growing
 queue) and seeded lengths of 8-64 new tokens, greedy; per scheduler p50/p95 time to first token
-(to the first streamed chunk, as vLLM's benchmark takes it: ``run_staggered``), p50/p95 end-to-end latency and tokens/s (all tokens over first arrival to last answer). The two
-alternate over ``--rounds`` rounds; figures are medians over rounds, the ratios are taken within each round. Target:
-continuous p95 time to first token <= 0.3x static's, at tokens/s >= 0.95x static's.
+(to the first streamed chunk, as vLLM's benchmark takes it: ``run_staggered``), p50/p95 end-to-end
+latency and tokens/s (all tokens over first arrival to last answer). The two alternate over
+``--rounds`` rounds; figures are medians over rounds, the ratios are taken within each round.
+Target: continuous p95 time to first token <= 0.3x static's, at tokens/s >= 0.95x static's.
 
 The prompts are corpus lines of the demo model's tokenizer (the weights are random,
 so the text is noise; ``--model glm-tiny-test`` checks this script in seconds).
