@@ -3,11 +3,12 @@ route for each case.
 
 Float32 on CPU with no gradient wanted (inference), in eager mode on a CPU-only build of Paddle:
 
-* fewer than :data:`BLAS_ROWS` (32) rows (decode steps, a short prompt's prefill): the C++ operator
+* decode steps of up to 128 rows and prefills of fewer than :data:`BLAS_ROWS` (32) rows: the C++ operator
   ``glm_small_batch_linear`` (``cpu_operators``), which reads each weight once for all rows. On the
   glm-large shapes Paddle's CPU matmul costs ~1.25x ours at one row, ~3x at 8 rows and ~2.3x from 16 to
   128 rows (``benchmarks/bench_generate.py`` measures the one-row pass);
-* more rows (a prompt's prefill, scoring): numpy's BLAS (the OpenBLAS numpy's wheels bundle), reading
+* prefills and scoring of 32 rows or more (batch x tokens), and any product of more than 128 rows:
+  numpy's BLAS (the OpenBLAS numpy's wheels bundle), reading
   Paddle's tensors in place and handing the result back without a copy (DLPack), with Paddle's OpenMP
   threads set to sleep at once between its products (``openmp_wait``: spinning, they took BLAS's cores
   and made it slower than the C++ operator below 128 rows). Measured on glm-large by
@@ -36,7 +37,7 @@ from paddle import _C_ops
 from . import cpu_operators
 from .devices import chosen_cpu_threads, usable_cores
 from .distributed import local_ranks
-from .openmp_wait import sleep_when_idle
+from .openmp_wait import sleep_when_idle, spin_when_idle
 
 _FLOAT32 = paddle.float32
 _DIRECT = not paddle.is_compiled_with_cuda()  # F.linear's own condition for the legacy kernel, decided once
@@ -49,20 +50,22 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
     if not (_DIRECT and paddle.in_dynamic_mode()):
         return F.linear(x, weight, bias)
     route = inference_route(x, weight, bias)
-    if route == SMALL_BATCH:
-        return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out]
     if route == BLAS:
         return blas_linear(x, weight, bias)  # [..., out]
+    spin_when_idle()  # any other kernel: Paddle's OpenMP threads spin between calls again
+    if route == SMALL_BATCH:
+        return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out]
     return _C_ops.linear(x, weight, bias)
 
 
 def linear_transposed(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
     """``x @ weight.T`` (``weight`` ``[out, in]``, as the tied output projection stores it), on the same routes."""
     route = inference_route(x, weight) if _DIRECT and paddle.in_dynamic_mode() else None
-    if route == SMALL_BATCH:
-        return cpu_operators.small_batch_linear(x, weight, transposed=True)  # [..., out]
     if route == BLAS:
         return blas_linear(x, weight, transposed=True)  # [..., out]
+    spin_when_idle()
+    if route == SMALL_BATCH:
+        return cpu_operators.small_batch_linear(x, weight, transposed=True)  # [..., out]
     return paddle.matmul(x, weight, transpose_y=True)
 
 
@@ -81,9 +84,12 @@ def inference_route(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> Optio
     if not x.place.is_cpu_place():
         return None
     rows = math.prod(x.shape[:-1])
-    if rows >= BLAS_ROWS and local_ranks() == 1 and chosen_cpu_threads() >= usable_cores():
+    small = rows <= cpu_operators.SMALL_BATCH_ROWS
+    decode = len(x.shape) > 2 and x.shape[-2] == 1  # a decode step's rows: one position each
+    if rows >= BLAS_ROWS and not (decode and small) and local_ranks() == 1 \
+            and chosen_cpu_threads() >= usable_cores():
         return BLAS
-    return SMALL_BATCH if rows <= cpu_operators.SMALL_BATCH_ROWS and cpu_operators.status()[0] else None
+    return SMALL_BATCH if small and cpu_operators.status()[0] else None
 
 
 def blas_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,

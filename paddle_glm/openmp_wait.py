@@ -33,7 +33,7 @@ def _library() -> Optional[ctypes.CDLL]:
     if "lib" not in _runtime:
         path = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), "libs", "libiomp5.so")
         try:
-            lib = ctypes.CDLL(path) if os.path.exists(path) else None
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # only if Paddle loaded it
         except OSError:
             lib = None
         _runtime["own"] = lib.kmp_get_blocktime() if lib is not None else None

@@ -17,6 +17,15 @@ TINY_B = dict(num_layers=3, hidden_size=48, num_attention_heads=6, vocab_size=30
 NO_DROPOUT = dict(embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0)
 
 
+@pytest.fixture(autouse=True)
+def openmp_threads_spin_after_each_test():
+    """A test that ends after a BLAS product (openmp_wait) leaves the next one Paddle's usual OpenMP waits."""
+    yield
+    from paddle_glm.openmp_wait import spin_when_idle
+
+    spin_when_idle()
+
+
 def paddlenlp_model(config_kwargs: dict, seed: int = 0, cls_name: str = "GLMForConditionalGeneration",
                     spread: bool = False):
     """PaddleNLP 2.8.1's GLM with random weights, dropout off, in eval mode.

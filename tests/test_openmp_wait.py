@@ -62,3 +62,18 @@ def test_blas_products_sleep_and_the_operators_spin(monkeypatch):
         assert lib.kmp_get_blocktime() == 0
         linear(paddle.randn([1, 16]), w)  # a decode step's: the C++ operator
         assert lib.kmp_get_blocktime() == 37
+
+
+def test_without_the_operators_a_decode_product_spins_again(monkeypatch):
+    """Paddle's own matmul (no C++ operators built) after a BLAS product: the threads spin again."""
+    import paddle_glm.linear as linear_module
+
+    monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)
+    monkeypatch.setattr(linear_module, "local_ranks", lambda: 1)
+    monkeypatch.setattr(cpu_operators, "status", lambda: (False, "no compiler"))
+    w = paddle.randn([16, 8])
+    with paddle.no_grad():
+        linear(paddle.randn([BLAS_ROWS, 16]), w)
+        assert lib.kmp_get_blocktime() == 0
+        linear(paddle.randn([1, 1, 16]), w)
+        assert lib.kmp_get_blocktime() == 37

@@ -17,7 +17,7 @@ from test_serve import ServerProcess, in_process  # noqa: E402
 from conftest import random_model  # noqa: E402
 from tokenizer_helpers import TOKENIZER_DIR  # noqa: E402
 
-from paddle_glm import GLMChineseTokenizer  # noqa: E402
+from paddle_glm import GenerationConfig, GLMChineseTokenizer  # noqa: E402
 from paddle_glm.serving.engine import WINDOW, SlotBatch  # noqa: E402
 from paddle_glm.serving.rows import Row, Sampling, Sink  # noqa: E402
 
@@ -185,8 +185,6 @@ def test_cache_slots_are_reused_without_reallocation(monkeypatch):
     """Rows come and go (and move down into freed slots); the cache buffers stay the same tensors, each
     step's per-row tensors are views of them (the first n rows, over a window of WINDOW-multiple slots),
     and every row gets exactly its tokens alone."""
-    from paddle_glm import GenerationConfig
-
     model = random_model(dict(CFG, num_layers=2, hidden_size=64, num_attention_heads=4), seed=3, spread=True)
     tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
     model.generation_config = GenerationConfig.from_model_config(model.config, tokenizer)  # as from_pretrained
@@ -240,3 +238,41 @@ def test_joining_rows_get_their_first_token_before_the_next_decode_step():
     assert counts() == [2, 1, 1, None] and all(batch.slots[i].first_token is not None for i in (1, 2))
     batch.step([])
     assert counts() == [3, 2, 2, None]
+
+
+def test_a_row_that_ends_at_its_first_token_frees_its_slot_for_the_next_joiner():
+    """One step admits a one-token row and then a longer one: the second takes the slot the first freed,
+    and its text is its text alone."""
+    model = random_model(dict(CFG, num_layers=2, hidden_size=64, num_attention_heads=4), seed=3, spread=True)
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    model.generation_config = GenerationConfig.from_model_config(model.config, tokenizer)
+    batch = SlotBatch(model, tokenizer, 3)
+    running = Row("春眠不觉晓[gMASK]", 6, 6, (), Sampling(), Collect())
+    short = Row("今天天气[gMASK]", 5, 1, (), Sampling(), Collect())
+    longer = Row("床前明月光[gMASK]", 6, 5, (), Sampling(), Collect())
+    batch.step([running])
+    batch.step([short, longer])
+    assert short.sink.finished == "length" and batch.running == 2 and batch.slots[1].row is longer
+    while batch.running:
+        batch.step([])
+    for row in (running, short, longer):
+        inputs = tokenizer.build_inputs_for_generation(tokenizer(row.prompt, return_tensors="pd"),
+                                                       max_gen_length=row.max_tokens)
+        alone = model.generate(**inputs, max_new_tokens=row.max_tokens)[0, inputs["input_ids"].shape[1]:].tolist()
+        assert row.sink.finished == "length"
+        assert row.sink.text_so_far == tokenizer.decode(alone, skip_special_tokens=True)
+
+
+def test_at_most_max_batch_rows_join_between_two_decode_steps():
+    """Rows that end at their first token free their slot at once; after max_batch of them joined, the
+    running rows take a decode step before more join."""
+    from paddle_glm.serving.scheduler import ContinuousScheduler
+
+    class Batch:  # two slots, one running row
+        slots, running, free = [None, None], 1, 1
+
+    scheduler = ContinuousScheduler(None, Batch())
+    rows = [Row("x", 1, 1, (), Sampling(), Collect()) for _ in range(5)]
+    scheduler._pending.extend(rows)
+    work = [scheduler._next_work() for _ in range(5)]
+    assert work == [[rows[0]], [rows[1]], [], [rows[2]], [rows[3]]]

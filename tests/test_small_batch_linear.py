@@ -104,6 +104,8 @@ def test_longer_prefills_take_blas_when_this_process_may_use_every_core(monkeypa
         assert inference_route(paddle.randn([1, BLAS_ROWS - 1, 8]), w) == SMALL_BATCH
         assert inference_route(paddle.randn([2, BLAS_ROWS // 2, 8]), w) == BLAS
         assert inference_route(paddle.randn([2, 65, 8]), w) == BLAS  # 130 rows
+        assert inference_route(paddle.randn([BLAS_ROWS, 1, 8]), w) == SMALL_BATCH  # a decode step: one position a row
+        assert inference_route(paddle.randn([129, 1, 8]), w) == BLAS  # more rows than the operator takes
         monkeypatch.setenv("PADDLE_LOCAL_SIZE", "2")  # two ranks on this machine: BLAS's own threads would crowd them
         monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)  # even with every core
         assert inference_route(paddle.randn([2, 65, 8]), w) is None  # more rows than the operator takes

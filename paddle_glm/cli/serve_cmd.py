@@ -14,8 +14,8 @@ def add_parser(subparsers) -> None:
         "serve", help="serve a model over HTTP (OpenAI completions subset, /v1/fill, a web page)",
         description="Serve MODEL_DIR over HTTP: POST /v1/completions (the OpenAI completions subset, streaming "
                     "with server-sent events), POST /v1/fill, GET /v1/models, GET /health, GET /metrics "
-                    "(Prometheus) and a page at /. Requests join the running batch at the next decode step "
-                    "(continuous batching). Needs "
+                    "(Prometheus) and a page at /. Requests join the running batch before its next decode step, "
+                    "each prefilled and given its first token at once (continuous batching). Needs "
                     "the 'serve' extra: pip install 'paddle-glm[serve]'.")
     add_model_flags(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
                         help="most prompts decoded together (default 8); the continuous scheduler allocates a KV "
                              "cache of this many rows of the whole position table once, at startup")
     parser.add_argument("--scheduler", choices=("continuous", "static"), default="continuous",
-                        help="continuous (default): requests join the running batch at the next decode step; "
+                        help="continuous (default): requests join the running batch before its next decode step; "
                              "static: waiting requests run as one batch, and later ones wait for all of it")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="most prompts waiting; more get HTTP 429 (default 64)")

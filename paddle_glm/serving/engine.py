@@ -32,7 +32,7 @@ WINDOW = 64  # a decode step attends over a multiple of this many cache slots
 
 
 class SlotBatch:
-    """``max_batch`` cache slots; :meth:`step` admits rows into free slots and runs one decode step."""
+    """``max_batch`` cache slots; :meth:`step` either admits rows into free slots or runs one decode step."""
 
     def __init__(self, model, tokenizer, max_batch: int, metrics=None):
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
@@ -75,9 +75,9 @@ class SlotBatch:
         into the next slot and given its first token at once, or, with no row joining, run one decode step
         that gives every running row its next token.
 
-        Joining rows come first (vLLM's default order): a row's first token never waits for a decode step of
-        the others, and the caller hands over the rows that arrived meanwhile before the next decode step. The
-        running rows wait at most ``max_batch`` prefills, since only free slots admit rows."""
+        Joining rows come first (vLLM V0's default order): a row's first token never waits for a decode step
+        of the others, and the caller hands over the rows that arrived meanwhile before the next decode step
+        (the scheduler bounds how many: :class:`~paddle_glm.serving.scheduler.ContinuousScheduler`)."""
         for i, progress in enumerate(self.slots):
             if progress is not None and progress.row.cancelled.is_set():
                 self.slots[i] = None
@@ -85,15 +85,14 @@ class SlotBatch:
         if joining:
             for row in joining:
                 slot = self.running
-                prefill = self._admit(row)
+                prefill = None if row.cancelled.is_set() else self._admit(row)
                 if prefill is not None:
                     self._choose(prefill, slot, slot + 1)
+                    self.period["peak"] = max(self.period["peak"], self.running)
         elif self.running:
+            self.period["peak"] = max(self.period["peak"], self.running)
             self._choose(self._decode(self.running), 0, self.running)
-        else:
-            return
-        self.period["steps"] += 1
-        self.period["peak"] = max(self.period["peak"], self.running)
+            self.period["steps"] += 1
         self._compact()
 
     def _decode(self, n: int) -> paddle.Tensor:
@@ -216,8 +215,9 @@ class SlotBatch:
             return None
         kinds = " and ".join(sorted(period["kinds"]))
         self.period = _new_period()
+        seconds = time.monotonic() - period["start"]
         return (f"batch of {period['rows']} row{'s' if period['rows'] != 1 else ''} ({kinds}; continuous, at most "
-                f"{period['peak']} at once): {period['steps']} steps in {time.monotonic() - period['start']:.2f} s")
+                f"{period['peak']} at once): {period['steps']} decode steps in {seconds:.2f} s")
 
 
 def _new_period() -> dict:

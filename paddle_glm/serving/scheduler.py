@@ -1,8 +1,8 @@
 """The request queue and the model thread, with two schedulers.
 
-* :class:`ContinuousScheduler` (the default): waiting rows join the running batch at the next
-  decode step, first come first served, into free cache slots (:mod:`~paddle_glm.serving.engine`);
-  a finished row frees its slot at once.
+* :class:`ContinuousScheduler` (the default): waiting rows join the running batch before its next
+  decode step, first come first served, into free cache slots, each prefilled and given its first
+  token at once (:mod:`~paddle_glm.serving.engine`); a finished row frees its slot at once.
 * :class:`Scheduler` (``--scheduler static``): waiting rows are run together as one ``generate``
   call, up to ``max_batch`` per batch; rows that arrive meanwhile wait for the whole batch.
 
@@ -201,7 +201,9 @@ class Scheduler(_ModelThread):
 
 class ContinuousScheduler(_ModelThread):
     """Continuous batching: before each decode step, waiting rows join the running batch
-    (first come, first served) while it has free slots; a finished row leaves at once.
+    (first come, first served) while it has free slots, each prefilled and given its first token at
+    once; rows that arrive during those prefills join too, up to ``max_batch`` rows between two
+    decode steps of the running rows. A finished row leaves at once.
 
     Args:
         runner: a :class:`~paddle_glm.serving.runner.ModelRunner` (prompt lengths, fill jobs).
@@ -216,6 +218,7 @@ class ContinuousScheduler(_ModelThread):
     def __init__(self, runner, batch, max_queue: int = 64, metrics=None):
         super().__init__(runner, len(batch.slots), max_queue, metrics)
         self.batch = batch
+        self._admitted = 0  # rows admitted since the running rows' last decode step
 
     def _loop(self) -> None:
         while True:
@@ -246,15 +249,26 @@ class ContinuousScheduler(_ModelThread):
                     if not self.batch.running:
                         return self._pending.popleft()
                     return []  # the running rows finish first
-                joining: List[Row] = []
-                while self._pending and isinstance(self._pending[0], Row) and len(joining) < self.batch.free:
-                    row = self._pending.popleft()
-                    if not row.cancelled.is_set():
-                        joining.append(row)
+                joining = self._joining()
                 if joining or self.batch.running:
+                    self._admitted = self._admitted + len(joining) if joining else 0
                     return joining
                 self._report(0)
                 self._cond.wait()
+
+    def _joining(self) -> List[Row]:
+        """The waiting rows that join now, first come first served, into free slots; none once ``max_batch``
+        rows have joined since the running rows' last decode step (rows that end at their first token free
+        their slot at once, so a stream of them must not stall the running rows for good)."""
+        joining: List[Row] = []
+        if self.batch.running and self._admitted >= len(self.batch.slots):
+            return joining
+        while self._pending and isinstance(self._pending[0], Row) and len(joining) < self.batch.free:
+            row = self._pending.popleft()
+            if not row.cancelled.is_set():
+                joining.append(row)
+        return joining
+
 
 def _rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
