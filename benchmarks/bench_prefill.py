@@ -1,8 +1,8 @@
 """Prefill time of one prompt on CPU (glm-large-chinese shape, random fp32 weights) on each float route of
 ``paddle_glm/linear.py``, measured side by side in one process: the routes the package takes (the C++
 small-batch operator below ``linear.BLAS_ROWS`` rows, numpy's BLAS from there on) against the C++
-operator up to 128 rows and Paddle's matmul above (no BLAS), at prompt lengths on both sides of the
-128-row boundary.
+operator up to 128 rows and Paddle's matmul above (no BLAS), at prompt lengths above the 32-row
+threshold (40) and past the operator's 128 rows (256, 512).
 
     python benchmarks/bench_prefill.py [--model glm-large-chinese] [--lengths 40 256 512] [--rounds 5]
 """

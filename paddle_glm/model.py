@@ -260,7 +260,7 @@ class GLMModel(PretrainedMixin, nn.Layer):
         backend = decode_backend(cache.layout, cache.keys[0], self.training)
         mask = PreparedMask(backend, bias=cache.key_bias)  # [b, heads, 1, max_length]
         hidden = self.transformer(self.word_embeddings(input_ids), position_ids, mask, cache, write_index)
-        return self.lm_logits(hidden[:, 0])  # [b, vocab]
+        return self.lm_logits(hidden)[:, 0]  # [b, 1, vocab] -> [b, vocab]: one position a row, as routes see it
 
     def lm_logits(self, hidden: paddle.Tensor) -> paddle.Tensor:
         """The LM head, tied to the word embeddings: ``[..., hidden]`` -> ``[..., vocab]``."""

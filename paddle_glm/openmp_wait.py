@@ -32,8 +32,9 @@ def _library() -> Optional[ctypes.CDLL]:
     the runtime's own blocktime (``KMP_BLOCKTIME``, else 200 ms), before this module ever changed it."""
     if "lib" not in _runtime:
         path = os.path.join(os.path.dirname(os.path.abspath(paddle.__file__)), "libs", "libiomp5.so")
+        no_load = getattr(os, "RTLD_NOLOAD", None)  # POSIX only
         try:
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # only if Paddle loaded it
+            lib = ctypes.CDLL(path, mode=no_load | os.RTLD_LAZY) if no_load else None  # only if Paddle loaded it
         except OSError:
             lib = None
         _runtime["own"] = lib.kmp_get_blocktime() if lib is not None else None

@@ -40,12 +40,14 @@ def test_the_setting_is_per_thread():
         seen.append(lib.kmp_get_blocktime())
         openmp_wait.sleep_when_idle()
         seen.append(lib.kmp_get_blocktime())
+        openmp_wait.spin_when_idle()  # undone on this thread only: the main thread's record stays
+        seen.append(lib.kmp_get_blocktime())
 
     openmp_wait.sleep_when_idle()
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert seen == [37, 0] and lib.kmp_get_blocktime() == 0
+    assert seen == [37, 0, 37] and lib.kmp_get_blocktime() == 0
     openmp_wait.spin_when_idle()
     assert lib.kmp_get_blocktime() == 37
 
@@ -60,7 +62,10 @@ def test_blas_products_sleep_and_the_operators_spin(monkeypatch):
     with paddle.no_grad():
         linear(paddle.randn([BLAS_ROWS, 16]), w)  # a prefill's product: BLAS
         assert lib.kmp_get_blocktime() == 0
-        linear(paddle.randn([1, 16]), w)  # a decode step's: the C++ operator
+        linear(paddle.randn([BLAS_ROWS, 1, 16]), w)  # a decode step's: the C++ operator
+        assert lib.kmp_get_blocktime() == 37
+        openmp_wait.sleep_when_idle()
+        cpu_operators.small_batch_linear(paddle.randn([2, 16]), w)  # the operator on its own spins again
         assert lib.kmp_get_blocktime() == 37
 
 

@@ -1,5 +1,5 @@
 """Continuous batching in ``paddle-glm serve`` (a real server on a local port, real clients): a request
-joins the running batch at the next decode step, a row's text does not depend on its neighbours
+joins the running batch before its next decode step, a row's text does not depend on its neighbours
 (greedy, and sampling with a seed), the cache is allocated once, and ``/metrics`` counts."""
 import statistics
 import threading

@@ -170,3 +170,25 @@ def test_transposed_route_is_the_tied_output_projection():
     embeddings.stop_gradient = False  # training: Paddle's matmul, with the gradient
     (grad,) = paddle.grad(linear_transposed(x, embeddings).sum(), [embeddings])
     np.testing.assert_allclose(grad.numpy(), np.repeat(x.numpy().sum((0, 1))[None], 11, axis=0), rtol=1e-5)
+
+
+def test_a_decode_step_of_many_rows_keeps_the_operator(monkeypatch):
+    """A model's decode step of BLAS_ROWS rows (its projections and its tied output projection) never takes
+    BLAS, though BLAS may run: one position a row."""
+    from conftest import TINY_A, random_model
+
+    monkeypatch.setattr(linear_module, "chosen_cpu_threads", linear_module.usable_cores)
+    monkeypatch.setattr(linear_module, "local_ranks", lambda: 1)
+    model = random_model(TINY_A, seed=0)
+    rows, context = BLAS_ROWS, 3
+    cache = model.new_cache(rows, context + 2)
+    with paddle.no_grad():
+        logits = model(paddle.randint(100, 900, [rows, context]), cache=cache, last_token_only=True).logits[:, -1]
+        cache.show(paddle.ones([rows, context], dtype="bool"))
+        calls = []
+        monkeypatch.setattr(linear_module, "blas_linear", lambda *a, **k: calls.append(1) or blas_linear(*a, **k))
+        position = paddle.to_tensor([[[context], [0]]] * rows, dtype="int64")  # [rows, 2, 1]
+        step = model.decode_step(logits.argmax(-1, keepdim=True), position, paddle.full([rows], context, "int64"),
+                                 cache)
+    assert list(step.shape) == [rows, model.config.vocab_size] and not calls
+

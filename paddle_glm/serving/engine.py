@@ -8,7 +8,7 @@ key visibility (the cache's ``key_bias``), its sampling settings and its stream 
 numbers; a decode step takes them as tensors. The running rows are kept in the lowest
 slots (a row leaving from the middle has the last one moved into its place), so that a step
 runs the first ``n`` rows, as views of the buffers, and costs what ``n`` rows cost (on CPU a
-batch-8 pass over the weights costs ~2.4 batch-1 passes); it attends over the slots its longest row
+batch-8 step costs ~1.8-2.4 batch-1 steps); it attends over the slots its longest row
 uses, rounded up to :data:`WINDOW`. Joining rows go first: each is prefilled alone, loaded into
 the next slot and given its first token at once, before the next decode step. One device read
 per decode step (every running row's token and problem flag) and one per prefill.
@@ -87,8 +87,8 @@ class SlotBatch:
                 slot = self.running
                 prefill = None if row.cancelled.is_set() else self._admit(row)
                 if prefill is not None:
-                    self._choose(prefill, slot, slot + 1)
                     self.period["peak"] = max(self.period["peak"], self.running)
+                    self._choose(prefill, slot, slot + 1)
         elif self.running:
             self.period["peak"] = max(self.period["peak"], self.running)
             self._choose(self._decode(self.running), 0, self.running)

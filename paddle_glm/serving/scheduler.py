@@ -248,6 +248,7 @@ class ContinuousScheduler(_ModelThread):
                 if self._pending and isinstance(self._pending[0], FillJob):
                     if not self.batch.running:
                         return self._pending.popleft()
+                    self._admitted = 0
                     return []  # the running rows finish first
                 joining = self._joining()
                 if joining or self.batch.running:
@@ -261,7 +262,9 @@ class ContinuousScheduler(_ModelThread):
         rows have joined since the running rows' last decode step (rows that end at their first token free
         their slot at once, so a stream of them must not stall the running rows for good)."""
         joining: List[Row] = []
-        if self.batch.running and self._admitted >= len(self.batch.slots):
+        if not self.batch.running:
+            self._admitted = 0
+        elif self._admitted >= len(self.batch.slots):
             return joining
         while self._pending and isinstance(self._pending[0], Row) and len(joining) < self.batch.free:
             row = self._pending.popleft()
