@@ -10,7 +10,8 @@ layer norm, GELU) take its cores: a 120-token glm-large prefill through BLAS too
 spinning and 0.71 s with them asleep.
 
 So :func:`sleep_when_idle` is called before each BLAS product (``linear.blas_linear``) and
-:func:`spin_when_idle` before each call of the C++ operators (``cpu_operators``). The setting belongs
+:func:`spin_when_idle` before every other float projection (``linear.py``) and each call of the C++
+operators (``cpu_operators``). The setting belongs
 to the calling thread's OpenMP team (``kmp_set_blocktime``), so each thread keeps its own record.
 Without Intel's runtime (other builds) both are no-ops.
 """
@@ -23,7 +24,7 @@ from typing import Optional
 
 import paddle
 
-_state = threading.local()  # per thread: short, True once asleep-at-once is set on it, False once spinning is
+_state = threading.local()  # per thread: .short is True after sleep_when_idle, False after spin_when_idle
 _runtime: dict = {}
 
 
