@@ -52,9 +52,9 @@ def linear(x: paddle.Tensor, weight: paddle.Tensor, bias=None) -> paddle.Tensor:
     route = inference_route(x, weight, bias)
     if route == BLAS:
         return blas_linear(x, weight, bias)  # [..., out]
-    spin_when_idle()  # any other kernel: Paddle's OpenMP threads spin between calls again
     if route == SMALL_BATCH:
-        return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out]
+        return cpu_operators.small_batch_linear(x, weight, bias)  # [..., out] (the operator spins again itself)
+    spin_when_idle()  # Paddle's kernel: its OpenMP threads spin between calls again
     return _C_ops.linear(x, weight, bias)
 
 
@@ -63,9 +63,9 @@ def linear_transposed(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
     route = inference_route(x, weight) if _DIRECT and paddle.in_dynamic_mode() else None
     if route == BLAS:
         return blas_linear(x, weight, transposed=True)  # [..., out]
-    spin_when_idle()
     if route == SMALL_BATCH:
         return cpu_operators.small_batch_linear(x, weight, transposed=True)  # [..., out]
+    spin_when_idle()
     return paddle.matmul(x, weight, transpose_y=True)
 
 

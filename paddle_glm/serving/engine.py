@@ -166,15 +166,14 @@ class SlotBatch:
         state["tokens"][lo:hi] = token.unsqueeze(1)
         state["history"][lo:hi] = paddle.put_along_axis(state["history"][lo:hi], index, token.unsqueeze(1), axis=1)
         state["draws"][lo:hi] = state["draws"][lo:hi] + 1
-        host = paddle.concat([token, problems]).numpy()  # the one read
-        rows = hi - lo
-        for i in range(lo, hi):
+        host = paddle.concat([token, problems]).numpy()  # the one read: tokens, then problem flags
+        for j, i in enumerate(range(lo, hi)):
             progress = self.slots[i]
-            if host[rows + i - lo]:
+            if host[hi - lo + j]:
                 progress.row.sink.fail(500, "the model's next-token logits are not finite (NaN or inf)")
                 self.slots[i] = None
                 continue
-            progress.add(int(host[i - lo]))
+            progress.add(int(host[j]))
             if progress.done:
                 self.slots[i] = None
 
