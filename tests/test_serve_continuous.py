@@ -276,3 +276,29 @@ def test_at_most_max_batch_rows_join_between_two_decode_steps():
     scheduler._pending.extend(rows)
     work = [scheduler._next_work() for _ in range(5)]
     assert work == [[rows[0]], [rows[1]], [], [rows[2]], [rows[3]]]
+
+
+def test_a_row_with_non_finite_logits_fails_alone(monkeypatch):
+    """A decode step whose logits are NaN for the second row: that row gets a 500 and leaves its slot; the
+    first goes on with its token."""
+    model = random_model(dict(CFG, num_layers=2, hidden_size=64, num_attention_heads=4), seed=3, spread=True)
+    tokenizer = GLMChineseTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    batch = SlotBatch(model, tokenizer, 3)
+
+    class Failures(Collect):
+        def fail(self, status, message):
+            self.finished = (status, message)
+
+    a, b = (Row(p, 6, 8, (), Sampling(), Failures()) for p in ["春眠不觉晓[gMASK]", "床前明月光[gMASK]"])
+    batch.step([a, b])
+    decode = batch._decode
+
+    def poisoned(n):
+        logits = decode(n)
+        logits[1] = float("nan")
+        return logits
+
+    monkeypatch.setattr(batch, "_decode", poisoned)
+    batch.step([])
+    assert b.sink.finished[0] == 500 and "not finite" in b.sink.finished[1]
+    assert batch.running == 1 and batch.slots[0].row is a and len(batch.slots[0].text.tokens) == 2
