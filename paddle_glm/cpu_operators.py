@@ -51,13 +51,14 @@ from .openmp_wait import spin_when_idle
 
 LIBRARY = "glm_cpu_operators"
 OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
-DECODE_ATTENTION_OP = "glm_decode_attention"
+DECODE_ATTENTION_OP, DECODE_BLOCK_OP = "glm_decode_attention", "glm_decode_block"
 SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc",
-                                                       "decode_attention.cc")]
-# included by the linear products: part of the cache key
-HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h")]
+                                                       "decode_attention.cc", "decode_block.cc")]
+# included by the sources: part of the cache key
+HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h", "weight_only_product.h",
+                                                       "decode_attention.h")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
@@ -123,6 +124,23 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
                        "place; pass a cache's whole buffers, not views)")
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
+                                        chosen_cpu_threads())[0]
+
+
+def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Tensor, values: paddle.Tensor,
+                 key_bias: paddle.Tensor, index: paddle.Tensor, length: int, quant_type: str, group_size: int,
+                 epsilons: Tuple[float, float]) -> paddle.Tensor:
+    """One decode step through a GLM block whose projections are weight-only quantized (operators loaded; float32
+    CPU; no gradient): ``x`` ``[b, 1, hidden]`` -> ``[b, 1, hidden]``, writing the step's keys and values as
+    :func:`decode_attention` does. ``params``: the first LayerNorm's weight and bias, then the weight, scale and
+    bias of ``query_key_value``, ``dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``, then the second LayerNorm's
+    weight and bias; ``epsilons``: the two LayerNorms'."""
+    if not (keys.is_contiguous() and values.is_contiguous()):
+        raise GLMError("decode_block: the key and value buffers must be contiguous (they are written in place; "
+                       "pass a cache's whole buffers, not views)")
+    spin_when_idle()
+    return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
+                                        _BITS[quant_type], int(group_size), float(epsilons[0]), float(epsilons[1]),
                                         chosen_cpu_threads())[0]
 
 

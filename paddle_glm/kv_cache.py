@@ -116,9 +116,13 @@ class KVCache:
         """The ``cpu_decode`` backend (``attention.decode_backend``): write the keys and values of ``qkv``
         ``[b, 1, 3 * heads * d]`` at slot ``index`` (int64 ``[1]`` or ``[b]``, already revealed) and attend
         over this cache's slots with ``key_bias``, in one C++ call: the context ``[b, 1, heads * d]``."""
-        base = self._writes  # a window's rows and slots are the first ones of its base's whole buffers
-        return cpu_operators.decode_attention(qkv, base.keys[layer], base.values[layer], base.key_bias, index,
-                                              self.max_length)
+        return cpu_operators.decode_attention(qkv, *self.step_buffers(layer)[:3], index, self.max_length)
+
+    def step_buffers(self, layer: int) -> Tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor, int]:
+        """What a C++ decode step of ``layer`` reads and writes: the whole key and value buffers and ``key_bias``
+        (a window's rows and slots are the first ones of its base's) and the slots it attends (this cache's)."""
+        base = self._writes
+        return base.keys[layer], base.values[layer], base.key_bias, self.max_length
 
     def reveal(self, index: paddle.Tensor) -> None:
         """Make slot ``index`` (int64 ``[1]``, or ``[b]``: one per row) visible to the rows' decode

@@ -21,6 +21,7 @@
 
 #include "float_vectors.h"
 #include "row_streams.h"
+#include "weight_only_product.h"
 #include "paddle/extension.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
@@ -254,40 +255,51 @@ static void add_bias(float* y, const float* bias, int64_t n, int64_t out) {
   }
 }
 
+void check_weight_only_weight(const paddle::Tensor& w, const paddle::Tensor& scale, const paddle::Tensor* bias,
+                              int64_t in, int bits, int group_size, const char* what) {
+  PD_CHECK(bits == 8 || bits == 4, what, ": bits must be 8 or 4");
+  PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
+               w.dtype() == (bits == 8 ? paddle::DataType::INT8 : paddle::DataType::UINT8),
+           what, ": the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
+  PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32, what, ": scale must be a float32 CPU tensor");
+  const int64_t out = w.shape()[0];
+  PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, what, ": the weight does not match its input's features");
+  PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
+           what, ": group_size must be a positive even divisor of in");
+  PD_CHECK(scale.numel() == (bits == 8 ? out : out * (in / group_size)), what, ": scale does not match the weight");
+  PD_CHECK(!bias || (bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == out),
+           what, ": bias must be a float32 CPU tensor of the weight's outputs");
+}
+
+void weight_only_product(const float* x, int64_t n, int64_t in, const paddle::Tensor& w, const paddle::Tensor& scale,
+                         const float* bias, int bits, int group_size, int threads, float* y) {
+  const int64_t out = w.shape()[0];
+  const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
+  if (bits == 8) {
+    const Problem p{x, wp, scale.data<float>(), y, n, in, out, 0};
+    run_all<Int8Kernel, kInt8Tilings>(p, threads);
+  } else {
+    const std::vector<float> prepared = prepare_int4_inputs(x, n, in, group_size);
+    const Problem p{prepared.data(), wp, scale.data<float>(), y, n, in, out, group_size};
+    run_all<Int4Kernel, kInt4Tilings>(p, threads);
+  }
+  if (bias) add_bias(y, bias, n, out);
+}
+
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
                                              const paddle::Tensor& scale, const paddle::optional<paddle::Tensor>& bias,
                                              int bits, int group_size, int threads) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
            "glm_weight_only_linear: x must be a float32 [..., in] CPU tensor");
-  PD_CHECK(bits == 8 || bits == 4, "glm_weight_only_linear: bits must be 8 or 4");
-  PD_CHECK(w.is_cpu() && w.shape().size() == 2 &&
-               w.dtype() == (bits == 8 ? paddle::DataType::INT8 : paddle::DataType::UINT8),
-           "glm_weight_only_linear: the weight must be a 2-D CPU tensor, int8 (8 bits) or uint8 (4 bits)");
-  PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32,
-           "glm_weight_only_linear: scale must be a float32 CPU tensor");
-  const int64_t in = x.shape().back(), out = w.shape()[0];
+  const int64_t in = x.shape().back();
   PD_CHECK(in > 0, "glm_weight_only_linear: x has no inputs");
-  const int64_t n = x.numel() / in;  // rows: the leading dims
-  PD_CHECK(w.shape()[1] * (bits == 4 ? 2 : 1) == in, "glm_weight_only_linear: weight does not match x's inputs");
-  PD_CHECK(bits == 8 || (group_size > 0 && group_size % 2 == 0 && in % group_size == 0),
-           "glm_weight_only_linear: group_size must be a positive even divisor of in");
-  PD_CHECK(scale.numel() == (bits == 8 ? out : out * (in / group_size)),
-           "glm_weight_only_linear: scale does not match the weight");
-  PD_CHECK(!bias || (bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == out),
-           "glm_weight_only_linear: bias must be a float32 CPU tensor of the weight's outputs");
+  const paddle::Tensor* b = bias ? &*bias : nullptr;
+  check_weight_only_weight(w, scale, b, in, bits, group_size, "glm_weight_only_linear");
   std::vector<int64_t> y_shape = x.shape();
-  y_shape.back() = out;  // [..., in] -> [..., out]
+  y_shape.back() = w.shape()[0];  // [..., in] -> [..., out]
   paddle::Tensor y = paddle::empty(y_shape, paddle::DataType::FLOAT32, x.place());
-  const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
-  if (bits == 8) {
-    const Problem p{x.data<float>(), wp, scale.data<float>(), y.data<float>(), n, in, out, 0};
-    run_all<Int8Kernel, kInt8Tilings>(p, threads);
-  } else {
-    const std::vector<float> prepared = prepare_int4_inputs(x.data<float>(), n, in, group_size);
-    const Problem p{prepared.data(), wp, scale.data<float>(), y.data<float>(), n, in, out, group_size};
-    run_all<Int4Kernel, kInt4Tilings>(p, threads);
-  }
-  if (bias) add_bias(y.data<float>(), bias->data<float>(), n, out);
+  weight_only_product(x.data<float>(), x.numel() / in, in, w, scale, b ? b->data<float>() : nullptr, bits, group_size,
+                      threads, y.data<float>());
   return {y};
 }
 

@@ -1,7 +1,8 @@
 """Weight-only quantization as a rewrite of a built GLM, applied from outside as LoRA and tensor parallelism are.
 
 :func:`quantize_model` swaps every transformer Linear (``query_key_value``, ``dense``,
-``dense_h_to_4h``, ``dense_4h_to_h``) for a :class:`QuantizedLinear` and, unless told
+``dense_h_to_4h``, ``dense_4h_to_h``) for a :class:`QuantizedLinear`, each block for a
+:class:`QuantizedDecodeBlock` (the same sublayers; a CPU decode step in one C++ call) and, unless told
 not to, the word embeddings (also the tied output projection) for a
 :class:`QuantizedEmbedding`. LayerNorms, biases and the position tables stay float. The
 model code does not change: it calls its layers and ``word_embeddings.project``.
@@ -24,6 +25,7 @@ from ..attention import dtype_str
 from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
 from ..errors import CheckpointError, GLMError
+from .decode_block import QuantizedDecodeBlock
 from .kernels import dequantize_weight, to_cuda_layout
 from .layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, lazy_parameter
 from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
@@ -88,6 +90,7 @@ def quantize_model(model: nn.Layer, settings: QuantSettings) -> QuantizedLoading
             new = QuantizedLinear(in_features, out_features, settings, dtype)
             _swap(parent, attr, old, new)
             layers[f"transformer.layers.{i}.{parent_name}.{attr}"] = new
+        base.transformer.layers[i] = QuantizedDecodeBlock(block)
     if settings.quantize_embeddings:
         old = base.word_embeddings
         new = QuantizedEmbedding(base.config.vocab_size, hidden, settings.for_embeddings(), dtype)

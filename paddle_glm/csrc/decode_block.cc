@@ -1,0 +1,139 @@
+// One decode step through a whole pre-LN GLM block whose four projections are weight-only int8/int4, in one call:
+//   h  = LayerNorm1(x)
+//   c  = attention(h . Wqkv^T + bqkv)          (writes the step's keys and values into the cache; decode_attention.cc)
+//   x1 = x + c . Wdense^T + bdense
+//   y  = x1 + gelu_tanh(LayerNorm2(x1) . W4h^T + b4h) . Wh^T + bh
+// x [b, 1, hidden] float32; Params, in this order: ln1 weight, ln1 bias, then (weight, scale, bias) of
+// query_key_value, dense, dense_h_to_4h, dense_4h_to_h, then ln2 weight, ln2 bias (the weights in
+// weight_only_linear.cc's layouts); K, V, Bias, Index and length as glm_decode_attention's.
+// out [b, 1, hidden].
+//
+// The same step through Paddle's ops and this library's separate operators costs ~0.2 ms a layer of dispatch
+// on glm-large (two layer norms, four products, the attention, a GELU, two adds, the Python between them);
+// this is one call. The arithmetic follows Paddle's kernels: the layer norm's biased variance, the GELU's
+// tanh form (tanh through Eigen's rational approximation, which Paddle's CPU kernel also evaluates).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "decode_attention.h"
+#include "paddle/extension.h"
+#include "weight_only_product.h"
+
+// y = (x - mean) / sqrt(var + eps) * w + b over each of n rows of h features.
+static void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, int64_t h, float* y) {
+  for (int64_t r = 0; r < n; ++r) {
+    const float* xr = x + r * h;
+    double sum = 0.0, squares = 0.0;
+    for (int64_t i = 0; i < h; ++i) sum += xr[i];
+    const double mean = sum / h;
+    for (int64_t i = 0; i < h; ++i) squares += (xr[i] - mean) * (xr[i] - mean);
+    const float m = static_cast<float>(mean), inv = static_cast<float>(1.0 / std::sqrt(squares / h + eps));
+#pragma omp simd
+    for (int64_t i = 0; i < h; ++i) y[r * h + i] = (xr[i] - m) * inv * w[i] + b[i];
+  }
+}
+
+// tanh(u) as Eigen's generic_fast_tanh_float: a 13/6 rational function on [-7.9053, 7.9053], where it reaches +-1
+// in float32; u itself below 4e-4 (vectorizable, unlike std::tanh).
+static inline float fast_tanh(float u) {
+  const float x = std::min(std::max(u, -7.90531110763549805f), 7.90531110763549805f);
+  const float x2 = x * x;
+  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  return std::fabs(u) < 0.0004f ? u : x * p / q;
+}
+
+// x = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in place, n values.
+static void gelu_tanh(float* x, int64_t n, int threads) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    x[i] = 0.5f * v * (1.f + fast_tanh(k * (v + 0.044715f * v * v * v)));
+  }
+}
+
+static void check_block_inputs(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params, int bits,
+                               int group_size) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 3 && x.shape()[1] == 1,
+           "glm_decode_block: x must be a float32 [b, 1, hidden] CPU tensor");
+  PD_CHECK(params.size() == 16, "glm_decode_block: expected 16 params (2 layer norms, 4 projections)");
+  const int64_t h = x.shape()[2];
+  for (int i : {0, 1, 14, 15}) {
+    PD_CHECK(params[i].is_cpu() && params[i].dtype() == paddle::DataType::FLOAT32 && params[i].numel() == h,
+             "glm_decode_block: a layer norm's weight or bias is not float32 [hidden]");
+  }
+  const char* names[] = {"glm_decode_block query_key_value", "glm_decode_block dense",
+                         "glm_decode_block dense_h_to_4h", "glm_decode_block dense_4h_to_h"};
+  const int64_t ins[] = {h, h, h, 4 * h}, outs[] = {3 * h, h, 4 * h, h};
+  for (int j = 0; j < 4; ++j) {
+    const paddle::Tensor& w = params[2 + 3 * j];
+    check_weight_only_weight(w, params[3 + 3 * j], &params[4 + 3 * j], ins[j], bits, group_size, names[j]);
+    PD_CHECK(w.shape()[0] == outs[j], names[j], ": the weight has the wrong number of outputs");
+  }
+}
+
+std::vector<paddle::Tensor> DecodeBlock(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
+                                        paddle::Tensor& k, paddle::Tensor& v, const paddle::Tensor& bias,
+                                        const paddle::Tensor& index, int length, int bits, int group_size,
+                                        float eps1, float eps2, int threads) {
+  check_block_inputs(x, params, bits, group_size);
+  const int64_t b = x.shape()[0], h = x.shape()[2];
+  paddle::Tensor qkv = paddle::empty({b, 1, 3 * h}, paddle::DataType::FLOAT32, x.place());
+  check_decode_attention_inputs(qkv, k, v, bias, index, length);
+  paddle::Tensor out = paddle::empty({b, 1, h}, paddle::DataType::FLOAT32, x.place());
+  std::vector<float> normed(b * h), context(b * h), residual(b * h), wide(b * 4 * h);
+  auto product = [&](int j, const float* in, int64_t features, float* y) {
+    weight_only_product(in, b, features, params[2 + 3 * j], params[3 + 3 * j], params[4 + 3 * j].data<float>(), bits,
+                        group_size, threads, y);
+  };
+  const float* xp = x.data<float>();
+  layer_norm(xp, params[0].data<float>(), params[1].data<float>(), eps1, b, h, normed.data());
+  product(0, normed.data(), h, qkv.data<float>());
+  decode_attention_rows(qkv.data<float>(), b, k, v, bias, index, length, threads, context.data());
+  product(1, context.data(), h, residual.data());
+  for (int64_t i = 0; i < b * h; ++i) residual[i] += xp[i];  // x1
+  layer_norm(residual.data(), params[14].data<float>(), params[15].data<float>(), eps2, b, h, normed.data());
+  product(2, normed.data(), h, wide.data());
+  gelu_tanh(wide.data(), b * 4 * h, threads);
+  float* y = out.data<float>();
+  product(3, wide.data(), 4 * h, y);
+  for (int64_t i = 0; i < b * h; ++i) y[i] += residual[i];
+  return {out};
+}
+
+// With an in-place map, the shape and dtype functions give the other outputs only (Out).
+std::vector<std::vector<int64_t>> DecodeBlockShape(const std::vector<int64_t>& x,
+                                                   const std::vector<std::vector<int64_t>>& params,
+                                                   const std::vector<int64_t>& k, const std::vector<int64_t>& v,
+                                                   const std::vector<int64_t>& bias, const std::vector<int64_t>& index,
+                                                   int length, int bits, int group_size, float eps1, float eps2,
+                                                   int threads) {
+  return {x};
+}
+
+std::vector<paddle::DataType> DecodeBlockDtype(const paddle::DataType& x, const std::vector<paddle::DataType>& params,
+                                               const paddle::DataType& k, const paddle::DataType& v,
+                                               const paddle::DataType& bias, const paddle::DataType& index) {
+  return {paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(glm_decode_block)
+    .Inputs({"X", paddle::Vec("Params"), "K", "V", "Bias", "Index"})
+    .Outputs({"Out", "KOut", "VOut"})
+    .SetInplaceMap({{"K", "KOut"}, {"V", "VOut"}})
+    .Attrs({"length: int", "bits: int", "group_size: int", "eps1: float", "eps2: float", "threads: int"})
+    .SetKernelFn(PD_KERNEL(DecodeBlock))
+    .SetInferShapeFn(PD_INFER_SHAPE(DecodeBlockShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DecodeBlockDtype));
