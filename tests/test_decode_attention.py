@@ -53,6 +53,25 @@ def test_operator_equals_float64(rows, batch, heads, slots, length, d, per_row):
     np.testing.assert_array_equal(v_t.numpy(), want_v)
 
 
+@pytest.mark.parametrize("threads", [1, 3, 5])
+def test_every_thread_count_attends_every_head_once(threads):
+    """Each thread attends its share of the (row, head) pairs four at a time: shares that are not multiples of four,
+    and more threads than pairs."""
+    rng = np.random.default_rng(threads)
+    rows, heads, slots, d = 2, 3, 12, 8
+    keys = rng.standard_normal((rows, heads, slots, d)).astype(np.float32)
+    values = rng.standard_normal((rows, heads, slots, d)).astype(np.float32)
+    bias = np.where(rng.random((rows, heads, 1, slots)) < 0.3, MIN, 0).astype(np.float32)
+    bias[:, :, 0, 5] = 0
+    qkv = rng.standard_normal((rows, 1, 3 * heads * d)).astype(np.float32)
+    k_t, v_t = paddle.to_tensor(keys), paddle.to_tensor(values)
+    got = paddle._C_ops._run_custom_op(cpu_operators.DECODE_ATTENTION_OP, paddle.to_tensor(qkv), k_t, v_t,
+                                       paddle.to_tensor(bias), paddle.to_tensor([5], dtype="int64"), slots, threads)[0]
+    context, want_k, want_v = reference(qkv, keys, values, bias, [5], slots)
+    np.testing.assert_allclose(got.numpy(), context, rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(k_t.numpy(), want_k)
+
+
 def test_operator_refuses_a_slot_outside_the_window_and_bad_shapes():
     keys, bias = paddle.zeros([2, 2, 8, 4]), paddle.zeros([2, 2, 1, 8])
     qkv = paddle.ones([2, 1, 24])

@@ -11,15 +11,17 @@
 // The same step through Paddle's ops and this library's separate operators costs ~0.2 ms a layer of dispatch
 // on glm-large (two layer norms, four products, the attention, a GELU, two adds, the Python between them);
 // this is one call. The arithmetic follows Paddle's kernels: the layer norm's biased variance, the GELU's
-// tanh form (tanh through Eigen's rational approximation, which Paddle's CPU kernel also evaluates).
+// tanh form (tanh as Eigen's float32 rational approximation).
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "decode_attention.h"
+#include "float_vectors.h"
 #include "paddle/extension.h"
 #include "weight_only_product.h"
 
@@ -38,29 +40,48 @@ static void layer_norm(const float* x, const float* w, const float* b, float eps
 }
 
 // tanh(u) as Eigen's generic_fast_tanh_float: a 13/6 rational function on [-7.9053, 7.9053], where it reaches +-1
-// in float32; u itself below 4e-4 (vectorizable, unlike std::tanh).
-static inline float fast_tanh(float u) {
-  const float x = std::min(std::max(u, -7.90531110763549805f), 7.90531110763549805f);
-  const float x2 = x * x;
-  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+// in float32, on kWidth lanes.
+static inline vfloat fast_tanh(vfloat u) {
+  const vfloat c = vfloat{} + 7.90531110763549805f;
+  const vfloat x = u > c ? c : (u < -c ? -c : u);
+  const vfloat x2 = x * x;
+  vfloat p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = x2 * p + -8.60467152213735e-11f;
   p = x2 * p + 5.12229709037114e-08f;
   p = x2 * p + 1.48572235717979e-05f;
   p = x2 * p + 6.37261928875436e-04f;
   p = x2 * p + 4.89352455891786e-03f;
-  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  vfloat q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = x2 * q + 2.26843463243900e-03f;
   q = x2 * q + 4.89352518554385e-03f;
-  return std::fabs(u) < 0.0004f ? u : x * p / q;
+  return x * p / q;
 }
 
-// x = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) in place, n values.
+static inline vfloat gelu_lanes(vfloat v) {
+  return 0.5f * v * (1.f + fast_tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));  // sqrt(2 / pi)
+}
+
+// x = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) for n values in place.
+static void gelu_span(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    const vfloat y = gelu_lanes(load_floats(x + i));
+    std::memcpy(x + i, &y, sizeof y);
+  }
+  if (i < n) {  // the last n - i < kWidth values, through one padded vector
+    vfloat v{};
+    std::memcpy(&v, x + i, sizeof(float) * (n - i));
+    const vfloat y = gelu_lanes(v);
+    std::memcpy(x + i, &y, sizeof(float) * (n - i));
+  }
+}
+
 static void gelu_tanh(float* x, int64_t n, int threads) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-#pragma omp parallel for simd num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    x[i] = 0.5f * v * (1.f + fast_tanh(k * (v + 0.044715f * v * v * v)));
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t begin = n * t / count, end = n * (t + 1) / count;
+    gelu_span(x + begin, end - begin);
   }
 }
 

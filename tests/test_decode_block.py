@@ -1,0 +1,131 @@
+"""A quantized block's one-call CPU decode step (``glm_decode_block``, ``quantization/decode_block.py``) against the
+block's own ops (its LayerNorms, the weight-only products, the ``cpu_decode`` attention, Paddle's GELU and adds),
+which the other tests hold to float64 references; when it is taken and when it is not."""
+import numpy as np
+import paddle
+import pytest
+
+from conftest import TINY_A, random_model
+
+from paddle_glm import cpu_operators
+from paddle_glm.attention import CPU_DECODE, PreparedMask
+from paddle_glm.lora import LoRAConfig, apply_lora
+from paddle_glm.model import GLMBlock
+from paddle_glm.quantization.decode_block import QuantizedDecodeBlock
+from paddle_glm.quantization.rewrite import quantize_model
+from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
+
+pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
+MIN = float(np.finfo("float32").min)
+SETTINGS = {INT8: QuantSettings(INT8), INT4: QuantSettings(INT4, 16)}
+
+
+def quantized_model(quant_type, **config):
+    model = random_model(dict(TINY_A, **config), seed=3)
+    model.eval()
+    quantize_model(model, SETTINGS[quant_type])
+    return model
+
+
+def filled_cache(model, batch, slots, seed):
+    """A cache of random keys and values, ~30% of its slots hidden (the written ones shown, as a step's reveal)."""
+    rng = np.random.default_rng(seed)
+    cache = model.new_cache(batch, slots)
+    for buffer in cache.keys + cache.values:
+        buffer.set_value(rng.standard_normal(buffer.shape).astype("float32"))
+    cache.key_bias = paddle.to_tensor(np.where(rng.random(cache.key_bias.shape) < 0.3, MIN, 0).astype("float32"))
+    return cache
+
+
+def copy_of(cache, model, batch, slots):
+    twin = model.new_cache(batch, slots)
+    for source, target in zip(cache.keys + cache.values, twin.keys + twin.values):
+        target.set_value(source.clone())
+    twin.key_bias = cache.key_bias.clone()
+    return twin
+
+
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+@pytest.mark.parametrize("rows,index,window,h4h_bias", [
+    (1, [5], None, 0.0), (3, [2, 7, 0], None, 0.0), (2, [4], (2, 9), 0.0), (3, [1, 3, 6], None, 40.0),
+    (1, [6], None, 1e-4)])
+def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, window, h4h_bias):
+    model = quantized_model(quant_type)
+    block = model.glm.transformer.layers[1]
+    assert isinstance(block, QuantizedDecodeBlock)
+    if h4h_bias:  # GELU's inputs far into tanh's flat ends (40) or all near 0 (the weights' scale set tiny)
+        mlp = block.mlp.dense_h_to_4h
+        if h4h_bias < 1:
+            mlp.weight_scale.set_value(mlp.weight_scale * h4h_bias)
+            mlp.bias.set_value(paddle.zeros_like(mlp.bias))
+        else:
+            mlp.bias.set_value(paddle.to_tensor(np.linspace(-h4h_bias, h4h_bias, mlp.bias.shape[0]), dtype="float32"))
+    cache = filled_cache(model, 3, 16, seed=rows)
+    twin = copy_of(cache, model, 3, 16)
+    if window:
+        cache, twin = cache.window(*window), twin.window(*window)
+    x = paddle.to_tensor(np.random.default_rng(7).standard_normal((rows, 1, 64)).astype("float32"))
+    write = paddle.to_tensor(index, dtype="int64")
+    with paddle.no_grad():
+        want = GLMBlock.forward(block, x, PreparedMask(CPU_DECODE, bias=cache.key_bias), cache, 1, write)
+        got = block(x, PreparedMask(CPU_DECODE, bias=twin.key_bias), twin, 1, write)
+    scale = float(np.abs(want.numpy()).max())  # float32 sums of large terms (GELU's inputs at 40) round coarser
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5 * scale)
+    for a, b in zip(cache._writes.keys + cache._writes.values, twin._writes.keys + twin._writes.values):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def count_fused_calls(monkeypatch):
+    calls = []
+    real = cpu_operators.decode_block
+    monkeypatch.setattr(cpu_operators, "decode_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def greedy(model, prompt_length=7, new=6):
+    ids = paddle.to_tensor(np.arange(20, 20 + prompt_length)[None].repeat(2, axis=0))
+    out = model.generate(ids, max_new_tokens=new, eos_token_id=None, bad_words_ids=[])
+    return out.numpy() if isinstance(out, paddle.Tensor) else out[0].numpy()
+
+
+@pytest.mark.parametrize("quant_type", [INT8, INT4])
+def test_generation_takes_the_fused_step_with_the_same_tokens(quant_type, monkeypatch):
+    model = quantized_model(quant_type)
+    calls = count_fused_calls(monkeypatch)
+    fused = greedy(model)
+    assert len(calls) == 5 * 2  # 5 decode steps after the prefill, 2 blocks each
+    monkeypatch.setattr(QuantizedDecodeBlock, "_projections", lambda self: None)  # the block's own ops
+    separate = greedy(model)
+    assert len(calls) == 10
+    np.testing.assert_array_equal(fused, separate)
+
+
+def test_a_lora_adapter_keeps_the_blocks_own_ops(monkeypatch):
+    model = apply_lora(quantized_model(INT8), LoRAConfig(r=2))
+    calls = count_fused_calls(monkeypatch)
+    greedy(model)
+    assert calls == []
+
+
+def test_parameter_names_do_not_change():
+    float_names = set(random_model(TINY_A, seed=3).state_dict())
+    quantized = set(quantized_model(INT8).state_dict())
+    scales = {name for name in quantized if name.endswith(".weight_scale")}
+    assert quantized - scales == float_names
+    assert len(scales) == 2 * 4 + 1  # every projection and the word embeddings
+
+
+def test_the_operator_refuses_params_that_do_not_fit():
+    model = quantized_model(INT8)
+    block = model.glm.transformer.layers[0]
+    cache = model.new_cache(1, 8)
+    params = block._params(block._projections())
+    keys, values, bias, length = cache.step_buffers(0)
+    index = paddle.to_tensor([0], dtype="int64")
+    with pytest.raises(Exception, match="glm_decode_block: expected 16 params"):
+        cpu_operators.decode_block(paddle.ones([1, 1, 64]), params[:-1], keys, values, bias, index, length, INT8, 64,
+                                   (1e-5, 1e-5))
+    params[2], params[8] = params[8], params[2]  # query_key_value's weight where dense_h_to_4h's goes
+    with pytest.raises(Exception, match="glm_decode_block query_key_value"):
+        cpu_operators.decode_block(paddle.ones([1, 1, 64]), params, keys, values, bias, index, length, INT8, 64,
+                                   (1e-5, 1e-5))
