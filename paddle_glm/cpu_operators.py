@@ -9,6 +9,9 @@
   CPU matmul costs ~5x a one-row pass at 8 rows and ~2.3x these kernels from 16 to 128 rows;
 * ``glm_decode_attention`` (``decode_attention.cc``): a decode step's attention over a float32
   ``bhsd`` KV cache, with the cache write, in one call (``paddle_glm.kv_cache``).
+* ``glm_decode_block`` (``decode_block.cc``): a decode step through a whole block whose projections
+  are weight-only quantized (LayerNorms, the four products, the attention with its cache write,
+  GELU, residual adds) in one call (``paddle_glm.quantization.decode_block``).
 
 The sources are compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
 OpenMP, e.g. Debian's ``build-essential``) through Paddle's custom-operator toolchain

@@ -94,7 +94,7 @@ def test_generation_takes_the_fused_step_with_the_same_tokens(quant_type, monkey
     calls = count_fused_calls(monkeypatch)
     fused = greedy(model)
     assert len(calls) == 5 * 2  # 5 decode steps after the prefill, 2 blocks each
-    monkeypatch.setattr(QuantizedDecodeBlock, "_projections", lambda self: None)  # the block's own ops
+    monkeypatch.setattr(QuantizedDecodeBlock, "_operator_inputs", lambda self: None)  # the block's own ops
     separate = greedy(model)
     assert len(calls) == 10
     np.testing.assert_array_equal(fused, separate)
@@ -119,7 +119,7 @@ def test_the_operator_refuses_params_that_do_not_fit():
     model = quantized_model(INT8)
     block = model.glm.transformer.layers[0]
     cache = model.new_cache(1, 8)
-    params = block._params(block._projections())
+    params = block._operator_inputs()[0]
     keys, values, bias, length = cache.step_buffers(0)
     index = paddle.to_tensor([0], dtype="int64")
     with pytest.raises(Exception, match="glm_decode_block: expected 16 params"):
