@@ -53,7 +53,7 @@ def test_operator_equals_float64(rows, batch, heads, slots, length, d, per_row):
     np.testing.assert_array_equal(v_t.numpy(), want_v)
 
 
-@pytest.mark.parametrize("threads", [1, 3, 5])
+@pytest.mark.parametrize("threads", [1, 3, 5, 8])
 def test_every_thread_count_attends_every_head_once(threads):
     """Each thread attends its share of the (row, head) pairs four at a time: shares that are not multiples of four,
     and more threads than pairs."""
@@ -70,6 +70,7 @@ def test_every_thread_count_attends_every_head_once(threads):
     context, want_k, want_v = reference(qkv, keys, values, bias, [5], slots)
     np.testing.assert_allclose(got.numpy(), context, rtol=2e-5, atol=2e-5)
     np.testing.assert_array_equal(k_t.numpy(), want_k)
+    np.testing.assert_array_equal(v_t.numpy(), want_v)
 
 
 def test_operator_refuses_a_slot_outside_the_window_and_bad_shapes():

@@ -9,6 +9,7 @@ from conftest import TINY_A, random_model
 
 from paddle_glm import cpu_operators
 from paddle_glm.attention import CPU_DECODE, PreparedMask
+from paddle_glm.devices import chosen_cpu_threads, set_cpu_threads
 from paddle_glm.lora import LoRAConfig, apply_lora
 from paddle_glm.model import GLMBlock
 from paddle_glm.quantization.decode_block import QuantizedDecodeBlock
@@ -45,21 +46,39 @@ def copy_of(cache, model, batch, slots):
     return twin
 
 
+@pytest.fixture
+def threads():
+    """Run a test at a chosen operator thread count, then restore this process's."""
+    before = chosen_cpu_threads()
+    yield set_cpu_threads
+    set_cpu_threads(before)
+
+
+def set_gelu_inputs(block, spread):
+    """Put the GELU's inputs far into tanh's flat ends (``spread`` 40: the h->4h bias from -40 to 40) or all near 0
+    (``spread`` 1e-4: the h->4h weights scaled by it, no bias, and the 4h->h weights by its inverse, so that the
+    MLP's share of the output stays as large as the attention's)."""
+    inner, outer = block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h
+    if spread < 1:
+        inner.weight_scale.set_value(inner.weight_scale * spread)
+        inner.bias.set_value(paddle.zeros_like(inner.bias))
+        outer.weight_scale.set_value(outer.weight_scale / spread)
+    else:
+        inner.bias.set_value(paddle.to_tensor(np.linspace(-spread, spread, inner.bias.shape[0]), dtype="float32"))
+
+
 @pytest.mark.parametrize("quant_type", [INT8, INT4])
-@pytest.mark.parametrize("rows,index,window,h4h_bias", [
-    (1, [5], None, 0.0), (3, [2, 7, 0], None, 0.0), (2, [4], (2, 9), 0.0), (3, [1, 3, 6], None, 40.0),
-    (1, [6], None, 1e-4)])
-def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, window, h4h_bias):
+@pytest.mark.parametrize("rows,index,window,spread,thread_count", [
+    (1, [5], None, None, 2), (3, [2, 7, 0], None, None, 2), (2, [4], (2, 9), None, 2), (3, [1, 3, 6], None, 40.0, 2),
+    (1, [6], None, 1e-4, 2), (3, [0, 1, 2], None, None, 3), (1, [3], None, 40.0, 5)])
+def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, window, spread, thread_count, threads):
+    """Thread counts 3 and 5 split the GELU's b x 4h values into spans that are not multiples of a vector."""
+    threads(thread_count)
     model = quantized_model(quant_type)
     block = model.glm.transformer.layers[1]
     assert isinstance(block, QuantizedDecodeBlock)
-    if h4h_bias:  # GELU's inputs far into tanh's flat ends (40) or all near 0 (the weights' scale set tiny)
-        mlp = block.mlp.dense_h_to_4h
-        if h4h_bias < 1:
-            mlp.weight_scale.set_value(mlp.weight_scale * h4h_bias)
-            mlp.bias.set_value(paddle.zeros_like(mlp.bias))
-        else:
-            mlp.bias.set_value(paddle.to_tensor(np.linspace(-h4h_bias, h4h_bias, mlp.bias.shape[0]), dtype="float32"))
+    if spread:
+        set_gelu_inputs(block, spread)
     cache = filled_cache(model, 3, 16, seed=rows)
     twin = copy_of(cache, model, 3, 16)
     if window:
@@ -73,6 +92,23 @@ def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, windo
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5 * scale)
     for a, b in zip(cache._writes.keys + cache._writes.values, twin._writes.keys + twin._writes.values):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_near_zero_moves_the_output_beyond_the_tolerance():
+    """With GELU's inputs near 0 (:func:`set_gelu_inputs`) the MLP's share of a block's output (GELU's output is about
+    half its input there) is far above the fused test's tolerance, and so is the change if GELU were the identity
+    or 0: that case could not pass with either."""
+    model = quantized_model(INT8)
+    block = model.glm.transformer.layers[1]
+    set_gelu_inputs(block, 1e-4)
+    x = paddle.to_tensor(np.random.default_rng(7).standard_normal((1, 1, 64)).astype("float32"))
+    with paddle.no_grad():
+        inner = block.mlp.dense_h_to_4h(block.post_attention_layernorm(x))  # as the step's x1 would give
+        share = {name: block.mlp.dense_4h_to_h(value).numpy() - block.mlp.dense_4h_to_h.bias.numpy()
+                 for name, value in (("gelu", paddle.nn.functional.gelu(inner, approximate=True)), ("identity", inner))}
+    tolerance = 1e-5 * 10  # the fused test's, for outputs up to 10
+    assert np.abs(share["gelu"]).max() > 100 * tolerance
+    assert np.abs(share["identity"] - share["gelu"]).max() > 100 * tolerance
 
 
 def count_fused_calls(monkeypatch):
@@ -105,6 +141,16 @@ def test_a_lora_adapter_keeps_the_blocks_own_ops(monkeypatch):
     calls = count_fused_calls(monkeypatch)
     greedy(model)
     assert calls == []
+
+
+def test_a_forward_hook_on_a_blocks_layer_keeps_the_blocks_own_ops(monkeypatch):
+    """The operator would skip the hook: a block with one on any of its layers runs them one by one."""
+    model = quantized_model(INT8)
+    seen = []
+    model.glm.transformer.layers[0].mlp.register_forward_post_hook(lambda layer, inputs, output: seen.append(1))
+    calls = count_fused_calls(monkeypatch)
+    greedy(model)
+    assert len(calls) == 5 and len(seen) == 6  # block 1 fused at each of the 5 steps; block 0's hook every pass
 
 
 def test_parameter_names_do_not_change():

@@ -88,25 +88,25 @@ static void attend_heads(const Head* heads, int count, int64_t length, int64_t d
 }
 
 void check_decode_attention_inputs(const paddle::Tensor& qkv, const paddle::Tensor& k, const paddle::Tensor& v,
-                                   const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length) {
+                                   const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length, const char* what) {
   for (const paddle::Tensor* t : {&qkv, &k, &v, &bias}) {
     PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32,
-             "glm_decode_attention: qkv, k, v and bias must be float32 CPU tensors");
+             what, ": qkv, k, v and bias must be float32 CPU tensors");
   }
-  PD_CHECK(k.shape().size() == 4 && k.shape() == v.shape(), "glm_decode_attention: k and v must be [B, heads, T, d]");
+  PD_CHECK(k.shape().size() == 4 && k.shape() == v.shape(), what, ": k and v must be [B, heads, T, d]");
   const int64_t batch = k.shape()[0], heads = k.shape()[1], slots = k.shape()[2], d = k.shape()[3];
   PD_CHECK(qkv.shape().size() == 3 && qkv.shape()[1] == 1 && qkv.shape()[2] == 3 * heads * d &&
                qkv.shape()[0] <= batch,
-           "glm_decode_attention: qkv must be [b, 1, 3 * heads * d] with b at most the cache's rows");
+           what, ": qkv must be [b, 1, 3 * heads * d] with b at most the cache's rows");
   PD_CHECK(bias.shape() == std::vector<int64_t>({batch, heads, 1, slots}),
-           "glm_decode_attention: bias must be [B, heads, 1, T]");
-  PD_CHECK(length > 0 && length <= slots, "glm_decode_attention: length must be in 1..T");
+           what, ": bias must be [B, heads, 1, T]");
+  PD_CHECK(length > 0 && length <= slots, what, ": length must be in 1..T");
   PD_CHECK(index.is_cpu() && index.dtype() == paddle::DataType::INT64 &&
                (index.numel() == 1 || index.numel() == qkv.shape()[0]),
-           "glm_decode_attention: index must be int64 [1] or [b]");
+           what, ": index must be int64 [1] or [b]");
   const int64_t* slot = index.data<int64_t>();
   for (int64_t r = 0; r < index.numel(); ++r) {
-    PD_CHECK(slot[r] >= 0 && slot[r] < length, "glm_decode_attention: a write index is outside 0..length-1");
+    PD_CHECK(slot[r] >= 0 && slot[r] < length, what, ": a write index is outside 0..length-1");
   }
 }
 
@@ -143,7 +143,7 @@ void decode_attention_rows(const float* qkv, int64_t b, paddle::Tensor& k, paddl
 std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& qkv, paddle::Tensor& k, paddle::Tensor& v,
                                             const paddle::Tensor& bias, const paddle::Tensor& index, int length,
                                             int threads) {
-  check_decode_attention_inputs(qkv, k, v, bias, index, length);
+  check_decode_attention_inputs(qkv, k, v, bias, index, length, "glm_decode_attention");
   const int64_t b = qkv.shape()[0];
   paddle::Tensor out = paddle::empty({b, 1, k.shape()[1] * k.shape()[3]}, paddle::DataType::FLOAT32, qkv.place());
   decode_attention_rows(qkv.data<float>(), b, k, v, bias, index, length, threads, out.data<float>());

@@ -11,7 +11,7 @@
 // The same step through Paddle's ops and this library's separate operators costs ~0.2 ms a layer of dispatch
 // on glm-large (two layer norms, four products, the attention, a GELU, two adds, the Python between them);
 // this is one call. The arithmetic follows Paddle's kernels: the layer norm's biased variance, the GELU's
-// tanh form (tanh as Eigen's float32 rational approximation).
+// tanh form (tanh through an Eigen-style float32 rational approximation).
 #include <omp.h>
 
 #include <algorithm>
@@ -39,7 +39,7 @@ static void layer_norm(const float* x, const float* w, const float* b, float eps
   }
 }
 
-// tanh(u) as Eigen's generic_fast_tanh_float: a 13/6 rational function on [-7.9053, 7.9053], where it reaches +-1
+// tanh(u) in the manner of Eigen's generic_fast_tanh_float (its coefficients and its non-FMA clamp): a 13/6 rational function on [-7.9053, 7.9053], where it reaches +-1
 // in float32, on kWidth lanes.
 static inline vfloat fast_tanh(vfloat u) {
   const vfloat c = vfloat{} + 7.90531110763549805f;
@@ -77,7 +77,7 @@ static void gelu_span(float* x, int64_t n) {
 }
 
 static void gelu_tanh(float* x, int64_t n, int threads) {
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(std::max(threads, 1))
   {
     const int64_t t = omp_get_thread_num(), count = omp_get_num_threads();
     const int64_t begin = n * t / count, end = n * (t + 1) / count;
@@ -91,9 +91,13 @@ static void check_block_inputs(const paddle::Tensor& x, const std::vector<paddle
            "glm_decode_block: x must be a float32 [b, 1, hidden] CPU tensor");
   PD_CHECK(params.size() == 16, "glm_decode_block: expected 16 params (2 layer norms, 4 projections)");
   const int64_t h = x.shape()[2];
-  for (int i : {0, 1, 14, 15}) {
-    PD_CHECK(params[i].is_cpu() && params[i].dtype() == paddle::DataType::FLOAT32 && params[i].numel() == h,
-             "glm_decode_block: a layer norm's weight or bias is not float32 [hidden]");
+  const int norms[] = {0, 1, 14, 15};
+  const char* norm_names[] = {"input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
+                              "post_attention_layernorm.bias"};
+  for (int j = 0; j < 4; ++j) {
+    const paddle::Tensor& t = params[norms[j]];
+    PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.numel() == h, "glm_decode_block: ",
+             norm_names[j], " is not a float32 CPU tensor of x's hidden size");
   }
   const char* names[] = {"glm_decode_block query_key_value", "glm_decode_block dense",
                          "glm_decode_block dense_h_to_4h", "glm_decode_block dense_4h_to_h"};
@@ -112,7 +116,7 @@ std::vector<paddle::Tensor> DecodeBlock(const paddle::Tensor& x, const std::vect
   check_block_inputs(x, params, bits, group_size);
   const int64_t b = x.shape()[0], h = x.shape()[2];
   paddle::Tensor qkv = paddle::empty({b, 1, 3 * h}, paddle::DataType::FLOAT32, x.place());
-  check_decode_attention_inputs(qkv, k, v, bias, index, length);
+  check_decode_attention_inputs(qkv, k, v, bias, index, length, "glm_decode_block");
   paddle::Tensor out = paddle::empty({b, 1, h}, paddle::DataType::FLOAT32, x.place());
   std::vector<float> normed(b * h), context(b * h), residual(b * h), wide(b * 4 * h);
   auto product = [&](int j, const float* in, int64_t features, float* y) {

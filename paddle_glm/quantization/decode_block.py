@@ -36,6 +36,8 @@ class QuantizedDecodeBlock(GLMBlock):
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
                 layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        """``x`` ``[b, s, hidden]`` -> ``[b, s, hidden]`` as :meth:`GLMBlock.forward`; a decode step (``s`` = 1) in the
+        ``cpu_decode`` backend goes through ``glm_decode_block`` when :meth:`_operator_inputs` allows."""
         fused = self._operator_inputs() if mask.backend == CPU_DECODE else None
         if fused is None:
             return super().forward(x, mask, cache, layer, write_index)
@@ -47,17 +49,22 @@ class QuantizedDecodeBlock(GLMBlock):
     def _operator_inputs(self) -> Optional[Tuple[List[paddle.Tensor], QuantizedLinear, Tuple[float, float]]]:
         """The operator's ``params`` in its order (``cpu_operators.decode_block``), the first projection (its
         quantization) and the LayerNorms' epsilons, when the four projections are plain QuantizedLinears (not
-        LoRA-wrapped), else None.
+        LoRA-wrapped), the LayerNorms float32 (as a CPU decode step's compute dtype is) and no forward hook is set
+        on the block's layers (the operator would skip it), else None.
 
         Read from the layers' own sublayer and parameter dicts, as ``nn.Layer.__getattr__`` finds them: through
-        ``__getattr__`` these 22 lookups cost ~45 us a block, ~1 ms of a glm-large step (~5%); a CPU decode step's
-        compute dtype is float32 (its cache is), so the biases are."""
+        ``__getattr__`` these 22 lookups cost ~45 us a block, ~1 ms of a glm-large step (~5%). The biases are in the
+        LayerNorms' dtype (the rewrite makes them so)."""
         sub = self._sub_layers
         attention, mlp = sub["attention"]._sub_layers, sub["mlp"]._sub_layers
         projections = (attention["query_key_value"], attention["dense"], mlp["dense_h_to_4h"], mlp["dense_4h_to_h"])
         if not all(type(projection) is QuantizedLinear for projection in projections):
             return None
         norms = sub["input_layernorm"], sub["post_attention_layernorm"]
+        layers = (self, sub["attention"], sub["mlp"]) + norms + projections
+        if norms[0]._parameters["weight"].dtype != paddle.float32 or any(
+                layer._forward_pre_hooks or layer._forward_post_hooks for layer in layers):
+            return None
         params = [norms[0]._parameters["weight"], norms[0]._parameters["bias"]]
         for projection in projections:
             own = projection._parameters
