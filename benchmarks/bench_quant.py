@@ -394,7 +394,8 @@ def markdown(r: dict) -> str:
                 f"{r['speed']['int8_vs_fp32_b1']:.2f}x as fast as fp32 at batch 1. Targets: int8 >= 0.7 and int4 "
                 ">= 0.5 of their rooflines at batch 1.")
     s = r["speed"]
-    rows.append(f"\nA batch-1 step also reads {s['cache_bytes'] / GB:.3f} GB of KV cache ({s['context']}-token context), which "
+    rows.append(f"\nA batch-1 step also reads {s['cache_bytes'] / GB:.3f} GB of KV cache ({s['context']}-token "
+                f"context), which "
                 f"the weights-only rooflines leave out; against the weights and the cache, int8 reaches "
                 f"{s['int8_b1_with_cache_fraction']:.2f} and int4 {s['int4_b1_with_cache_fraction']:.2f}.")
     if "int4_products_cache_rate" in s:
