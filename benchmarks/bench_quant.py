@@ -121,6 +121,33 @@ def product_rates(model, passes: int = 5) -> dict:
     return {"memory": rate(layers), "cache": rate(layers[:4] * (len(layers) // 4))}
 
 
+def block_product_bytes(model) -> int:
+    """Stored bytes of the weights :func:`product_rates` reads (the blocks' projections, without their scales)."""
+    from paddle_glm.quantization.layers import QuantizedLinear
+
+    return sum(int(layer.weight.numel()) * layer.weight.element_size() for layer in model.sublayers()
+               if isinstance(layer, QuantizedLinear))
+
+
+def fractions(speed: dict, int8_block_bytes: int, int4_block_bytes: int) -> dict:
+    """The ratios of a speed run, from its median seconds and median bandwidth (so that each printed fraction is the
+    printed seconds' against the printed basis): each type's fraction of its roofline at batch 1 and 8, int8's and
+    int4's at batch 1 against the weights and the KV cache, int8's speed-up over fp32, and the seconds the block
+    products alone take at their rate from memory."""
+    bandwidth, out = speed["bandwidth"], {"int8_vs_fp32_b1": speed["fp32_b1_s"] / speed["int8_b1_s"]}
+    for name in ("fp32", "int8", "int4"):
+        for batch in (1, 8):
+            out[f"{name}_b{batch}_roofline_fraction"] = speed[f"{name}_weight_bytes"] / bandwidth / speed[
+                f"{name}_b{batch}_s"]
+    for name, block_bytes in (("int8", int8_block_bytes), ("int4", int4_block_bytes)):
+        out[f"{name}_b1_with_cache_fraction"] = ((speed[f"{name}_weight_bytes"] + speed["cache_bytes"]) / bandwidth
+                                                 / speed[f"{name}_b1_s"])
+        out[f"{name}_block_product_bytes"] = block_bytes
+        if f"{name}_products_memory_rate" in speed:
+            out[f"{name}_block_products_s"] = block_bytes / speed[f"{name}_products_memory_rate"]
+    return out
+
+
 def cache_bytes_per_token(model, context: int, tokens: int) -> int:
     """Bytes of KV cache a batch-1 decode step of :func:`decode_seconds_per_token` reads: every layer's keys and
     values over the slots it attends (``generate``'s cache: ``context`` tokens, the start token and ``tokens + 1``
@@ -174,7 +201,8 @@ warnings.filterwarnings("ignore")
 sys.path.insert(0, sys.argv[1])
 import paddle
 from bench_generate import roofline_seconds
-from bench_quant import cache_bytes_per_token, decode_seconds_per_token, product_rates, weight_bytes_per_token
+from bench_quant import (block_product_bytes, cache_bytes_per_token, decode_seconds_per_token, fractions,
+                         product_rates, weight_bytes_per_token)
 from paddle_glm import GLMForConditionalGeneration
 from paddle_glm.quantization.kernels import operator_status
 src, int8_dir, int4_dir, rounds, tokens, context = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
@@ -188,22 +216,16 @@ for _ in range(rounds):
     one = {"bandwidth": fp32_bytes / roofline_seconds(models["fp32"])}  # bytes/s of the fp32 GEMV, this round
     for name, model in models.items():
         for batch in (1, 8):
-            seconds = decode_seconds_per_token(model, batch, context, tokens)
-            one[f"{name}_b{batch}_s"] = seconds
-            one[f"{name}_b{batch}_roofline_fraction"] = weight_bytes_per_token(model) / one["bandwidth"] / seconds
-    one["int8_vs_fp32_b1"] = one["fp32_b1_s"] / one["int8_b1_s"]
-    kv = cache_bytes_per_token(models["fp32"], context, tokens)
-    for name in ("int8", "int4"):  # the roofline of the weights and the KV cache a step reads
-        one[f"{name}_b1_with_cache_fraction"] = ((weight_bytes_per_token(models[name]) + kv) / one["bandwidth"]
-                                                 / one[f"{name}_b1_s"])
-        if operator_status()[0]:
-            rates = product_rates(models[name])
-            one[f"{name}_products_memory_rate"], one[f"{name}_products_cache_rate"] = rates["memory"], rates["cache"]
+            one[f"{name}_b{batch}_s"] = decode_seconds_per_token(model, batch, context, tokens)
+    for name in ("int8", "int4") if operator_status()[0] else ():
+        rates = product_rates(models[name])
+        one[f"{name}_products_memory_rate"], one[f"{name}_products_cache_rate"] = rates["memory"], rates["cache"]
     per_round.append(one)
 out = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
 out.update({f"{name}_weight_bytes": weight_bytes_per_token(m) for name, m in models.items()})
 out["cache_bytes"] = cache_bytes_per_token(models["fp32"], context, tokens)
 out["context"] = context
+out.update(fractions(out, block_product_bytes(models["int8"]), block_product_bytes(models["int4"])))
 out["operator"] = list(operator_status())
 print(json.dumps(out))
 """
@@ -399,11 +421,14 @@ def markdown(r: dict) -> str:
                 f"the weights-only rooflines leave out; against the weights and the cache, int8 reaches "
                 f"{s['int8_b1_with_cache_fraction']:.2f} and int4 {s['int4_b1_with_cache_fraction']:.2f}.")
     if "int4_products_cache_rate" in s:
-        rows.append(f"\nThe block products alone at batch 1, stored GB/s read from memory / from the CPU's caches "
-                    f"(one layer's, over and over): int8 {s['int8_products_memory_rate'] / GB:.1f} / "
-                    f"{s['int8_products_cache_rate'] / GB:.1f}, int4 {s['int4_products_memory_rate'] / GB:.1f} / "
-                    f"{s['int4_products_cache_rate'] / GB:.1f} (the fp32 basis: {s['bandwidth'] / GB:.1f}). A rate "
-                    "no faster from cache than from memory is the kernel's arithmetic, not the memory.")
+        rows.append(f"\nThe block products alone at batch 1 (each a call of its own), stored GB/s from memory / "
+                    f"from the CPU's caches (one layer's, over and over): int8 "
+                    f"{s['int8_products_memory_rate'] / GB:.1f} / {s['int8_products_cache_rate'] / GB:.1f}, int4 "
+                    f"{s['int4_products_memory_rate'] / GB:.1f} / "
+                    f"{s['int4_products_cache_rate'] / GB:.1f} (the fp32 basis: {s['bandwidth'] / GB:.1f}); from "
+                    f"memory they take {s['int8_block_products_s'] * 1e3:.1f} ms (int8) and "
+                    f"{s['int4_block_products_s'] * 1e3:.1f} ms (int4) of a step. A rate no faster from cache than "
+                    "from memory is the kernel's arithmetic, not the memory.")
     if "glm_10b" in r:
         rows += ["", markdown_glm_10b(r["glm_10b"])]
     missed = [name for name, ok in r["targets"].items() if not ok]

@@ -23,8 +23,8 @@ processes building at once never see half a library; the first rename wins and t
 use its result. Paddle hands an operator contiguous copies of strided inputs, so the callers below
 need not make them contiguous (and an in-place input must not be a view). Without the library,
 weight-only products take the tiled fallback, float products of up to 128 rows Paddle's own matmul
-(unless numpy's BLAS takes them: ``linear.py``) and decode attention Paddle's matmul-softmax
-path.
+(unless numpy's BLAS takes them: ``linear.py``), decode attention Paddle's matmul-softmax
+path and a quantized block's decode step the block's own ops.
 
 Environment:
 

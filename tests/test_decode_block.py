@@ -71,9 +71,11 @@ def set_gelu_inputs(block, spread):
 @pytest.mark.parametrize("rows,index,window,spread,thread_count", [
     (1, [5], None, None, 2), (3, [2, 7, 0], None, None, 2), (2, [4], (2, 9), None, 2), (3, [1, 3, 6], None, 40.0, 2),
     (1, [6], None, 1e-4, 2), (3, [0, 1, 2], None, None, 3), (1, [3], None, 40.0, 5)])
-def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, window, spread, thread_count, threads):
+def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, window, spread, thread_count, threads,
+                                                  monkeypatch):
     """Thread counts 3 and 5 split the GELU's b x 4h values into spans that are not multiples of a vector."""
     threads(thread_count)
+    calls = count_fused_calls(monkeypatch)
     model = quantized_model(quant_type)
     block = model.glm.transformer.layers[1]
     assert isinstance(block, QuantizedDecodeBlock)
@@ -88,7 +90,9 @@ def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, windo
     with paddle.no_grad():
         want = GLMBlock.forward(block, x, PreparedMask(CPU_DECODE, bias=cache.key_bias), cache, 1, write)
         got = block(x, PreparedMask(CPU_DECODE, bias=twin.key_bias), twin, 1, write)
+    assert len(calls) == 1  # the operator ran (the reference is the block's own ops)
     scale = float(np.abs(want.numpy()).max())  # float32 sums of large terms (GELU's inputs at 40) round coarser
+    assert spread != 1e-4 or scale < 10  # the bound test_gelu_near_zero_moves_the_output_beyond_the_tolerance takes
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5 * scale)
     for a, b in zip(cache._writes.keys + cache._writes.values, twin._writes.keys + twin._writes.values):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-6)
@@ -103,7 +107,7 @@ def test_gelu_near_zero_moves_the_output_beyond_the_tolerance():
     set_gelu_inputs(block, 1e-4)
     x = paddle.to_tensor(np.random.default_rng(7).standard_normal((1, 1, 64)).astype("float32"))
     with paddle.no_grad():
-        inner = block.mlp.dense_h_to_4h(block.post_attention_layernorm(x))  # as the step's x1 would give
+        inner = block.mlp.dense_h_to_4h(block.post_attention_layernorm(x))  # x standing in for the step's x1
         share = {name: block.mlp.dense_4h_to_h(value).numpy() - block.mlp.dense_4h_to_h.bias.numpy()
                  for name, value in (("gelu", paddle.nn.functional.gelu(inner, approximate=True)), ("identity", inner))}
     tolerance = 1e-5 * 10  # the fused test's, for outputs up to 10
@@ -151,6 +155,14 @@ def test_a_forward_hook_on_a_blocks_layer_keeps_the_blocks_own_ops(monkeypatch):
     calls = count_fused_calls(monkeypatch)
     greedy(model)
     assert len(calls) == 5 and len(seen) == 6  # block 1 fused at each of the 5 steps; block 0's hook every pass
+
+
+def test_layernorms_not_in_float32_keep_the_blocks_own_ops():
+    block = quantized_model(INT8).glm.transformer.layers[0]
+    assert block._operator_inputs() is not None
+    norm = block.post_attention_layernorm
+    norm.weight = norm.create_parameter(norm.weight.shape, dtype="float64")
+    assert block._operator_inputs() is None
 
 
 def test_parameter_names_do_not_change():

@@ -6,8 +6,9 @@ in the ``cpu_decode`` backend (eager, float32 CPU, no gradient, the operators lo
 plain :class:`~paddle_glm.quantization.layers.QuantizedLinear` (no LoRA adapter on them) goes through
 ``glm_decode_block`` (``csrc/decode_block.cc``): the two LayerNorms, the four products, the attention with its
 cache write, the GELU and both residual adds in one call. Every other call (prefills, training, a GPU,
-adapters) runs the block's own ``forward``. On glm-large int8 a step's ~200 us a layer of op dispatch and
-Python between the separate calls goes (``benchmarks/bench_quant.py``).
+adapters, a forward hook on one of the block's layers, LayerNorms not in float32) runs the block's own
+``forward``. Measured on glm-large int8: one block with its weights in cache 552-632 us against 751-871 us
+through the separate calls (their dispatch and the Python between them), a step 20-22 ms against 25-29 ms.
 """
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ class QuantizedDecodeBlock(GLMBlock):
         if not all(type(projection) is QuantizedLinear for projection in projections):
             return None
         norms = sub["input_layernorm"], sub["post_attention_layernorm"]
-        layers = (self, sub["attention"], sub["mlp"]) + norms + projections
-        if norms[0]._parameters["weight"].dtype != paddle.float32 or any(
+        layers = (sub["attention"], sub["mlp"]) + norms + projections  # the block's own hooks run either way
+        if any(norm._parameters["weight"].dtype != paddle.float32 for norm in norms) or any(
                 layer._forward_pre_hooks or layer._forward_post_hooks for layer in layers):
             return None
         params = [norms[0]._parameters["weight"], norms[0]._parameters["bias"]]
