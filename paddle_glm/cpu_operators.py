@@ -122,9 +122,7 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
 
     ``keys`` and ``values`` must be contiguous: Paddle hands a custom operator a contiguous copy of a strided
     input, so a view's write would be lost."""
-    if not (keys.is_contiguous() and values.is_contiguous()):
-        raise GLMError("decode_attention: the key and value buffers must be contiguous (they are written in "
-                       "place; pass a cache's whole buffers, not views)")
+    _check_cache_buffers("decode_attention", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
                                         chosen_cpu_threads())[0]
@@ -138,13 +136,18 @@ def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Ten
     :func:`decode_attention` does. ``params``: the first LayerNorm's weight and bias, then the weight, scale and
     bias of ``query_key_value``, ``dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``, then the second LayerNorm's
     weight and bias; ``epsilons``: the two LayerNorms'."""
-    if not (keys.is_contiguous() and values.is_contiguous()):
-        raise GLMError("decode_block: the key and value buffers must be contiguous (they are written in place; "
-                       "pass a cache's whole buffers, not views)")
+    _check_cache_buffers("decode_block", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
                                         _BITS[quant_type], int(group_size), float(epsilons[0]), float(epsilons[1]),
                                         chosen_cpu_threads())[0]
+
+
+def _check_cache_buffers(operator: str, keys: paddle.Tensor, values: paddle.Tensor) -> None:
+    """Refuse views for the buffers an operator writes in place (Paddle would hand it a contiguous copy)."""
+    if not (keys.is_contiguous() and values.is_contiguous()):
+        raise GLMError(f"{operator}: the key and value buffers must be contiguous (they are written in place; "
+                       "pass a cache's whole buffers, not views)")
 
 
 def notice_fallback() -> None:
