@@ -20,13 +20,16 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
+from conftest import randomized  # noqa: E402
+
 from paddle_glm import GLMChineseTokenizer, GLMForConditionalGeneration  # noqa: E402
 from paddle_glm.cli import main as cli_main  # noqa: E402
 from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR  # noqa: E402
 from paddle_glm.serving.app import create_app  # noqa: E402
+from paddle_glm.serving.engine import SlotBatch  # noqa: E402
 from paddle_glm.serving.rows import BatchFinished, BatchStreamer  # noqa: E402
 from paddle_glm.serving.runner import BatchStats, ModelRunner  # noqa: E402
-from paddle_glm.serving.scheduler import Scheduler  # noqa: E402
+from paddle_glm.serving.scheduler import ContinuousScheduler, Scheduler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tools" / "corpus" / "zh_corpus.txt"
@@ -295,9 +298,9 @@ class SlowRunner(ModelRunner):
 
 
 @contextmanager
-def in_process(runner, app_options=None, **scheduler_args):
+def in_process(runner, app_options=None, scheduler=None, **scheduler_args):
     port = free_port()
-    app = create_app(Scheduler(runner, **scheduler_args), "slow", **(app_options or {}))
+    app = create_app(scheduler or Scheduler(runner, **scheduler_args), "slow", **(app_options or {}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -356,6 +359,31 @@ def test_a_client_that_disconnects_stops_costing_compute(demo):
             httpx.post(url + "/v1/completions", json={"prompt": "x[MASK]", "max_tokens": 250}, timeout=0.5)
         assert wait_for(lambda: len(runner.steps) == 2)
     assert all(steps < 60 for steps in runner.steps), runner.steps  # of 250 (5 s)
+
+
+@pytest.mark.parametrize("scheduler_kind", ["static", "continuous"])
+def test_a_fill_whose_client_leaves_stops_at_its_next_step(demo, scheduler_kind):
+    """``/v1/fill`` on a real model (the demo's shape and tokenizer, random weights: each span runs to its
+    max_tokens) whose forward takes >= 20 ms: a client that gives up after 0.5 s stops the fill at its next
+    decode step, and the model thread then serves the next request."""
+    model = randomized(GLMForConditionalGeneration(demo[0].config), seed=5, spread=True)
+    forwards = []
+
+    def slow(layer, inputs, output):
+        forwards.append(time.monotonic())
+        time.sleep(0.02)
+
+    model.glm.transformer.layers[0].register_forward_post_hook(slow)  # every forward and decode step
+    runner = ModelRunner(model, demo[1])
+    scheduler = ContinuousScheduler(runner, SlotBatch(model, demo[1], 2)) if scheduler_kind == "continuous" else None
+    with in_process(runner, scheduler=scheduler, max_batch=2, window=0) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/fill", json={"text": "天[MASK]地[MASK]", "max_tokens": 100}, timeout=0.5)
+        assert wait_for(lambda: forwards and time.monotonic() - forwards[-1] > 1.0)  # the model went quiet
+        stopped = len(forwards)
+        assert 0 < stopped < 60, stopped  # of >= 200 forwards for 2 blanks x 100 tokens (>= 4 s)
+        response = httpx.post(url + "/v1/completions", json={"prompt": "天[MASK]", "max_tokens": 2}, timeout=30)
+        assert response.status_code == 200 and len(forwards) > stopped
 
 
 def test_bad_serve_flags_are_one_line_errors(tmp_path):

@@ -114,7 +114,7 @@ class GroupingRunner:
             row.sink.finish(row.index, "stop", 0)
         return BatchStats(len(rows), 0, None, 0)
 
-    def fill(self, text, max_tokens, sampling):
+    def fill(self, text, max_tokens, sampling, cancelled=None):
         self.batches.append([text])
         return text, [], 0
 

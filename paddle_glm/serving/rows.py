@@ -181,6 +181,14 @@ class BatchFinished(Exception):
     """Raised from ``BatchStreamer.put`` to end ``generate`` once no row of the batch needs more tokens."""
 
 
+class FillCancelled(Exception):
+    """A fill job stopped at a decode step because its client left; ``tokens``: what it had generated."""
+
+    def __init__(self, tokens: int):
+        super().__init__(f"cancelled after {tokens} tokens")
+        self.tokens = tokens
+
+
 class BatchStreamer(BaseStreamer):
     """Routes each decode step's tokens ``[batch]`` to the rows of a batch.
 

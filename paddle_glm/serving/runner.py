@@ -7,12 +7,27 @@ Only the scheduler's model thread calls ``complete`` and ``fill``; ``prompt_toke
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..generation import GenerationConfig, TokenCollector
 from ..infilling import fill_blanks
-from .rows import BatchFinished, BatchStreamer, Row, Sampling
+from .rows import BatchFinished, BatchStreamer, FillCancelled, Row, Sampling
+
+
+class _CancellableCounter(TokenCollector):
+    """Counts a fill's tokens; at the first step after ``cancelled`` is set it raises :class:`FillCancelled`, which
+    ends ``generate`` (and so ``fill_blanks``) there."""
+
+    def __init__(self, cancelled: Optional[threading.Event]):
+        super().__init__()
+        self.cancelled = cancelled
+
+    def put(self, value) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise FillCancelled(len(self.steps))
+        super().put(value)
 
 
 @dataclass
@@ -58,9 +73,11 @@ class ModelRunner:
                                 streamer=streamer, **rows[0].sampling.generate_kwargs())
         return BatchStats(len(rows), len(streamer.step_times), streamer.step_seconds(), streamer.cancelled())
 
-    def fill(self, text: str, max_tokens: int, sampling: Sampling) -> Tuple[str, List[str], int]:
-        """``fill_blanks`` on one text: the completed text, the spans and the tokens generated."""
-        counter = TokenCollector()
+    def fill(self, text: str, max_tokens: int, sampling: Sampling,
+             cancelled: Optional[threading.Event] = None) -> Tuple[str, List[str], int]:
+        """``fill_blanks`` on one text: the completed text, the spans and the tokens generated. Raises
+        :class:`FillCancelled` at the first decode step after ``cancelled`` is set (its client left)."""
+        counter = _CancellableCounter(cancelled)
         completed, spans = fill_blanks(self.model, self.tokenizer, text, generation_config=self.settings,
                                        streamer=counter, max_new_tokens=max_tokens, **sampling.generate_kwargs())
         return completed, spans, len(counter.steps)

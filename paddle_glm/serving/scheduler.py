@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional, Sequence, Union
 
 from ..errors import GLMError
-from .rows import Row, Sampling
+from .rows import FillCancelled, Row, Sampling
 
 log = logging.getLogger("paddle_glm.serve")
 MAX_WINDOWS = 4  # the longest a waiting row is held for others: this many batching windows
@@ -95,7 +95,10 @@ class _ModelThread:
     def _run_fill(self, job: FillJob) -> None:
         start = time.perf_counter()
         try:
-            result = self.runner.fill(job.text, job.max_tokens, job.sampling)
+            result = self.runner.fill(job.text, job.max_tokens, job.sampling, job.cancelled)
+        except FillCancelled as e:
+            log.info("fill stopped after %d tokens in %.2f s: its client left", e.tokens, time.perf_counter() - start)
+            return
         except GLMError as e:
             job.done(None, (400, str(e)))
             return
