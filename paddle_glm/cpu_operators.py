@@ -57,11 +57,12 @@ OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
 DECODE_ATTENTION_OP, DECODE_BLOCK_OP = "glm_decode_attention", "glm_decode_block"
 SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "small_batch_linear.cc",
-                                                       "decode_attention.cc", "decode_block.cc")]
+SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "int4_int16_product.cc",
+                                                       "small_batch_linear.cc", "decode_attention.cc",
+                                                       "decode_block.cc")]
 # included by the sources: part of the cache key
 HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h", "weight_only_product.h",
-                                                       "decode_attention.h")]
+                                                       "int4_int16_product.h", "decode_attention.h")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s

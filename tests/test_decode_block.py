@@ -19,6 +19,10 @@ from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
 pytestmark = pytest.mark.skipif(not cpu_operators.status()[0], reason="the C++ CPU operators could not be built")
 MIN = float(np.finfo("float32").min)
 SETTINGS = {INT8: QuantSettings(INT8), INT4: QuantSettings(INT4, 16)}
+# The keys and values both paths write: int4's products round their inputs to int16 per group (one step: the
+# group's largest |x| / 32767, ~1e-4 after a LayerNorm), so the ~1e-7 by which the fused and Paddle's LayerNorms
+# differ can move an input by one step, a key or value by ~step x |weight|.
+KV_TOLERANCE = {INT8: 1e-6, INT4: 1e-4}
 
 
 def quantized_model(quant_type, **config):
@@ -95,7 +99,7 @@ def test_the_fused_step_equals_the_blocks_own_ops(quant_type, rows, index, windo
     assert spread != 1e-4 or scale < 10  # the bound test_gelu_near_zero_moves_the_output_beyond_the_tolerance takes
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5 * scale)
     for a, b in zip(cache._writes.keys + cache._writes.values, twin._writes.keys + twin._writes.values):
-        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=KV_TOLERANCE[quant_type])
 
 
 def test_gelu_near_zero_moves_the_output_beyond_the_tolerance():

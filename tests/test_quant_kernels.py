@@ -11,6 +11,8 @@ import numpy as np
 import paddle
 import pytest
 
+from conftest import int16_rounding_bound
+
 from paddle_glm import GLMError, cpu_operators
 from paddle_glm.quantization import kernels
 from paddle_glm.quantization.cuda_layout import cuda_arch, cuda_weight_only_args
@@ -135,9 +137,20 @@ def _rel_err(got, ref):
     return np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
 
 
+def _assert_operator_close(got, x, d, quant_type, group_size, ref=None):
+    """The operator's product against float64: within 1e-5 of the largest output (float32 sums), plus for int4
+    the int16 rounding of its activations (on AVX2 builds, groups of a multiple of 32)."""
+    ref = x.astype(np.float64) @ d.T if ref is None else ref
+    allowed = 1e-5 * np.abs(ref).max()
+    if quant_type == INT4:
+        allowed = allowed + int16_rounding_bound(x.reshape(-1, x.shape[-1]), d, group_size).reshape(ref.shape)
+    assert np.all(np.abs(got - ref) <= allowed), _rel_err(got, ref)
+
+
 SHAPES = [(INT8, 64, o, i) for o in (1, 3, 17, 130) for i in (1, 3, 17, 130, 1000)] + [
     (INT4, g, o, i) for g in (32, 64, 128) for o in (1, 3, 17, 130) for i in (128, 384, 1024) if i % g == 0] + [
-    (INT4, 2, 5, 6), (INT4, 6, 7, 18), (INT4, 130, 3, 260)]  # groups shorter than a vector / not a multiple of it
+    (INT4, 2, 5, 6), (INT4, 6, 7, 18), (INT4, 130, 3, 260)] + [  # groups shorter than a vector / not a multiple of it
+    (INT4, 16, o, i) for o in (1, 3, 17) for i in (48, 128)]  # the word embeddings' groups: odd and even counts
 
 
 @pytest.mark.parametrize("quant_type,group_size,out_features,in_features", SHAPES)
@@ -154,9 +167,32 @@ def test_operator_and_fallback_match_float64(quant_type, group_size, out_feature
         xt = paddle.to_tensor(x)
         op = cpu_operators.run(xt, qt, st, quant_type, group_size).numpy()
         tiled = kernels.tiled_fallback(xt, qt, st, quant_type, group_size).numpy()
-        assert _rel_err(op, ref) <= 1e-5, n
+        _assert_operator_close(op, x, d, quant_type, group_size, ref)
         assert _rel_err(tiled, ref) <= 1e-5, n
         assert not op[n // 2].any()
+
+
+@pytest.mark.parametrize("group_size,in_features", [(16, 96), (32, 96), (256, 512), (4096, 4096), (8192, 8192)])
+def test_int4_activation_rounding_edges(group_size, in_features):
+    """csrc/int4_int16_product.cc rounds each group of x to int16 by its largest |x|: a group with one outlier
+    (the others rounded coarsely), a row of values near float32's smallest normal (scales below float32's normal
+    range unless the row is rescaled), a group of zeros; each output within the rounding's bound. Groups of 16
+    (two a chunk), groups read chunk by chunk (256: the group size read at run time), up to 4096 (the int32 sums'
+    limit), and 8192 (the float32 route). A NaN or an infinity in x makes its row's outputs NaN (inf: not
+    finite), as a float32 product would."""
+    assert cpu_operators.status()[0]
+    q, s, d = _case(INT4, group_size, 7, in_features, seed=group_size)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, in_features)).astype(np.float32)
+    x[0, 3] = 5000.0  # an outlier in the first group
+    x[1] *= np.float32(1e-37)
+    x[2, :group_size] = 0
+    got = cpu_operators.run(paddle.to_tensor(x[:4]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size)
+    for row in range(4):  # each row against its own scale
+        _assert_operator_close(got.numpy()[row:row + 1], x[row:row + 1], d, INT4, group_size)
+    x[3, 1], x[4, -1] = np.nan, np.inf
+    got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size).numpy()
+    assert np.isnan(got[3]).all() and not np.isfinite(got[4]).any() and np.isfinite(got[:3]).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
@@ -177,7 +213,7 @@ def test_every_thread_count_computes_every_channel_once(monkeypatch, threads, qu
             x = rng.standard_normal((n, in_features)).astype(np.float32)
             got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type,
                                     group).numpy()
-            assert _rel_err(got, x.astype(np.float64) @ d.T) <= 1e-5, (out_features, n)
+            _assert_operator_close(got, x, d, quant_type, group)
 
 
 @pytest.mark.parametrize("quant_type,group_size", [(INT8, 64), (INT4, 64)])
@@ -193,7 +229,8 @@ def test_weight_only_linear_shapes_and_bias(quant_type, group_size):
                                      quant_type=quant_type, group_size=group_size)
             ref = x.astype(np.float64) @ d.T + (0 if b is None else b)
             assert list(got.shape) == list(shape[:-1]) + [96]
-            assert ref.size == 0 or _rel_err(got.numpy(), ref) <= 1e-5
+            if ref.size:
+                _assert_operator_close(got.numpy(), x, d, quant_type, group_size, ref)
 
 
 @pytest.mark.parametrize("quant_type", [INT8, INT4])
@@ -203,7 +240,7 @@ def test_x_that_needs_a_gradient_gets_it(quant_type):
     x = paddle.to_tensor(rng.standard_normal((2, 3, 128)).astype(np.float32), stop_gradient=False)
     g = rng.standard_normal((2, 3, 24))
     y = weight_only_linear(x, paddle.to_tensor(q), paddle.to_tensor(s), quant_type=quant_type)
-    assert _rel_err(y.numpy(), x.numpy().astype(np.float64) @ d.T) <= 1e-5
+    _assert_operator_close(y.numpy(), x.numpy(), d, quant_type, 64)
     (y * paddle.to_tensor(g.astype(np.float32))).sum().backward()
     assert _rel_err(x.grad.numpy(), g @ d) <= 1e-5  # d(sum(y * g))/dx = g @ W
     rows = paddle.to_tensor(x.numpy().reshape(6, 128), stop_gradient=False)  # the tiled route's own autograd

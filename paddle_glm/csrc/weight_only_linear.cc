@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "float_vectors.h"
+#include "int4_int16_product.h"
 #include "row_streams.h"
 #include "weight_only_product.h"
 #include "paddle/extension.h"
@@ -278,7 +279,7 @@ void weight_only_product(const float* x, int64_t n, int64_t in, const paddle::Te
   if (bits == 8) {
     const Problem p{x, wp, scale.data<float>(), y, n, in, out, 0};
     run_all<Int8Kernel, kInt8Tilings>(p, threads);
-  } else {
+  } else if (!int4_int16_product(x, n, in, wp, scale.data<float>(), out, group_size, threads, y)) {
     const std::vector<float> prepared = prepare_int4_inputs(x, n, in, group_size);
     const Problem p{prepared.data(), wp, scale.data<float>(), y, n, in, out, group_size};
     run_all<Int4Kernel, kInt4Tilings>(p, threads);
