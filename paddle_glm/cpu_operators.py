@@ -11,7 +11,9 @@
   ``bhsd`` KV cache, with the cache write, in one call (``paddle_glm.kv_cache``).
 * ``glm_decode_block`` (``decode_block.cc``): a decode step through a whole block whose projections
   are weight-only quantized (LayerNorms, the four products, the attention with its cache write,
-  GELU, residual adds) in one call (``paddle_glm.quantization.decode_block``).
+  GELU, residual adds) in one call (``paddle_glm.quantization.decode_block``);
+* ``glm_decode_stack`` (``decode_stack.cc``): that step for every block of the stack in one call, a plain C
+  function called through ctypes (:func:`decode_stack_function`; ``paddle_glm.quantization.decode_stack``).
 
 The sources are compiled by the system C++ compiler (``$CXX``, else ``g++``/``c++``; it needs
 OpenMP, e.g. Debian's ``build-essential``) through Paddle's custom-operator toolchain
@@ -35,6 +37,7 @@ Environment:
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -59,15 +62,16 @@ SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "int4_int16_product.cc",
                                                        "small_batch_linear.cc", "decode_attention.cc",
-                                                       "decode_block.cc")]
+                                                       "decode_block.cc", "decode_stack.cc")]
 # included by the sources: part of the cache key
 HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h", "weight_only_product.h",
-                                                       "int4_int16_product.h", "decode_attention.h")]
+                                                       "int4_int16_product.h", "decode_attention.h",
+                                                       "decode_block.h")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
 _BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
-_state = {"status": None, "fallback_notice_shown": False}
+_state = {"status": None, "fallback_notice_shown": False, "library": None, "stack": None}
 _lock = threading.Lock()  # one build per process, whichever thread asks first
 
 
@@ -104,6 +108,21 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
                                         chosen_cpu_threads())[0]
 
 
+def decode_stack_function():
+    """``glm_decode_stack`` (``csrc/decode_stack.cc``) from the loaded library through ctypes, or None without the
+    library."""
+    if not status()[0]:
+        return None
+    with _lock:
+        if _state["stack"] is None:
+            function = ctypes.CDLL(_state["library"]).glm_decode_stack  # the library Paddle loaded: one copy
+            function.restype = ctypes.c_int
+            function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64]
+            _state["stack"] = function
+    return _state["stack"]
+
+
 def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
                        transposed: bool = False) -> paddle.Tensor:
     """``x`` float32 ``[..., in]`` (at most :data:`SMALL_BATCH_ROWS` rows in its leading dimensions) times
@@ -123,7 +142,7 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
 
     ``keys`` and ``values`` must be contiguous: Paddle hands a custom operator a contiguous copy of a strided
     input, so a view's write would be lost."""
-    _check_cache_buffers("decode_attention", keys, values)
+    check_cache_buffers("decode_attention", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_ATTENTION_OP, qkv, keys, values, key_bias, index, int(length),
                                         chosen_cpu_threads())[0]
@@ -137,15 +156,16 @@ def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Ten
     :func:`decode_attention` does. ``params``: the first LayerNorm's weight and bias, then the weight, scale and
     bias of ``query_key_value``, ``dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``, then the second LayerNorm's
     weight and bias; ``epsilons``: the two LayerNorms'."""
-    _check_cache_buffers("decode_block", keys, values)
+    check_cache_buffers("decode_block", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
                                         _BITS[quant_type], int(group_size), float(epsilons[0]), float(epsilons[1]),
                                         chosen_cpu_threads())[0]
 
 
-def _check_cache_buffers(operator: str, keys: paddle.Tensor, values: paddle.Tensor) -> None:
-    """Refuse views for the buffers an operator writes in place (Paddle would hand it a contiguous copy)."""
+def check_cache_buffers(operator: str, keys: paddle.Tensor, values: paddle.Tensor) -> None:
+    """Refuse views for the buffers an operator writes in place (Paddle would hand it a contiguous copy; the
+    stack's call would write past a view's rows)."""
     if not (keys.is_contiguous() and values.is_contiguous()):
         raise GLMError(f"{operator}: the key and value buffers must be contiguous (they are written in place; "
                        "pass a cache's whole buffers, not views)")
@@ -182,6 +202,7 @@ def _load_or_build() -> Tuple[bool, str]:
         load_op_meta_info_and_register_op(library)
     except Exception as e:  # a library Paddle cannot load: say why, keep running on the fallback
         return False, f"loading {library} failed: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+    _state["library"] = library
     return True, ""
 
 

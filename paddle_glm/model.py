@@ -173,12 +173,17 @@ class GLMStack(nn.Layer):
         self.layers = nn.LayerList([GLMBlock(config) for _ in range(config.num_layers)])
         self.final_layernorm = LayerNorm(config.hidden_size, epsilon=config.layernorm_epsilon)
 
-    def forward(self, hidden: paddle.Tensor, position_ids: paddle.Tensor, mask: PreparedMask,
-                cache: Optional[KVCache] = None, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+    def embed(self, hidden: paddle.Tensor, position_ids: paddle.Tensor) -> paddle.Tensor:
+        """The word embeddings ``hidden`` ``[b, s, hidden]`` plus the position (and block position) embeddings of
+        ``position_ids`` ``[b, 2, s]``, through the embedding dropout."""
         hidden = hidden + self.position_embeddings(position_ids[:, 0])
         if self.block_position_encoding:
             hidden = hidden + self.block_position_embeddings(position_ids[:, 1])
-        hidden = _dropout(self.embedding_dropout, hidden)
+        return _dropout(self.embedding_dropout, hidden)
+
+    def forward(self, hidden: paddle.Tensor, position_ids: paddle.Tensor, mask: PreparedMask,
+                cache: Optional[KVCache] = None, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        hidden = self.embed(hidden, position_ids)
         recompute = self.config.recompute and self.training and cache is None and not hidden.stop_gradient
         for i, layer in enumerate(self.layers):
             if recompute:  # keep only each block's input; rerun the block in the backward pass

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "decode_attention.h"
+#include "decode_block.h"
 #include "float_vectors.h"
 #include "paddle/extension.h"
 #include "weight_only_product.h"
@@ -109,32 +110,38 @@ static void check_block_inputs(const paddle::Tensor& x, const std::vector<paddle
   }
 }
 
-std::vector<paddle::Tensor> DecodeBlock(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
-                                        paddle::Tensor& k, paddle::Tensor& v, const paddle::Tensor& bias,
-                                        const paddle::Tensor& index, int length, int bits, int group_size,
-                                        float eps1, float eps2, int threads) {
+void decode_block_step(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params, paddle::Tensor& k,
+                       paddle::Tensor& v, const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length,
+                       int bits, int group_size, float eps1, float eps2, int threads, float* y) {
   check_block_inputs(x, params, bits, group_size);
   const int64_t b = x.shape()[0], h = x.shape()[2];
   paddle::Tensor qkv = paddle::empty({b, 1, 3 * h}, paddle::DataType::FLOAT32, x.place());
   check_decode_attention_inputs(qkv, k, v, bias, index, length, "glm_decode_block");
-  paddle::Tensor out = paddle::empty({b, 1, h}, paddle::DataType::FLOAT32, x.place());
   std::vector<float> normed(b * h), context(b * h), residual(b * h), wide(b * 4 * h);
-  auto product = [&](int j, const float* in, int64_t features, float* y) {
+  auto product = [&](int j, const float* in, int64_t features, float* out) {
     weight_only_product(in, b, features, params[2 + 3 * j], params[3 + 3 * j], params[4 + 3 * j].data<float>(), bits,
-                        group_size, threads, y);
+                        group_size, threads, out);
   };
   const float* xp = x.data<float>();
   layer_norm(xp, params[0].data<float>(), params[1].data<float>(), eps1, b, h, normed.data());
   product(0, normed.data(), h, qkv.data<float>());
   decode_attention_rows(qkv.data<float>(), b, k, v, bias, index, length, threads, context.data());
   product(1, context.data(), h, residual.data());
-  for (int64_t i = 0; i < b * h; ++i) residual[i] += xp[i];  // x1
+  for (int64_t i = 0; i < b * h; ++i) residual[i] += xp[i];  // x1 (x is not read after this: y may be x)
   layer_norm(residual.data(), params[14].data<float>(), params[15].data<float>(), eps2, b, h, normed.data());
   product(2, normed.data(), h, wide.data());
   gelu_tanh(wide.data(), b * 4 * h, threads);
-  float* y = out.data<float>();
   product(3, wide.data(), 4 * h, y);
   for (int64_t i = 0; i < b * h; ++i) y[i] += residual[i];
+}
+
+std::vector<paddle::Tensor> DecodeBlock(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
+                                        paddle::Tensor& k, paddle::Tensor& v, const paddle::Tensor& bias,
+                                        const paddle::Tensor& index, int length, int bits, int group_size,
+                                        float eps1, float eps2, int threads) {
+  PD_CHECK(x.shape().size() == 3, "glm_decode_block: x must be a float32 [b, 1, hidden] CPU tensor");
+  paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
+  decode_block_step(x, params, k, v, bias, index, length, bits, group_size, eps1, eps2, threads, out.data<float>());
   return {out};
 }
 

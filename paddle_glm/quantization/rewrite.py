@@ -2,7 +2,8 @@
 
 :func:`quantize_model` swaps every transformer Linear (``query_key_value``, ``dense``,
 ``dense_h_to_4h``, ``dense_4h_to_h``) for a :class:`QuantizedLinear`, each block for a
-:class:`QuantizedDecodeBlock` (the same sublayers; a CPU decode step in one C++ call) and, unless told
+:class:`QuantizedDecodeBlock` (the same sublayers; a CPU decode step in one C++ call), the stack for a
+:class:`QuantizedDecodeStack` (a CPU decode step through every block in one call) and, unless told
 not to, the word embeddings (also the tied output projection) for a
 :class:`QuantizedEmbedding`. LayerNorms, biases and the position tables stay float. The
 model code does not change: it calls its layers and ``word_embeddings.project``.
@@ -26,6 +27,7 @@ from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
 from ..errors import CheckpointError, GLMError
 from .decode_block import QuantizedDecodeBlock
+from .decode_stack import QuantizedDecodeStack
 from .kernels import dequantize_weight, to_cuda_layout
 from .layers import QuantizedEmbedding, QuantizedLinear, QuantizedWeight, lazy_parameter
 from .settings import QUANT_CONFIG_KEY, QUANT_WITH_TP, QuantSettings
@@ -91,6 +93,7 @@ def quantize_model(model: nn.Layer, settings: QuantSettings) -> QuantizedLoading
             _swap(parent, attr, old, new)
             layers[f"transformer.layers.{i}.{parent_name}.{attr}"] = new
         base.transformer.layers[i] = QuantizedDecodeBlock(block)
+    base.transformer = QuantizedDecodeStack(base.transformer)
     if settings.quantize_embeddings:
         old = base.word_embeddings
         new = QuantizedEmbedding(base.config.vocab_size, hidden, settings.for_embeddings(), dtype)
