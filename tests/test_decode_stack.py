@@ -131,3 +131,18 @@ def test_new_values_and_new_parameters_reach_the_stack(monkeypatch):
     np.testing.assert_array_equal(a, c)
     np.testing.assert_array_equal(b, d)
     assert np.abs(a - b).max() > 1e-3  # the new parameter changed the logits
+
+
+def test_a_parameter_of_another_shape_is_refused_not_read_past():
+    """A parameter put in another's place gets its own row: one of the wrong shape fails the C++ check (a row kept
+    from the old parameter would make the step read past the new one's memory)."""
+    model = quantized_model(INT8)
+    ids, positions = paddle.to_tensor([[5]]), paddle.to_tensor([[[3], [1]]])
+    write = paddle.to_tensor([3], dtype="int64")
+    cache = filled_cache(model, 1, 8, seed=4)
+    qkv = model.glm.transformer.layers[1].attention.query_key_value
+    with paddle.no_grad():
+        model.decode_step(ids, positions, write, cache)
+        qkv.bias = qkv.create_parameter([10], dtype="float32", is_bias=True)
+        with pytest.raises(GLMError, match="glm_decode_block query_key_value: bias must be"):
+            model.decode_step(ids, positions, write, cache)
