@@ -103,7 +103,8 @@ def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_in
         keys, values, _, _ = cache.step_buffers(i)
         cpu_operators.check_cache_buffers("decode_stack", keys, values)
         buffers += (keys, values)
-    table = np.concatenate([_table([hidden, out, key_bias, write_index.contiguous()]),
+    index = write_index.contiguous()  # held here: the table holds only its address
+    table = np.concatenate([_table([hidden, out, key_bias, index]),
                             params_rows.rows([t for params, _ in layers for t in params]),
                             buffer_rows.rows(buffers)])
     epsilons = np.asarray([layer[1] for layer in layers], np.float32)  # [layers, 2]
