@@ -3,14 +3,16 @@ against each block's own one-call step, when it is taken, its fallbacks and its 
 import numpy as np
 import paddle
 import pytest
-from test_decode_block import copy_of, filled_cache, greedy, quantized_model
+from test_decode_block import copy_of, count_fused_calls, filled_cache, greedy, quantized_model
 
 from conftest import TINY_A, random_model
 
 from paddle_glm import GLMError, cpu_operators
+from paddle_glm.lora import LoRAConfig, apply_lora
 from paddle_glm.quantization import decode_stack as stack_module
 from paddle_glm.quantization.decode_stack import QuantizedDecodeStack
-from paddle_glm.quantization.settings import INT4, INT8
+from paddle_glm.quantization.rewrite import quantize_model
+from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
 
 
 def count_stack_calls(monkeypatch):
@@ -62,6 +64,27 @@ def test_generation_takes_the_stack_step_with_the_same_tokens(quant_type, monkey
     np.testing.assert_array_equal(fused, greedy(model))
 
 
+def test_beam_search_takes_the_stack_step_with_the_same_beams(monkeypatch):
+    """Beam search reorders the cache's buffers between steps (new tensors): the stack follows them."""
+    model = quantized_model(INT4)
+    ids = paddle.to_tensor(np.arange(20, 27)[None])
+    calls = count_stack_calls(monkeypatch)
+    fused = model.generate(ids, max_new_tokens=5, num_beams=3, eos_token_id=None, bad_words_ids=[])
+    assert len(calls) == 4
+    per_block(monkeypatch)
+    separate = model.generate(ids, max_new_tokens=5, num_beams=3, eos_token_id=None, bad_words_ids=[])
+    tokens = [(out if isinstance(out, paddle.Tensor) else out[0]).numpy() for out in (fused, separate)]
+    np.testing.assert_array_equal(*tokens)
+
+
+def test_a_lora_adapter_keeps_each_blocks_own_ops(monkeypatch):
+    """Neither the stack's call nor a block's own one-call step runs over an adapter (the operator would skip it)."""
+    model = apply_lora(quantized_model(INT8), LoRAConfig(r=2))
+    stack_calls, block_calls = count_stack_calls(monkeypatch), count_fused_calls(monkeypatch)
+    greedy(model)
+    assert stack_calls == [] and block_calls == []
+
+
 def test_a_hook_on_a_block_keeps_each_blocks_own_call(monkeypatch):
     """The stack's call would skip a block's own hooks: with one, every block is called (and the others still take
     their one-call step)."""
@@ -101,7 +124,7 @@ def test_a_failed_check_in_the_stack_is_a_glm_error():
     with pytest.raises(GLMError, match="glm_decode_block query_key_value"):
         stack_module.decode_stack(paddle.ones([1, 1, 64]), layers, cache, paddle.to_tensor([0], dtype="int64"),
                                   INT8, 64)
-    with pytest.raises(GLMError, match="is not a CPU input it takes"):
+    with pytest.raises(GLMError, match="is not a contiguous CPU input it takes"):
         stack_module.decode_stack(paddle.ones([1, 1, 64], dtype="float64"), layers, cache,
                                   paddle.to_tensor([0], dtype="int64"), INT8, 64)
 
@@ -146,3 +169,45 @@ def test_a_parameter_of_another_shape_is_refused_not_read_past():
         qkv.bias = qkv.create_parameter([10], dtype="float32", is_bias=True)
         with pytest.raises(GLMError, match="glm_decode_block query_key_value: bias must be"):
             model.decode_step(ids, positions, write, cache)
+
+
+def test_hooks_set_before_quantizing_keep_running():
+    """The rewrite's stack and blocks take over the hooks of the layers they replace (and their remove handles)."""
+    model = random_model(TINY_A, seed=3)
+    seen = []
+    model.glm.transformer.register_forward_post_hook(lambda *args: seen.append("stack"))
+    handle = model.glm.transformer.layers[0].register_forward_post_hook(lambda *args: seen.append("block"))
+    quantize_model(model, QuantSettings(INT8))
+    ids = paddle.to_tensor([[5, 6, 7]])
+    with paddle.no_grad():
+        model(ids)
+        assert seen == ["block", "stack"]
+        handle.remove()
+        model(ids)
+    assert seen == ["block", "stack", "stack"]
+
+
+def test_row_cache_rereads_the_rows_whose_address_moved():
+    """A kept row whose tensor's memory moved (a cast in place reallocates) is read again: address, dtype, shape."""
+
+    class Place:
+        def is_cpu_place(self):
+            return True
+
+    class Fake:
+        def __init__(self, address, dtype, shape):
+            self.address, self.dtype, self.shape, self.place = address, dtype, shape, Place()
+
+        def data_ptr(self):
+            return self.address
+
+        def is_contiguous(self):
+            return True
+
+    a, b = Fake(1000, paddle.float32, [4, 8]), Fake(2000, paddle.int8, [8])
+    rows = stack_module.RowCache()
+    np.testing.assert_array_equal(rows.rows([a, b]), [[1000, 0, 2, 4, 8, 1, 1], [2000, 1, 1, 8, 1, 1, 1]])
+    b.address, b.dtype, b.shape = 3000, paddle.uint8, [2, 4]
+    np.testing.assert_array_equal(rows.rows([a, b]), [[1000, 0, 2, 4, 8, 1, 1], [3000, 2, 2, 2, 4, 1, 1]])
+    a.shape = [32]  # the same memory: the row is kept (a reshape in place keeps the element count)
+    np.testing.assert_array_equal(rows.rows([a, b])[0], [1000, 0, 2, 4, 8, 1, 1])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import numpy as np
 import paddle
@@ -28,6 +29,9 @@ from paddle_glm.quantization.kernels import (
 )
 
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
+# the operators are built for the host (-march=native) unless told otherwise: is int4's int16 route in them?
+CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+AVX2_BUILD = not os.environ.get(cpu_operators.CFLAGS_ENV) and {"avx2", "fma"} <= CPU_FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -137,12 +141,18 @@ def _rel_err(got, ref):
     return np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
 
 
+def _int16_route(quant_type, group_size, in_features):
+    """Whether csrc/int4_int16_product.cc takes this product (on an AVX2 build)."""
+    return quant_type == INT4 and ((group_size == 16 and in_features % 32 == 0)
+                                   or (group_size % 32 == 0 and group_size <= 4096))
+
+
 def _assert_operator_close(got, x, d, quant_type, group_size, ref=None):
-    """The operator's product against float64: within 1e-5 of the largest output (float32 sums), plus for int4
-    the int16 rounding of its activations (on AVX2 builds, groups of a multiple of 32)."""
+    """The operator's product against float64: within 1e-5 of the largest output (float32 sums), plus, where the
+    int16 route applies, the int16 rounding of its activations."""
     ref = x.astype(np.float64) @ d.T if ref is None else ref
     allowed = 1e-5 * np.abs(ref).max()
-    if quant_type == INT4:
+    if _int16_route(quant_type, group_size, x.shape[-1]):
         allowed = allowed + int16_rounding_bound(x.reshape(-1, x.shape[-1]), d, group_size).reshape(ref.shape)
     assert np.all(np.abs(got - ref) <= allowed), _rel_err(got, ref)
 
@@ -190,6 +200,8 @@ def test_int4_activation_rounding_edges(group_size, in_features):
     got = cpu_operators.run(paddle.to_tensor(x[:4]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size)
     for row in range(4):  # each row against its own scale
         _assert_operator_close(got.numpy()[row:row + 1], x[row:row + 1], d, INT4, group_size)
+    if _int16_route(INT4, group_size, in_features) and AVX2_BUILD:  # the rounding shows: the route ran
+        assert np.abs(got.numpy()[0] - x[0].astype(np.float64) @ d.T).max() > 1e-6 * np.abs(got.numpy()[0]).max()
     x[3, 1], x[4, -1] = np.nan, np.inf
     got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size).numpy()
     assert np.isnan(got[3]).all() and not np.isfinite(got[4]).any() and np.isfinite(got[:3]).all()

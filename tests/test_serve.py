@@ -382,6 +382,7 @@ def test_a_fill_whose_client_leaves_stops_at_its_next_step(demo, scheduler_kind)
         assert wait_for(lambda: forwards and time.monotonic() - forwards[-1] > 1.0)  # the model went quiet
         stopped = len(forwards)
         assert 0 < stopped < 60, stopped  # of >= 200 forwards for 2 blanks x 100 tokens (>= 4 s)
+        assert forwards[-1] - forwards[0] > 0.4  # it was still running when the client left (0.5 s)
         response = httpx.post(url + "/v1/completions", json={"prompt": "天[MASK]", "max_tokens": 2}, timeout=30)
         assert response.status_code == 200 and len(forwards) > stopped
 

@@ -1,6 +1,6 @@
 // int4 weights x activations rounded to int16, for CPUs with AVX2: the int4 product of weight_only_linear.cc
-// where the build targets AVX2 and the group size is 16 or a multiple of 32 up to 4096 (elsewhere its float32
-// route runs).
+// where the build targets AVX2 with FMA and the group size is 16 or a multiple of 32 up to 4096 (elsewhere its
+// float32 route runs).
 //
 // Why: the float32 route converts both nibbles of each byte to float32 and multiplies each with an input: on
 // a 2-core AMD EPYC (Zen 3) ~8 GB/s of packed weights per core, below the memory's rate. Here each group of x
@@ -17,7 +17,7 @@
 // and odd inputs as int16); the last term is the accumulators' starting value.
 #include "int4_int16_product.h"
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -29,7 +29,8 @@
 namespace {
 
 constexpr int kChunk = 16;  // bytes of weights (32 inputs) a step reads per output channel
-// A group's sum is at most 8 * 32767 * group_size in magnitude: int32 holds it up to 8192 inputs.
+// A group's running sum starts at -8 * (its inputs' sum) and adds products of up to 15 * 32767: at most
+// ~9.9 * 32767 * group_size in magnitude along the way, within int32 up to ~6600 inputs.
 constexpr int kLargestGroup = 4096;
 
 float lane_sum(__m256 v) {

@@ -11,7 +11,8 @@
 // side, spread over each thread's share of the channels so that the thread reads R streams of
 // memory at once (row_streams.h). The arithmetic is written with GCC vector extensions; only the
 // widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2 (16, 8 or 4 lanes),
-// whichever the build targets (-march=native by default); a plain loop elsewhere.
+// whichever the build targets (-march=native by default); a plain loop elsewhere. On AVX2 builds int4 products
+// of most group sizes take int4_int16_product.cc's integer route instead (its header says which).
 #include <omp.h>
 
 #include <algorithm>

@@ -34,6 +34,7 @@ class QuantizedDecodeBlock(GLMBlock):
         self.post_attention_layernorm = block.post_attention_layernorm
         self.mlp = block.mlp
         self.training = block.training
+        adopt_hooks(self, block)
 
     def forward(self, x: paddle.Tensor, mask: PreparedMask, cache: Optional[KVCache] = None,
                 layer: int = 0, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
@@ -72,3 +73,11 @@ class QuantizedDecodeBlock(GLMBlock):
             params += [own["weight"], own["weight_scale"], own["bias"]]
         params += [norms[1]._parameters["weight"], norms[1]._parameters["bias"]]
         return params, projections[0], (norms[0]._epsilon, norms[1]._epsilon)
+
+
+def adopt_hooks(layer: nn.Layer, replaced: nn.Layer) -> None:
+    """Give ``layer`` the forward hooks of the layer it replaces (the same dicts: a hook's remove handle still
+    works)."""
+    for name in ("_forward_pre_hooks", "_forward_post_hooks", "_forward_pre_hooks_with_kwargs_flag",
+                 "_forward_post_hooks_with_kwargs_flag"):
+        setattr(layer, name, getattr(replaced, name))

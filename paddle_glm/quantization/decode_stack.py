@@ -26,7 +26,7 @@ from ..errors import GLMError
 from ..kv_cache import KVCache
 from ..model import GLMStack
 from ..openmp_wait import spin_when_idle
-from .decode_block import QuantizedDecodeBlock
+from .decode_block import QuantizedDecodeBlock, adopt_hooks
 from .layers import QuantizedLinear
 
 _DTYPES = {paddle.float32: 0, paddle.int8: 1, paddle.uint8: 2, paddle.int64: 3}  # csrc/decode_stack.cc's kDtypes
@@ -52,7 +52,8 @@ class QuantizedDecodeStack(GLMStack):
         self.layers = stack.layers
         self.final_layernorm = stack.final_layernorm
         self.training = stack.training
-        self._rows = (RowCache(), RowCache())  # the params' and the cache buffers' table rows (decode_stack)
+        self._rows = RowCache()  # the params' table rows (decode_stack)
+        adopt_hooks(self, stack)
 
     def forward(self, hidden: paddle.Tensor, position_ids: paddle.Tensor, mask: PreparedMask,
                 cache: Optional[KVCache] = None, write_index: Optional[paddle.Tensor] = None) -> paddle.Tensor:
@@ -88,13 +89,13 @@ class QuantizedDecodeStack(GLMStack):
 
 
 def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_index: paddle.Tensor,
-                 quant_type: str, group_size: int, tables: Optional[Tuple[RowCache, RowCache]] = None
-                 ) -> paddle.Tensor:
+                 quant_type: str, group_size: int, params_rows: Optional[RowCache] = None) -> paddle.Tensor:
     """``hidden`` ``[b, 1, hidden]`` through every block's decode step (``layers``: each block's
     ``glm_decode_block`` params and LayerNorm epsilons), writing each layer's keys and values into ``cache`` at
-    ``write_index``: ``[b, 1, hidden]``. ``tables``: the params' and the cache buffers' rows kept from the last
-    call (a caller's :class:`RowCache` pair), else made anew. A failure of the C++ checks is a GLMError naming it."""
-    params_rows, buffer_rows = tables or (RowCache(), RowCache())
+    ``write_index``: ``[b, 1, hidden]``. ``params_rows``: the params' rows kept from the last call (a caller's
+    :class:`RowCache`), else made anew; the cache's rows are made at each call (keeping them would keep a finished
+    generation's cache alive). A failure of the C++ checks is a GLMError naming it."""
+    params_rows = params_rows or RowCache()
     hidden = hidden.contiguous()
     out = paddle.empty_like(hidden)
     _, _, key_bias, length = cache.step_buffers(0)
@@ -105,8 +106,7 @@ def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_in
         buffers += (keys, values)
     index = write_index.contiguous()  # held here: the table holds only its address
     table = np.concatenate([_table([hidden, out, key_bias, index]),
-                            params_rows.rows([t for params, _ in layers for t in params]),
-                            buffer_rows.rows(buffers)])
+                            params_rows.rows([t for params, _ in layers for t in params]), _table(buffers)])
     epsilons = np.asarray([layer[1] for layer in layers], np.float32)  # [layers, 2]
     error = ctypes.create_string_buffer(_ERROR_BYTES)
     spin_when_idle()
@@ -114,15 +114,16 @@ def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_in
         table.ctypes.data, len(layers), int(length), _BITS[quant_type], int(group_size), epsilons.ctypes.data,
         chosen_cpu_threads(), error, _ERROR_BYTES)
     if failed:
-        raise GLMError(error.value.decode("utf-8", "replace").strip().splitlines()[0])
+        message = error.value.decode("utf-8", "replace").strip()
+        raise GLMError(message.splitlines()[0] if message else "glm_decode_stack failed without a message")
     return out
 
 
 class RowCache:
-    """Table rows of tensors that come back call after call (a model's params, a cache's buffers): made again when
-    the tensors are other objects, else only their addresses re-read (a tensor's memory can move, e.g. in
-    ``set_value``; its dtype and shape do not). Reading a tensor's dtype and place costs ~1.5 us in Paddle, ~1 ms
-    for glm-large's 432 tensors a step."""
+    """Table rows of tensors that come back call after call (a model's params): made again when the tensors are
+    other objects, else their addresses re-read and the rows whose address moved made again (a tensor's memory
+    moves when it is reallocated, e.g. cast to another dtype in place). Reading a tensor's dtype, place and
+    contiguity costs ~2 us in Paddle, ~1 ms for glm-large's 384 params a step."""
 
     def __init__(self):
         self.tensors: Tuple[paddle.Tensor, ...] = ()
@@ -131,8 +132,10 @@ class RowCache:
     def rows(self, tensors: List[paddle.Tensor]) -> np.ndarray:
         if len(tensors) != len(self.tensors) or not all(map(operator.is_, tensors, self.tensors)):
             self.tensors, self.table = tuple(tensors), _table(tensors)
-        else:
-            self.table[:, 0] = [tensor.data_ptr() for tensor in tensors]
+            return self.table
+        addresses = np.fromiter((tensor.data_ptr() for tensor in tensors), np.int64, len(tensors))
+        for moved in np.flatnonzero(addresses != self.table[:, 0]):
+            self.table[moved] = _table([tensors[moved]])[0]
         return self.table
 
 
@@ -142,7 +145,9 @@ def _table(tensors: Sequence[paddle.Tensor]) -> np.ndarray:
     rows = []
     for tensor in tensors:
         shape = tensor.shape
-        if tensor.dtype not in _DTYPES or not 1 <= len(shape) <= 4 or not tensor.place.is_cpu_place():
-            raise GLMError(f"decode_stack: a {tensor.dtype} tensor of shape {shape} is not a CPU input it takes")
+        if (tensor.dtype not in _DTYPES or not 1 <= len(shape) <= 4 or not tensor.place.is_cpu_place()
+                or not tensor.is_contiguous()):
+            raise GLMError(f"decode_stack: a {tensor.dtype} tensor of shape {shape} is not a contiguous CPU input "
+                           "it takes")
         rows.append([tensor.data_ptr(), _DTYPES[tensor.dtype], len(shape)] + shape + [1] * (4 - len(shape)))
     return np.asarray(rows, np.int64).reshape(-1, _FIELDS)

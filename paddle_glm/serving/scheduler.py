@@ -115,7 +115,8 @@ class Scheduler(_ModelThread):
     (:class:`~paddle_glm.serving.runner.ModelRunner` or a stand-in).
 
     Args:
-        runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling)``.
+        runner: has ``complete(rows) -> BatchStats`` and ``fill(text, max_tokens, sampling, cancelled)``
+            (``cancelled``: the job's event; the fill raises ``FillCancelled`` once it is set).
         max_batch: most rows per ``generate`` call.
         max_queue: most rows waiting (a request with a list of prompts counts each).
         window: while fewer than ``max_batch`` rows wait, the model thread starts a batch only once
