@@ -133,20 +133,28 @@ inline void add_chunk(const Problem& p, const int8_t* w, int64_t j, int64_t b0, 
 
 inline __m256i in_first_lane(int32_t v) { return _mm256_set_m128i(_mm_setzero_si128(), _mm_cvtsi32_si128(v)); }
 
+// The weights and scales of output channels o0, o0 + stride, ..., o0 + (R-1) * stride.
+template <int R>
+struct Channels {
+  const int8_t* w[R];
+  const float* s[R];
+  Channels(const Problem& p, int64_t o0, int64_t stride) {
+    for (int r = 0; r < R; ++r) {
+      w[r] = p.w + (o0 + r * stride) * (p.in / 2);
+      s[r] = p.scale + (o0 + r * stride) * (p.in / p.group_size);
+    }
+  }
+};
+
 // Output channels o0, o0 + stride, ..., o0 + (R-1) * stride against rows b0..b0+NB-1, for groups of CH chunks
 // (0: read from the group size): each group's int32 sums are scaled at its end.
 template <int R, int NB, int CH>
 void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
   const int64_t groups = p.in / p.group_size, chunks = CH ? CH : p.group_size / (2 * kChunk);
-  const int8_t* w[R];
-  const float* s[R];
-  for (int r = 0; r < R; ++r) {
-    w[r] = p.w + (o0 + r * stride) * (p.in / 2);
-    s[r] = p.scale + (o0 + r * stride) * groups;
-  }
-  __m256 total[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) total[r][b] = _mm256_setzero_ps();
+  const Channels<R> ch(p, o0, stride);
+  const int8_t* const* w = ch.w;
+  const float* const* s = ch.s;
+  __m256 total[R][NB] = {};
   for (int64_t g = 0; g < groups; ++g) {
     __m256i acc[R][NB];
     for (int b = 0; b < NB; ++b) {
@@ -173,15 +181,10 @@ inline __m256 halves(float a, float b) { return _mm256_set_m128(_mm_set1_ps(b), 
 template <int R, int NB>
 void pair_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
   const int64_t groups = p.in / p.group_size;
-  const int8_t* w[R];
-  const float* s[R];
-  for (int r = 0; r < R; ++r) {
-    w[r] = p.w + (o0 + r * stride) * (p.in / 2);
-    s[r] = p.scale + (o0 + r * stride) * groups;
-  }
-  __m256 total[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) total[r][b] = _mm256_setzero_ps();
+  const Channels<R> ch(p, o0, stride);
+  const int8_t* const* w = ch.w;
+  const float* const* s = ch.s;
+  __m256 total[R][NB] = {};
   for (int64_t g = 0; g < groups; g += 2) {
     __m256i acc[R][NB];
     __m256 sx[NB];
