@@ -110,7 +110,9 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
 
 def decode_stack_function():
     """``glm_decode_stack`` (``csrc/decode_stack.cc``) from the loaded library through ctypes, or None without the
-    library."""
+    library. Called twice a quantized decode step: once loaded, it returns without taking the lock."""
+    if _state["stack"] is not None:
+        return _state["stack"]
     if not status()[0]:
         return None
     with _lock:
