@@ -143,8 +143,8 @@ def _rel_err(got, ref):
 
 def _int16_route(quant_type, group_size, in_features):
     """Whether csrc/int4_int16_product.cc takes this product (on an AVX2 build)."""
-    return quant_type == INT4 and ((group_size == 16 and in_features % 32 == 0)
-                                   or (group_size % 32 == 0 and group_size <= 4096))
+    return quant_type == INT4 and in_features % 64 == 0 and (group_size in (16, 32)
+                                                             or (group_size % 64 == 0 and group_size <= 4096))
 
 
 def _assert_operator_close(got, x, d, quant_type, group_size, ref=None):
@@ -182,13 +182,15 @@ def test_operator_and_fallback_match_float64(quant_type, group_size, out_feature
         assert not op[n // 2].any()
 
 
-@pytest.mark.parametrize("group_size,in_features", [(16, 96), (32, 96), (256, 512), (4096, 4096), (8192, 8192)])
+@pytest.mark.parametrize("group_size,in_features", [(16, 192), (32, 192), (256, 512), (4096, 4096), (8192, 8192),
+                                                    (16, 96), (32, 96)])
 def test_int4_activation_rounding_edges(group_size, in_features):
     """csrc/int4_int16_product.cc rounds each group of x to int16 by its largest |x|: a group with one outlier
     (the others rounded coarsely), a row of values near float32's smallest normal (scales below float32's normal
     range unless the row is rescaled), a group of zeros; each output within the rounding's bound. Groups of 16
-    (two a chunk), groups read chunk by chunk (256: the group size read at run time), up to 4096 (the int32 sums'
-    limit), and 8192 (the float32 route). A NaN or an infinity in x makes its row's outputs NaN (inf: not
+    and 32 (four and two to a block of 64 inputs, an odd number of blocks), groups of several blocks (256: the
+    group size read at run time), up to 4096 (the int32 sums' limit); 8192 and inputs not a multiple of 64 take the
+    float32 route. A NaN or an infinity in x makes its row's outputs NaN (inf: not
     finite), as a float32 product would."""
     assert cpu_operators.status()[0]
     q, s, d = _case(INT4, group_size, 7, in_features, seed=group_size)

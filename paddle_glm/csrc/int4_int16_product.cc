@@ -1,26 +1,30 @@
 // int4 weights x activations rounded to int16, for CPUs with AVX2: the int4 product of weight_only_linear.cc
-// where the build targets AVX2 with FMA and the group size is 16 or a multiple of 32 up to 4096 (elsewhere its
-// float32 route runs).
+// where the build targets AVX2 with FMA, the input size is a multiple of 64 and the group size is 16, 32 or a
+// multiple of 64 up to 4096 (elsewhere its float32 route runs).
 //
 // Why: the float32 route converts both nibbles of each byte to float32 and multiplies each with an input: on
 // a 2-core AMD EPYC (Zen 3) ~8 GB/s of packed weights per core, below the memory's rate. Here each group of x
 // (group_size inputs of one row) is rounded to int16 once per call, scaled by the group's largest |x| / 32767,
-// and the nibbles meet it in vpmaddwd (16 products of 16-bit integers, summed in pairs into int32): ~14 GB/s
+// and the nibbles meet it in vpmaddwd (16 products of 16-bit integers, summed in pairs into int32): ~11-12 GB/s
 // per core. Each group's integer sum is scaled once, by the weight's scale times the activation's. The
 // rounding moves each input by at most 1/65534 of its group's largest |x|, so a product by at most that times
 // the sum of the |weights| it meets (the tests hold the operator to this bound; on random inputs ~1.5e-5 of
 // the largest output, where int4's own rounding costs ~1e-1).
 //
 // Layout (weight_only_linear.cc): w uint8 [out, in/2], byte j = element 2j (low nibble) | element 2j+1 (high),
-// each a 4-bit two's complement; scale float32 [out, in/group_size]. XOR 0x88 makes both nibbles unsigned
-// u = v + 8 (0..15), so a group's sum is sum(u_low * e + u_high * o) - 8 * sum(e + o) (e, o: the group's even
-// and odd inputs as int16); the last term is the accumulators' starting value.
+// each a 4-bit two's complement; scale float32 [out, in/group_size]. A 32-byte load holds 64 inputs' weights:
+// its 16-bit word l holds inputs 4l, 4l+1, 4l+2, 4l+3 in bits 0-3, 4-7, 8-11, 12-15. XOR 0x88 makes each nibble
+// unsigned u = v + 8 (0..15); masks and shifts of the words give the four phases (inputs 4l + m, m = 0..3) as
+// int16 without moving data across lanes, and x is stored in the same phase order. The int32 lane j of a product
+// then holds inputs 8j..8j+7 of the 64: groups of 16 and 32 own pairs and quads of lanes. A group's sum is
+// sum(u * x) - 8 * sum(x); the last term is its first lane's starting value.
 #include "int4_int16_product.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <vector>
 
@@ -28,7 +32,7 @@
 
 namespace {
 
-constexpr int kChunk = 16;  // bytes of weights (32 inputs) a step reads per output channel
+constexpr int kBlock = 64;  // inputs a step reads per output channel (32 bytes of weights)
 // A group's running sum starts at -8 * (its inputs' sum) and adds products of up to 15 * 32767: at most
 // ~9.9 * 32767 * group_size in magnitude along the way, within int32 up to ~6600 inputs.
 constexpr int kLargestGroup = 4096;
@@ -39,71 +43,101 @@ float lane_sum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
 }
 
-// x [n, in] rounded per group: even inputs e and odd inputs o [n, in/2] as int16, each group's scale [n, groups]
-// and its sum's start [n, groups] (-8 * the sum of the group's e and o).
+// x [n, in] rounded per group: q [n, in] as int16 in phase order (block k's 64 inputs as input 64k + 4l + m at
+// 64k + 16m + l), and per span (a group, or a block of 64 inputs for groups of 16 and 32) 8 lanes of the
+// groups' scales and of their sums' starts (-8 * the group's sum in its first lane, else 0): [n, spans, 8].
 // A row's scales are stored times 2^k (k: what brings the row's largest |x| to [1, 2)) and its outputs multiplied
 // by unscale = 2^-k: the products of the weights' and the activations' scales then stay normal float32 numbers
 // for rows of any magnitude (a row of ~1e-37 has scales near 1e-42, below float32's normal range).
 struct RoundedInputs {
-  std::vector<int16_t> e, o;
+  std::vector<int16_t> q;
   std::vector<float> scale, unscale;
   std::vector<int32_t> start;
 };
 
-// The largest |x[i]| of a group, NaN when it holds a NaN or an infinity.
+// The largest |x[i]| of a group (size: a multiple of 8), NaN when it holds a NaN or an infinity.
 float group_max(const float* x, int64_t size) {
-  float m = 0.f;
-  bool finite = true;
-  for (int64_t i = 0; i < size; ++i) {
-    finite = finite && std::isfinite(x[i]);
-    m = std::max(m, std::fabs(x[i]));
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)), finite_max = _mm256_set1_ps(FLT_MAX);
+  __m256 m = _mm256_setzero_ps(), finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (int64_t i = 0; i < size; i += 8) {
+    const __m256 v = _mm256_and_ps(_mm256_loadu_ps(x + i), magnitude);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(v, finite_max, _CMP_LE_OQ));  // false for NaN and infinity
+    m = _mm256_max_ps(m, v);
   }
-  return finite ? m : NAN;
+  const __m128 half = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  const __m128 pair = _mm_max_ps(half, _mm_movehl_ps(half, half));
+  const float largest = _mm_cvtss_f32(_mm_max_ss(pair, _mm_movehdup_ps(pair)));
+  return _mm256_movemask_ps(finite) == 0xFF ? largest : NAN;
 }
 
-// One group of `size` inputs (largest |x|: m) -> e, o [size/2] and its scale times `factor`; *sum = the sum of
-// e and o.
-float round_group(const float* x, int64_t size, float m, double factor, int16_t* e, int16_t* o, int32_t* sum) {
+// Where input i of a row goes in q's phase order.
+inline int64_t phase_index(int64_t i) { return i / kBlock * kBlock + i % 4 * 16 + i % kBlock / 4; }
+
+// Inputs i..i+7 (i: a multiple of 8) times `inverse`, rounded to int16 (to nearest, ties to even: the default
+// rounding mode) into q's phase order: input 4l + m to 16m + l, so phase m takes two neighbours. Returns the
+// rounded values as int32 [4] pairwise summed.
+inline __m128i round_eight(const float* x, int64_t i, __m256d inverse, int16_t* q) {
+  const __m256 v = _mm256_loadu_ps(x + i);  // double: 32767 / m overflows float32 for m below ~1e-34
+  const __m128i lo = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), inverse));
+  const __m128i hi = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), inverse));
+  const __m128i words = _mm_shuffle_epi8(_mm_packs_epi32(lo, hi),  // a0..a7 -> a0 a4 a1 a5 a2 a6 a3 a7
+                                         _mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+  int16_t* at = q + phase_index(i);
+  _mm_storeu_si32(at, words);
+  _mm_storeu_si32(at + 16, _mm_srli_si128(words, 4));
+  _mm_storeu_si32(at + 32, _mm_srli_si128(words, 8));
+  _mm_storeu_si32(at + 48, _mm_srli_si128(words, 12));
+  return _mm_add_epi32(lo, hi);
+}
+
+// One group of `size` inputs from `first` (largest |x|: m) into q's phase order; returns its scale times `factor`
+// and sets *sum to the sum of its rounded values.
+float round_group(const float* x, int64_t first, int64_t size, float m, double factor, int16_t* q, int32_t* sum) {
   *sum = 0;
   if (!(m > 0.f)) {  // zeros (scale 0), or a NaN/infinity (scale NaN: the products are NaN)
-    std::fill(e, e + size / 2, 0);
-    std::fill(o, o + size / 2, 0);
+    for (int64_t i = first; i < first + size; ++i) q[phase_index(i)] = 0;
     return m == 0.f ? 0.f : NAN;
   }
-  const double inverse = 32767.0 / m;  // double: 32767 / m overflows float32 for m below ~1e-34
-  for (int64_t j = 0; j < size / 2; ++j) {
-    e[j] = static_cast<int16_t>(std::nearbyint(x[2 * j] * inverse));  // to nearest, ties to even
-    o[j] = static_cast<int16_t>(std::nearbyint(x[2 * j + 1] * inverse));
-    *sum += e[j] + o[j];
-  }
+  const __m256d inverse = _mm256_set1_pd(32767.0 / m);
+  __m128i sums = _mm_setzero_si128();
+  for (int64_t i = first; i < first + size; i += 8) sums = _mm_add_epi32(sums, round_eight(x, i, inverse, q));
+  sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0x4E));
+  *sum = _mm_cvtsi128_si32(_mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0xB1)));
   return static_cast<float>(m / 32767.0 * factor);
 }
 
-RoundedInputs round_inputs(const float* x, int64_t n, int64_t in, int64_t group_size) {
-  const int64_t half = in / 2, groups = in / group_size;
-  RoundedInputs r;
-  r.e.resize(n * half);
-  r.o.resize(n * half);
-  r.scale.resize(n * groups);
-  r.unscale.assign(n, 1.f);
-  r.start.resize(n * groups);
+// A row's groups: their scales and starts into the row's lanes ([spans, 8]).
+void round_row(const float* x, int64_t in, int64_t group_size, int16_t* q, float* lanes, int32_t* starts,
+               float* unscale) {
+  const int64_t groups = in / group_size, span = std::max<int64_t>(group_size, kBlock);
+  const int64_t lanes_per_group = std::min<int64_t>(8, 8 * group_size / kBlock);  // 2, 4 or 8 (of a span's 8)
   std::vector<float> largest(groups);
-  for (int64_t b = 0; b < n; ++b) {
-    float row = 0.f;
-    for (int64_t g = 0; g < groups; ++g) {
-      largest[g] = group_max(x + b * in + g * group_size, group_size);
-      row = std::max(row, largest[g]);  // a NaN group stays NaN through its own scale
-    }
-    const int k = row > 0.f && std::isfinite(row) ? -std::ilogb(row) : 0;
-    r.unscale[b] = std::ldexp(1.f, -k);
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t j = b * half + g * group_size / 2;
-      int32_t sum;
-      r.scale[b * groups + g] = round_group(x + b * in + g * group_size, group_size, largest[g], std::ldexp(1.0, k),
-                                            &r.e[j], &r.o[j], &sum);
-      r.start[b * groups + g] = -8 * sum;
-    }
+  float row = 0.f;
+  for (int64_t g = 0; g < groups; ++g) {
+    largest[g] = group_max(x + g * group_size, group_size);
+    row = std::max(row, largest[g]);  // a NaN group stays NaN through its own scale
   }
+  const int k = row > 0.f && std::isfinite(row) ? -std::ilogb(row) : 0;
+  *unscale = std::ldexp(1.f, -k);
+  for (int64_t g = 0; g < groups; ++g) {
+    int32_t sum;
+    const float scale = round_group(x, g * group_size, group_size, largest[g], std::ldexp(1.0, k), q, &sum);
+    const int64_t lane = g * group_size / span * 8 + g * group_size % span / 8;  // the group's first lane
+    std::fill(lanes + lane, lanes + lane + lanes_per_group, scale);
+    starts[lane] = -8 * sum;
+  }
+}
+
+RoundedInputs round_inputs(const float* x, int64_t n, int64_t in, int64_t group_size) {
+  const int64_t spans = in / std::max<int64_t>(group_size, kBlock);
+  RoundedInputs r;
+  r.q.resize(n * in);
+  r.scale.resize(n * spans * 8);
+  r.start.assign(n * spans * 8, 0);
+  r.unscale.resize(n);
+  for (int64_t b = 0; b < n; ++b)
+    round_row(x + b * in, in, group_size, &r.q[b * in], &r.scale[b * spans * 8], &r.start[b * spans * 8],
+              &r.unscale[b]);
   return r;
 }
 
@@ -114,24 +148,6 @@ struct Problem {
   float* y;            // [n, out]
   int64_t in, out, group_size;
 };
-
-// Adds the products of one 16-byte chunk of channel w's weights (from byte j) with rows b0..b0+NB-1 to acc[NB]:
-// lanes 0-3 from the chunk's first 16 inputs, lanes 4-7 from its last 16.
-template <int NB>
-inline void add_chunk(const Problem& p, const int8_t* w, int64_t j, int64_t b0, __m256i* acc) {
-  const int64_t half = p.in / 2;
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j));
-  const __m256i bytes = _mm256_cvtepu8_epi16(_mm_xor_si128(raw, _mm_set1_epi8(static_cast<char>(0x88))));
-  const __m256i lo = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F)), hi = _mm256_srli_epi16(bytes, 4);  // [16]
-  for (int b = 0; b < NB; ++b) {
-    const int64_t at = (b0 + b) * half + j;
-    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&p.x->e[at]));
-    const __m256i o = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(&p.x->o[at]));
-    acc[b] = _mm256_add_epi32(acc[b], _mm256_add_epi32(_mm256_madd_epi16(lo, e), _mm256_madd_epi16(hi, o)));
-  }
-}
-
-inline __m256i in_first_lane(int32_t v) { return _mm256_set_m128i(_mm_setzero_si128(), _mm_cvtsi32_si128(v)); }
 
 // The weights and scales of output channels o0, o0 + stride, ..., o0 + (R-1) * stride.
 template <int R>
@@ -146,59 +162,74 @@ struct Channels {
   }
 };
 
-// Output channels o0, o0 + stride, ..., o0 + (R-1) * stride against rows b0..b0+NB-1, for groups of CH chunks
-// (0: read from the group size): each group's int32 sums are scaled at its end.
-template <int R, int NB, int CH>
-void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
-  const int64_t groups = p.in / p.group_size, chunks = CH ? CH : p.group_size / (2 * kChunk);
-  const Channels<R> ch(p, o0, stride);
-  const int8_t* const* w = ch.w;
-  const float* const* s = ch.s;
-  __m256 total[R][NB] = {};
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256i acc[R][NB];
-    for (int b = 0; b < NB; ++b) {
-      const __m256i start = in_first_lane(p.x->start[(b0 + b) * groups + g]);
-      for (int r = 0; r < R; ++r) acc[r][b] = start;
-    }
-    for (int64_t c = 0; c < chunks; ++c)
-      for (int r = 0; r < R; ++r) add_chunk<NB>(p, w[r], (g * chunks + c) * kChunk, b0, acc[r]);
-    for (int b = 0; b < NB; ++b) {
-      const __m256 sx = _mm256_broadcast_ss(&p.x->scale[(b0 + b) * groups + g]);
-      for (int r = 0; r < R; ++r)
-        total[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][b]), _mm256_mul_ps(_mm256_broadcast_ss(s[r] + g), sx),
-                                      total[r][b]);
-    }
+// A channel's weight scales over span `at`'s 8 lanes (G: the group size, 64 for any from 64 on).
+template <int G>
+inline __m256 weight_scales(const float* s, int64_t at) {
+  if (G == 16) {  // 4 groups: lanes 2i, 2i+1 <- s[4 at + i]
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + 4 * at)),
+                                    _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
   }
-  for (int r = 0; r < R; ++r)
-    for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r * stride] = lane_sum(total[r][b]) * p.x->unscale[b0 + b];
+  if (G == 32) {  // 2 groups: lanes 0-3 and 4-7
+    return _mm256_set_m128(_mm_set1_ps(s[2 * at + 1]), _mm_set1_ps(s[2 * at]));
+  }
+  return _mm256_broadcast_ss(s + at);
 }
 
-// Two float32 values, each in four lanes: a in lanes 0-3, b in lanes 4-7.
-inline __m256 halves(float a, float b) { return _mm256_set_m128(_mm_set1_ps(b), _mm_set1_ps(a)); }
+// The four phases of one 64-input block of R channels' weights (from byte j), as int16 [16] each.
+template <int R>
+struct Unpacked {
+  __m256i u[R][4];
+  Unpacked(const int8_t* const* w, int64_t j) {
+    const __m256i low = _mm256_set1_epi16(0x0F), flip = _mm256_set1_epi8(static_cast<char>(0x88));
+    for (int r = 0; r < R; ++r) {
+      const __m256i raw = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + j)), flip);
+      u[r][0] = _mm256_and_si256(raw, low);
+      u[r][1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+      u[r][2] = _mm256_and_si256(_mm256_srli_epi16(raw, 8), low);
+      u[r][3] = _mm256_srli_epi16(raw, 12);
+    }
+  }
+};
 
-// As block, for groups of 16 inputs: each chunk holds two groups, one per half of the sums' lanes.
-template <int R, int NB>
-void pair_block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
-  const int64_t groups = p.in / p.group_size;
+// One phase-ordered block of a row of x against one channel's unpacked weights: 8 int32 lanes.
+inline __m256i block_product(const __m256i* u, const int16_t* q) {
+  const __m256i* x = reinterpret_cast<const __m256i*>(q);
+  const __m256i front = _mm256_add_epi32(_mm256_madd_epi16(u[0], _mm256_loadu_si256(x)),
+                                         _mm256_madd_epi16(u[1], _mm256_loadu_si256(x + 1)));
+  const __m256i back = _mm256_add_epi32(_mm256_madd_epi16(u[2], _mm256_loadu_si256(x + 2)),
+                                        _mm256_madd_epi16(u[3], _mm256_loadu_si256(x + 3)));
+  return _mm256_add_epi32(front, back);
+}
+
+// Output channels o0, o0 + stride, ..., o0 + (R-1) * stride against rows b0..b0+NB-1, span by span (G: the group
+// size, 64 for any from 64 on; BL: blocks a span, 0: read from the group size): each span's int32 sums are scaled
+// at its end, lane by lane.
+template <int R, int NB, int G, int BL>
+void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
+  const int64_t span = BL ? BL * kBlock : p.group_size, spans = p.in / span;
   const Channels<R> ch(p, o0, stride);
-  const int8_t* const* w = ch.w;
-  const float* const* s = ch.s;
+  const int16_t* q = p.x->q.data() + b0 * p.in;
+  const int32_t* starts = p.x->start.data() + b0 * spans * 8;
+  const float* scales = p.x->scale.data() + b0 * spans * 8;
   __m256 total[R][NB] = {};
-  for (int64_t g = 0; g < groups; g += 2) {
+  for (int64_t at = 0; at < spans; ++at) {
     __m256i acc[R][NB];
-    __m256 sx[NB];
     for (int b = 0; b < NB; ++b) {
-      const int32_t* start = &p.x->start[(b0 + b) * groups + g];
-      const __m256i both = _mm256_set_m128i(_mm_cvtsi32_si128(start[1]), _mm_cvtsi32_si128(start[0]));
-      for (int r = 0; r < R; ++r) acc[r][b] = both;
-      sx[b] = halves(p.x->scale[(b0 + b) * groups + g], p.x->scale[(b0 + b) * groups + g + 1]);
+      const __m256i start = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(starts + (b * spans + at) * 8));
+      for (int r = 0; r < R; ++r) acc[r][b] = start;
+    }
+    for (int64_t first = at * span; first < (at + 1) * span; first += kBlock) {  // each block's first input
+      const Unpacked<R> w(ch.w, first / 2);
+      for (int r = 0; r < R; ++r)
+        for (int b = 0; b < NB; ++b)
+          acc[r][b] = _mm256_add_epi32(acc[r][b], block_product(w.u[r], q + b * p.in + first));
     }
     for (int r = 0; r < R; ++r) {
-      add_chunk<NB>(p, w[r], g / 2 * kChunk, b0, acc[r]);
-      const __m256 sw = halves(s[r][g], s[r][g + 1]);
-      for (int b = 0; b < NB; ++b)
-        total[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][b]), _mm256_mul_ps(sw, sx[b]), total[r][b]);
+      const __m256 sw = weight_scales<G>(ch.s[r], at);
+      for (int b = 0; b < NB; ++b) {
+        const __m256 sx = _mm256_loadu_ps(scales + (b * spans + at) * 8);
+        total[r][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][b]), _mm256_mul_ps(sw, sx), total[r][b]);
+      }
     }
   }
   for (int r = 0; r < R; ++r)
@@ -210,11 +241,11 @@ typedef void (*BlockFn)(const Problem&, int64_t, int64_t, int64_t);
 template <int R, int NB>
 BlockFn block_for(int64_t group_size) {
   switch (group_size) {
-    case 16: return &pair_block<R, NB>;
-    case 32: return &block<R, NB, 1>;
-    case 64: return &block<R, NB, 2>;
-    case 128: return &block<R, NB, 4>;
-    default: return &block<R, NB, 0>;
+    case 16: return &block<R, NB, 16, 1>;  // a span: one block of 64 inputs
+    case 32: return &block<R, NB, 32, 1>;
+    case 64: return &block<R, NB, 64, 1>;
+    case 128: return &block<R, NB, 64, 2>;
+    default: return &block<R, NB, 64, 0>;
   }
 }
 
@@ -238,8 +269,8 @@ void run(const Problem& p, int64_t n, int threads) {
 
 bool int4_int16_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
                         int group_size, int threads, float* y) {
-  const bool pairs = group_size == 16 && in % (2 * kChunk) == 0;  // whole chunks of two groups
-  if (!pairs && (group_size % (2 * kChunk) != 0 || group_size > kLargestGroup)) return false;
+  const bool sizes = group_size == 16 || group_size == 32 || (group_size % kBlock == 0 && group_size <= kLargestGroup);
+  if (!sizes || in % kBlock != 0) return false;
   const RoundedInputs rounded = round_inputs(x, n, in, group_size);
   const Problem p{&rounded, w, scale, y, in, out, group_size};
   if (n == 1) {

@@ -4,7 +4,7 @@
 #include <cstdint>
 
 // y [n, out] = x [n, in] . dequantize(w)^T for int4 w (weight_only_linear.cc's layout), on `threads` OpenMP
-// threads; false (nothing written) where it does not apply: a build without AVX2 and FMA, or a group size other than 16
-// (with in a multiple of 32) or a multiple of 32 up to 4096.
+// threads; false (nothing written) where it does not apply: a build without AVX2 and FMA, an input size that is not a
+// multiple of 64, or a group size other than 16, 32 or a multiple of 64 up to 4096.
 bool int4_int16_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
                         int group_size, int threads, float* y);

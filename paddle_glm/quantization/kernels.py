@@ -15,10 +15,10 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
   ``paddle.nn.quant.weight_quantize`` produces for the GPU's arch (see ``cuda_layout.py``).
 * ``cpu_operator``: the C++ operator in ``paddle_glm/csrc/`` (built on first use, see ``cpu_operators.py``):
   int8/int4 converted to float32 in registers, float32 accumulation, OpenMP over output channels. On AVX2
-  builds int4 (groups of 16 or a multiple of 32 up to 4096) instead rounds each group of ``x`` to int16 (scale:
-  the group's largest |x| / 32767) and sums integer products (``csrc/int4_int16_product.cc``): each output moves
-  by at most 1/65534 of each group's largest |x| times the |weights| it meets (~1.5e-5 of the largest output on
-  random inputs).
+  builds int4 (inputs a multiple of 64; groups of 16, 32 or a multiple of 64 up to 4096) instead rounds each
+  group of ``x`` to int16 (scale: the group's largest |x| / 32767) and sums integer products
+  (``csrc/int4_int16_product.cc``): each output moves by at most 1/65534 of each group's largest |x| times the
+  |weights| it meets (~1.5e-5 of the largest output on random inputs).
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
 
