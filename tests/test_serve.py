@@ -27,6 +27,7 @@ from paddle_glm.cli import main as cli_main  # noqa: E402
 from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR  # noqa: E402
 from paddle_glm.serving.app import create_app  # noqa: E402
 from paddle_glm.serving.engine import SlotBatch  # noqa: E402
+from paddle_glm.serving.metrics import ServerMetrics  # noqa: E402
 from paddle_glm.serving.rows import BatchFinished, BatchStreamer  # noqa: E402
 from paddle_glm.serving.runner import BatchStats, ModelRunner  # noqa: E402
 from paddle_glm.serving.scheduler import ContinuousScheduler, Scheduler  # noqa: E402
@@ -365,24 +366,30 @@ def test_a_client_that_disconnects_stops_costing_compute(demo):
 def test_a_fill_whose_client_leaves_stops_at_its_next_step(demo, scheduler_kind):
     """``/v1/fill`` on a real model (the demo's shape and tokenizer, random weights: each span runs to its
     max_tokens) whose forward takes >= 20 ms: a client that gives up after 0.5 s stops the fill at its next
-    decode step, and the model thread then serves the next request."""
+    decode step, and the model thread then serves the next request. ``vllm:num_requests_running`` is 1 while
+    the fill runs and 0 once it stopped."""
     model = randomized(GLMForConditionalGeneration(demo[0].config), seed=5, spread=True)
-    forwards = []
+    forwards, running = [], []
+    metrics = ServerMetrics("slow")
+    gauge = lambda: metrics.registry.get_sample_value("vllm:num_requests_running", {"model_name": "slow"})  # noqa: E731
 
     def slow(layer, inputs, output):
         forwards.append(time.monotonic())
+        running.append(gauge())
         time.sleep(0.02)
 
     model.glm.transformer.layers[0].register_forward_post_hook(slow)  # every forward and decode step
     runner = ModelRunner(model, demo[1])
-    scheduler = ContinuousScheduler(runner, SlotBatch(model, demo[1], 2)) if scheduler_kind == "continuous" else None
-    with in_process(runner, scheduler=scheduler, max_batch=2, window=0) as url:
+    scheduler = (ContinuousScheduler(runner, SlotBatch(model, demo[1], 2), metrics=metrics)
+                 if scheduler_kind == "continuous" else Scheduler(runner, max_batch=2, window=0, metrics=metrics))
+    with in_process(runner, scheduler=scheduler) as url:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/fill", json={"text": "天[MASK]地[MASK]", "max_tokens": 100}, timeout=0.5)
         assert wait_for(lambda: forwards and time.monotonic() - forwards[-1] > 1.0)  # the model went quiet
         stopped = len(forwards)
         assert 0 < stopped < 60, stopped  # of >= 200 forwards for 2 blanks x 100 tokens (>= 4 s)
         assert forwards[-1] - forwards[0] > 0.4  # it was still running when the client left (0.5 s)
+        assert set(running) == {1} and wait_for(lambda: gauge() == 0), (set(running), gauge())
         response = httpx.post(url + "/v1/completions", json={"prompt": "天[MASK]", "max_tokens": 2}, timeout=30)
         assert response.status_code == 200 and len(forwards) > stopped
 

@@ -230,7 +230,9 @@ class ContinuousScheduler(_ModelThread):
             if work is None:
                 return
             if isinstance(work, FillJob):
+                self._report(1)  # the fill runs alone
                 self._run_fill(work)
+                self._report(0)
                 continue
             try:
                 self.batch.step(work)
