@@ -60,12 +60,12 @@ OP_NAME, SMALL_BATCH_OP = "glm_weight_only_linear", "glm_small_batch_linear"
 DECODE_ATTENTION_OP, DECODE_BLOCK_OP = "glm_decode_attention", "glm_decode_block"
 SMALL_BATCH_ROWS = 128  # the most rows glm_small_batch_linear takes
 _CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "int4_int16_product.cc",
+SOURCES = [os.path.join(_CSRC, name) for name in ("weight_only_linear.cc", "int4_integer_product.cc",
                                                        "small_batch_linear.cc", "decode_attention.cc",
                                                        "decode_block.cc", "decode_stack.cc")]
 # included by the sources: part of the cache key
 HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_streams.h", "weight_only_product.h",
-                                                       "int4_int16_product.h", "decode_attention.h",
+                                                       "int4_integer_product.h", "decode_attention.h",
                                                        "decode_block.h")]
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
@@ -96,16 +96,17 @@ def status() -> Tuple[bool, str]:
 
 
 def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
-        group_size: int, bias: Optional[paddle.Tensor] = None) -> paddle.Tensor:
+        group_size: int, bias: Optional[paddle.Tensor] = None, activation_bits: int = 16) -> paddle.Tensor:
     """``x`` float32 ``[..., in]`` times the dequantized weight, transposed, plus ``bias`` float32 ``[out]`` when
     given: ``[..., out]`` (operator loaded; the leading dimensions are its rows, so a decode step needs no
-    reshape).
+    reshape). ``activation_bits``: 16 or 8, what int4's integer route rounds ``x`` to (``csrc/int4_integer_product.cc``;
+    other routes compute in float32).
 
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
     spin_when_idle()
     return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, _BITS[quant_type], int(group_size),
-                                        chosen_cpu_threads())[0]
+                                        int(activation_bits), chosen_cpu_threads())[0]
 
 
 def decode_stack_function():
@@ -120,7 +121,7 @@ def decode_stack_function():
             function = ctypes.CDLL(_state["library"]).glm_decode_stack  # the library Paddle loaded: one copy
             function.restype = ctypes.c_int
             function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64]
+                                 ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int64]
             _state["stack"] = function
     return _state["stack"]
 
@@ -152,17 +153,17 @@ def decode_attention(qkv: paddle.Tensor, keys: paddle.Tensor, values: paddle.Ten
 
 def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Tensor, values: paddle.Tensor,
                  key_bias: paddle.Tensor, index: paddle.Tensor, length: int, quant_type: str, group_size: int,
-                 epsilons: Tuple[float, float]) -> paddle.Tensor:
+                 epsilons: Tuple[float, float], activation_bits: int = 16) -> paddle.Tensor:
     """One decode step through a GLM block whose projections are weight-only quantized (operators loaded; float32
     CPU; no gradient): ``x`` ``[b, 1, hidden]`` -> ``[b, 1, hidden]``, writing the step's keys and values as
     :func:`decode_attention` does. ``params``: the first LayerNorm's weight and bias, then the weight, scale and
     bias of ``query_key_value``, ``dense``, ``dense_h_to_4h`` and ``dense_4h_to_h``, then the second LayerNorm's
-    weight and bias; ``epsilons``: the two LayerNorms'."""
+    weight and bias; ``epsilons``: the two LayerNorms'; ``activation_bits``: :func:`run`'s."""
     check_cache_buffers("decode_block", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
-                                        _BITS[quant_type], int(group_size), float(epsilons[0]), float(epsilons[1]),
-                                        chosen_cpu_threads())[0]
+                                        _BITS[quant_type], int(group_size), int(activation_bits), float(epsilons[0]),
+                                        float(epsilons[1]), chosen_cpu_threads())[0]
 
 
 def check_cache_buffers(operator: str, keys: paddle.Tensor, values: paddle.Tensor) -> None:

@@ -109,11 +109,12 @@ def logits_of(model, *args, **kwargs) -> np.ndarray:
     return out.logits.numpy()
 
 
-def int16_rounding_bound(x, d, group_size):
-    """How far csrc/int4_int16_product.cc's rounding of ``x`` ``[n, in]`` to int16 may move each output of an int4
-    product (``d``: the dequantized weight ``[out, in]``): each input by at most its group's largest |x| / 65534,
-    times the |weights| it meets: ``[n, out]``."""
+def activation_rounding_bound(x, d, group_size, bits=16):
+    """How far csrc/int4_integer_product.cc's rounding of ``x`` ``[n, in]`` to int16 (``bits`` 16) or int8 (8) may
+    move each output of an int4 product (``d``: the dequantized weight ``[out, in]``): each input by at most its
+    group's largest |x| / 65534 (int8: / 254), times the |weights| it meets: ``[n, out]``."""
     n, width = x.shape
-    step = np.abs(x.astype(np.float64)).reshape(n, -1, group_size).max(axis=2, keepdims=True) / 65534  # [n, groups, 1]
+    levels = 2 * (2 ** (bits - 1) - 1)  # 65534 or 254
+    step = np.abs(x.astype(np.float64)).reshape(n, -1, group_size).max(axis=2, keepdims=True) / levels  # [n, groups, 1]
     step = np.broadcast_to(step, (n, width // group_size, group_size)).reshape(n, width)  # [n, in]
     return step @ np.abs(d).T

@@ -11,7 +11,7 @@ from paddle_glm import GLMError, cpu_operators
 from paddle_glm.lora import LoRAConfig, apply_lora
 from paddle_glm.quantization import decode_stack as stack_module
 from paddle_glm.quantization.decode_stack import QuantizedDecodeStack
-from paddle_glm.quantization.rewrite import quantize_model
+from paddle_glm.quantization.rewrite import quantize_model, use_int8_activations
 from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
 
 
@@ -27,14 +27,17 @@ def per_block(monkeypatch):
     monkeypatch.setattr(QuantizedDecodeStack, "_stack_inputs", lambda self: None)
 
 
-@pytest.mark.parametrize("quant_type", [INT8, INT4])
+@pytest.mark.parametrize("quant_type", [INT8, INT4, "int4 + int8 activations"])
 @pytest.mark.parametrize("rows,index,window", [(1, [5], None), (3, [2, 7, 0], None), (2, [4], (2, 9))])
 def test_the_stack_step_equals_each_blocks_own_step(quant_type, rows, index, window, monkeypatch):
     """The same C++ step per block either way: the logits and every layer's keys and values are equal bit for bit
-    (3 rows with per-row slots; a window of a bigger cache, whose rows and slots are the first ones)."""
+    (3 rows with per-row slots; a window of a bigger cache, whose rows and slots are the first ones; int4 with its
+    activations rounded to int8 too)."""
     assert cpu_operators.status()[0]
     calls = count_stack_calls(monkeypatch)
-    model = quantized_model(quant_type, num_layers=3)
+    model = quantized_model(INT4 if quant_type.startswith("int4 ") else quant_type, num_layers=3)
+    if quant_type.startswith("int4 "):
+        use_int8_activations(model)
     cache = filled_cache(model, 3, 16, seed=rows)
     twin = copy_of(cache, model, 3, 16)
     if window:
@@ -52,6 +55,22 @@ def test_the_stack_step_equals_each_blocks_own_step(quant_type, rows, index, win
     np.testing.assert_array_equal(got, want)
     for a, b in zip(cache._writes.keys + cache._writes.values, twin._writes.keys + twin._writes.values):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_int8_activations_reach_the_stacks_step():
+    """The stack's step with int8 activations differs from its step with int16 ones (the setting reaches the C++
+    call), and each block's own step with int8 activations equals the stack's (test above)."""
+    assert cpu_operators.status()[0]
+    model = quantized_model(INT4, num_layers=3)
+    steps = []
+    for enabled in (False, True):
+        use_int8_activations(model, enabled)
+        cache = filled_cache(model, 1, 16, seed=1)
+        with paddle.no_grad():
+            steps.append(model.decode_step(paddle.to_tensor([[7]]), paddle.to_tensor([[[3], [1]]]),
+                                           paddle.to_tensor([5], dtype="int64"), cache).numpy())
+    difference = np.abs(steps[0] - steps[1]).max() / np.abs(steps[0]).max()
+    assert 1e-6 < difference < 0.05, difference
 
 
 @pytest.mark.parametrize("quant_type", [INT8, INT4])
@@ -119,14 +138,14 @@ def test_a_failed_check_in_the_stack_is_a_glm_error():
     layers, first = model.glm.transformer._stack_inputs()
     with pytest.raises(GLMError, match="glm_decode_block: a write index is outside"):
         stack_module.decode_stack(paddle.ones([1, 1, 64]), layers, cache, paddle.to_tensor([8], dtype="int64"),
-                                  INT8, 64)
+                                  first)
     layers[1][0][2], layers[1][0][8] = layers[1][0][8], layers[1][0][2]  # qkv's weight where h->4h's goes
     with pytest.raises(GLMError, match="glm_decode_block query_key_value"):
         stack_module.decode_stack(paddle.ones([1, 1, 64]), layers, cache, paddle.to_tensor([0], dtype="int64"),
-                                  INT8, 64)
+                                  first)
     with pytest.raises(GLMError, match="is not a contiguous CPU input it takes"):
         stack_module.decode_stack(paddle.ones([1, 1, 64], dtype="float64"), layers, cache,
-                                  paddle.to_tensor([0], dtype="int64"), INT8, 64)
+                                  paddle.to_tensor([0], dtype="int64"), first)
 
 
 def test_new_values_and_new_parameters_reach_the_stack(monkeypatch):

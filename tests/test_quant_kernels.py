@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import int16_rounding_bound
+from conftest import activation_rounding_bound
 
 from paddle_glm import GLMError, cpu_operators
 from paddle_glm.quantization import kernels
@@ -141,20 +141,26 @@ def _rel_err(got, ref):
     return np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30)
 
 
-def _int16_route(quant_type, group_size, in_features):
-    """Whether csrc/int4_int16_product.cc takes this product (on an AVX2 build)."""
+def _integer_route(quant_type, group_size, in_features):
+    """Whether csrc/int4_integer_product.cc takes this product (on an AVX2 build)."""
     return quant_type == INT4 and in_features % 64 == 0 and (group_size in (16, 32)
                                                              or (group_size % 64 == 0 and group_size <= 4096))
 
 
-def _assert_operator_close(got, x, d, quant_type, group_size, ref=None):
-    """The operator's product against float64: within 1e-5 of the largest output (float32 sums), plus, where the
-    int16 route applies, the int16 rounding of its activations."""
-    ref = x.astype(np.float64) @ d.T if ref is None else ref
+def _allowed(x, d, quant_type, group_size, ref, bits=16):
+    """What the operator's product may differ from float64 by: 1e-5 of the largest output (float32 sums), plus,
+    where the integer route applies, the rounding of its activations to ``bits`` bits."""
     allowed = 1e-5 * np.abs(ref).max()
-    if _int16_route(quant_type, group_size, x.shape[-1]):
-        allowed = allowed + int16_rounding_bound(x.reshape(-1, x.shape[-1]), d, group_size).reshape(ref.shape)
-    assert np.all(np.abs(got - ref) <= allowed), _rel_err(got, ref)
+    if _integer_route(quant_type, group_size, x.shape[-1]):
+        bound = activation_rounding_bound(x.reshape(-1, x.shape[-1]), d, group_size, bits)
+        allowed = allowed + bound.reshape(ref.shape)
+    return allowed
+
+
+def _assert_operator_close(got, x, d, quant_type, group_size, ref=None, bits=16):
+    """The operator's product against float64, within :func:`_allowed`."""
+    ref = x.astype(np.float64) @ d.T if ref is None else ref
+    assert np.all(np.abs(got - ref) <= _allowed(x, d, quant_type, group_size, ref, bits)), _rel_err(got, ref)
 
 
 SHAPES = [(INT8, 64, o, i) for o in (1, 3, 17, 130) for i in (1, 3, 17, 130, 1000)] + [
@@ -182,12 +188,13 @@ def test_operator_and_fallback_match_float64(quant_type, group_size, out_feature
         assert not op[n // 2].any()
 
 
+@pytest.mark.parametrize("bits", [16, 8])
 @pytest.mark.parametrize("group_size,in_features", [(16, 192), (32, 192), (256, 512), (4096, 4096), (8192, 8192),
                                                     (16, 96), (32, 96)])
-def test_int4_activation_rounding_edges(group_size, in_features):
-    """csrc/int4_int16_product.cc rounds each group of x to int16 by its largest |x|: a group with one outlier
-    (the others rounded coarsely), a row of values near float32's smallest normal (scales below float32's normal
-    range unless the row is rescaled), a group of zeros; each output within the rounding's bound. Groups of 16
+def test_int4_activation_rounding_edges(group_size, in_features, bits):
+    """csrc/int4_integer_product.cc rounds each group of x to int16 (or int8) by its largest |x|: a group with one
+    outlier (the others rounded coarsely), a row of values near float32's smallest normal (scales below float32's
+    normal range unless the row is rescaled), a group of zeros; each output within the rounding's bound. Groups of 16
     and 32 (four and two to a block of 64 inputs, an odd number of blocks), groups of several blocks (256: the
     group size read at run time), up to 4096 (the int32 sums' limit); 8192 and inputs not a multiple of 64 take the
     float32 route. A NaN or an infinity in x makes its row's outputs NaN (inf: not
@@ -199,14 +206,46 @@ def test_int4_activation_rounding_edges(group_size, in_features):
     x[0, 3] = 5000.0  # an outlier in the first group
     x[1] *= np.float32(1e-37)
     x[2, :group_size] = 0
-    got = cpu_operators.run(paddle.to_tensor(x[:4]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size)
+    got = cpu_operators.run(paddle.to_tensor(x[:4]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size,
+                            activation_bits=bits)
     for row in range(4):  # each row against its own scale
-        _assert_operator_close(got.numpy()[row:row + 1], x[row:row + 1], d, INT4, group_size)
-    if _int16_route(INT4, group_size, in_features) and AVX2_BUILD:  # the rounding shows: the route ran
-        assert np.abs(got.numpy()[0] - x[0].astype(np.float64) @ d.T).max() > 1e-6 * np.abs(got.numpy()[0]).max()
+        _assert_operator_close(got.numpy()[row:row + 1], x[row:row + 1], d, INT4, group_size, bits=bits)
+    if _integer_route(INT4, group_size, in_features) and AVX2_BUILD:  # the rounding shows: the route ran
+        ref = x[:1].astype(np.float64) @ d.T
+        error = np.abs(got.numpy()[:1] - ref)
+        assert error.max() > 1e-6 * np.abs(ref).max()
     x[3, 1], x[4, -1] = np.nan, np.inf
-    got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size).numpy()
+    got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size,
+                            activation_bits=bits).numpy()
     assert np.isnan(got[3]).all() and not np.isfinite(got[4]).any() and np.isfinite(got[:3]).all()
+
+
+@pytest.mark.parametrize("group_size,in_features", [(16, 64), (32, 192), (64, 1024), (128, 384)])
+def test_int8_activations_within_their_bound(group_size, in_features):
+    """With ``activation_bits=8`` the integer route rounds x to int8 per group: every output of 1-8 rows (one of
+    zeros) within 1/254 of each group's largest |x| times the |weights| it meets, and beyond int16's bound
+    somewhere (the int8 rounding ran, where the route runs)."""
+    assert cpu_operators.status()[0]
+    q, s, d = _case(INT4, group_size, 37, in_features, seed=in_features)
+    rng = np.random.default_rng(group_size)
+    for n in (1, 2, 3, 5, 8):
+        x = rng.standard_normal((n, in_features)).astype(np.float32)
+        x[n // 2] = 0
+        ref = x.astype(np.float64) @ d.T
+        got = cpu_operators.run(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), INT4, group_size,
+                                activation_bits=8).numpy()
+        _assert_operator_close(got, x, d, INT4, group_size, ref, bits=8)
+        assert not got[n // 2].any()
+        if AVX2_BUILD and n > 1:  # (n = 1: its one row is the zeros)
+            assert np.any(np.abs(got - ref) > _allowed(x, d, INT4, group_size, ref, 16)), n
+
+
+def test_activation_bits_other_than_16_or_8_are_refused():
+    assert cpu_operators.status()[0]
+    q, s, _ = _case(INT4, 64, 4, 128)
+    with pytest.raises(Exception, match="activation_bits must be 16 or 8"):
+        cpu_operators.run(paddle.ones([1, 128]), paddle.to_tensor(q), paddle.to_tensor(s), INT4, 64,
+                          activation_bits=12)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])

@@ -9,15 +9,16 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import TINY_A, int16_rounding_bound, random_model
+from conftest import TINY_A, activation_rounding_bound, random_model
 
 from paddle_glm import GLMForConditionalGeneration
 from paddle_glm.demo_cases import DEMO_CASES, DEMO_MODEL_DIR
 from paddle_glm.errors import GLMError
 from paddle_glm.infilling import fill_blanks
+from paddle_glm.lora import LoRAConfig, apply_lora
 from paddle_glm.quantization import kernels
 from paddle_glm.quantization.layers import QuantizedEmbedding, QuantizedLinear, dequantize_rows
-from paddle_glm.quantization.rewrite import quantize_model
+from paddle_glm.quantization.rewrite import quantize_model, use_int8_activations
 from paddle_glm.quantization.settings import INT4, INT8, QuantSettings
 from paddle_glm.tokenizer import GLMChineseTokenizer
 
@@ -36,11 +37,14 @@ def demo_fills(model, tokenizer):
     return [fill_blanks(model, tokenizer, case.text)[1] for case in DEMO_CASES]
 
 
-@pytest.mark.parametrize("quant_type", [INT8, INT4])
-def test_demo_model_quantized_on_load_fills_every_demo_blank(quant_type, tokenizer):
+@pytest.mark.parametrize("quant_type,int8_activations", [(INT8, False), (INT4, False), (INT4, True)])
+def test_demo_model_quantized_on_load_fills_every_demo_blank(quant_type, int8_activations, tokenizer):
     model = GLMForConditionalGeneration.from_pretrained(str(DEMO_MODEL_DIR), show_progress=False,
                                                         quant_type=quant_type)
     assert isinstance(model.glm.word_embeddings, QuantizedEmbedding)
+    if int8_activations:
+        use_int8_activations(model)
+        assert {layer.activation_bits for layer in model.sublayers() if hasattr(layer, "activation_bits")} == {8}
     assert demo_fills(model, tokenizer) == [list(case.expected) for case in DEMO_CASES]
 
 
@@ -85,8 +89,8 @@ def test_layers_compute_with_the_dequantized_weights(quant_type, group_size):
     dense = kernels.dequantize_weight(linear.weight.numpy(), linear.weight_scale.numpy(), quant_type,
                                       settings.kernel_group_size)
     x = rng.normal(0, 1, (2, 5, 64)).astype("float32")
-    # int4 products round x to int16 per group (csrc/int4_int16_product.cc): within that bound
-    slack = (int16_rounding_bound(x.reshape(10, 64), dense, settings.kernel_group_size).reshape(2, 5, 96)
+    # int4 products round x to int16 per group (csrc/int4_integer_product.cc): within that bound
+    slack = (activation_rounding_bound(x.reshape(10, 64), dense, settings.kernel_group_size).reshape(2, 5, 96)
              if quant_type == INT4 else 0)
     close = lambda got, want: np.all(np.abs(got - want) <= 1e-5 + 1e-5 * np.abs(want) + slack)  # noqa: E731
     assert close(linear(paddle.to_tensor(x)).numpy(), x @ dense.T + bias)
@@ -102,11 +106,13 @@ def test_layers_compute_with_the_dequantized_weights(quant_type, group_size):
     np.testing.assert_array_equal(rows.numpy(), dense)
 
 
-def _relative_error(quant_type: str) -> float:
+def _relative_error(quant_type: str, int8_activations: bool = False) -> float:
     ids = paddle.to_tensor(np.random.default_rng(0).integers(0, GLM_LARGE_2["vocab_size"], (1, 64)))
     model = random_model(GLM_LARGE_2)
     reference = model(ids).logits.numpy()
     quantize_model(model, QuantSettings(quant_type))
+    if int8_activations:
+        use_int8_activations(model)
     got = model(ids).logits.numpy()
     return float(np.linalg.norm(got - reference) / np.linalg.norm(reference))
 
@@ -121,6 +127,33 @@ def test_glm_large_shape_logits_error_int4_reported():
     error = _relative_error(INT4)
     print(f"glm-large shape (2 layers), random weights: int4 (groups of 64) logits relative L2 error {error:.4f}")
     assert 0.05 < error <= INT4_MAX_ERROR
+    with_int8 = _relative_error(INT4, int8_activations=True)
+    print(f"... with int8 activations {with_int8:.4f}")
+    assert with_int8 != error and abs(with_int8 - error) <= 0.01  # int8 activations add little to int4's error
+
+
+def test_int8_activations_are_for_int4_models_and_reach_lora_adapters():
+    """use_int8_activations refuses a float or int8 model in one line; on int4 it sets every quantized layer,
+    a LoRA adapter's base included (set before or after the adapter), and ``enabled=False`` sets them back."""
+    float_model = random_model(TINY_A)
+    with pytest.raises(GLMError, match=r"^int8 activations \(--int8-activations\) need a weight_only_int4 model; "
+                                       "this one is not quantized$"):
+        use_int8_activations(float_model)
+    quantize_model(float_model, QuantSettings(INT8))
+    with pytest.raises(GLMError, match="this one is quantized to weight_only_int8"):
+        use_int8_activations(float_model)
+    for before_lora in (True, False):
+        model = random_model(TINY_A)
+        quantize_model(model, QuantSettings(INT4))
+        if before_lora:
+            use_int8_activations(model)
+        apply_lora(model, LoRAConfig(r=2, target_modules=[".*query_key_value"]))
+        if not before_lora:
+            use_int8_activations(model)
+        bits = [layer.activation_bits for layer in model.sublayers() if hasattr(layer, "activation_bits")]
+        assert set(bits) == {8} and len(bits) == 2 * 4 + 1  # 8 projections (2 of them adapters now), the embeddings
+    use_int8_activations(model, enabled=False)
+    assert {layer.activation_bits for layer in model.sublayers() if hasattr(layer, "activation_bits")} == {16}
 
 
 @pytest.mark.parametrize("kwargs,message", [

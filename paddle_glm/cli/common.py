@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from ..checkpoint.dtypes import DTYPE_NAMES
 from ..errors import GLMError
 from ..io_utils import require_local_dir
-from .quant_flags import add_quant_flags, quant_load_kwargs
+from .quant_flags import add_quant_flags, check_int8_activations, quant_load_kwargs
 from .ranks import ADAPTER_WITH_TP
 
 
@@ -96,6 +96,7 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
     require_local_dir(args.model_dir)
+    check_int8_activations(args)
     use_device(args.device)
     ready_cpu_operators()
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
@@ -119,6 +120,10 @@ def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
         model = load_adapter(model, args.adapter)
         if getattr(model, "quantization", None) is None:  # integer weights cannot absorb the adapter
             model = merge_lora(model)
+    if args.int8_activations:
+        from ..quantization.rewrite import use_int8_activations
+
+        use_int8_activations(model)
     info(f"loaded {args.model_dir} ({args.dtype}) in {time.perf_counter() - start:.1f} s")
     return model, tokenizer
 

@@ -112,15 +112,16 @@ static void check_block_inputs(const paddle::Tensor& x, const std::vector<paddle
 
 void decode_block_step(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params, paddle::Tensor& k,
                        paddle::Tensor& v, const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length,
-                       int bits, int group_size, float eps1, float eps2, int threads, float* y) {
+                       int bits, int group_size, int activation_bits, float eps1, float eps2, int threads, float* y) {
   check_block_inputs(x, params, bits, group_size);
+  check_activation_bits(activation_bits, "glm_decode_block");
   const int64_t b = x.shape()[0], h = x.shape()[2];
   paddle::Tensor qkv = paddle::empty({b, 1, 3 * h}, paddle::DataType::FLOAT32, x.place());
   check_decode_attention_inputs(qkv, k, v, bias, index, length, "glm_decode_block");
   std::vector<float> normed(b * h), context(b * h), residual(b * h), wide(b * 4 * h);
   auto product = [&](int j, const float* in, int64_t features, float* out) {
     weight_only_product(in, b, features, params[2 + 3 * j], params[3 + 3 * j], params[4 + 3 * j].data<float>(), bits,
-                        group_size, threads, out);
+                        group_size, activation_bits, threads, out);
   };
   const float* xp = x.data<float>();
   layer_norm(xp, params[0].data<float>(), params[1].data<float>(), eps1, b, h, normed.data());
@@ -138,10 +139,11 @@ void decode_block_step(const paddle::Tensor& x, const std::vector<paddle::Tensor
 std::vector<paddle::Tensor> DecodeBlock(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
                                         paddle::Tensor& k, paddle::Tensor& v, const paddle::Tensor& bias,
                                         const paddle::Tensor& index, int length, int bits, int group_size,
-                                        float eps1, float eps2, int threads) {
+                                        int activation_bits, float eps1, float eps2, int threads) {
   PD_CHECK(x.shape().size() == 3, "glm_decode_block: x must be a float32 [b, 1, hidden] CPU tensor");
   paddle::Tensor out = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
-  decode_block_step(x, params, k, v, bias, index, length, bits, group_size, eps1, eps2, threads, out.data<float>());
+  decode_block_step(x, params, k, v, bias, index, length, bits, group_size, activation_bits, eps1, eps2, threads,
+                    out.data<float>());
   return {out};
 }
 
@@ -150,8 +152,8 @@ std::vector<std::vector<int64_t>> DecodeBlockShape(const std::vector<int64_t>& x
                                                    const std::vector<std::vector<int64_t>>& params,
                                                    const std::vector<int64_t>& k, const std::vector<int64_t>& v,
                                                    const std::vector<int64_t>& bias, const std::vector<int64_t>& index,
-                                                   int length, int bits, int group_size, float eps1, float eps2,
-                                                   int threads) {
+                                                   int length, int bits, int group_size, int activation_bits,
+                                                   float eps1, float eps2, int threads) {
   return {x};
 }
 
@@ -165,7 +167,8 @@ PD_BUILD_OP(glm_decode_block)
     .Inputs({"X", paddle::Vec("Params"), "K", "V", "Bias", "Index"})
     .Outputs({"Out", "KOut", "VOut"})
     .SetInplaceMap({{"K", "KOut"}, {"V", "VOut"}})
-    .Attrs({"length: int", "bits: int", "group_size: int", "eps1: float", "eps2: float", "threads: int"})
+    .Attrs({"length: int", "bits: int", "group_size: int", "activation_bits: int", "eps1: float", "eps2: float",
+            "threads: int"})
     .SetKernelFn(PD_KERNEL(DecodeBlock))
     .SetInferShapeFn(PD_INFER_SHAPE(DecodeBlockShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DecodeBlockDtype));

@@ -12,4 +12,4 @@
 // as glm_decode_block's.
 void decode_block_step(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params, paddle::Tensor& k,
                        paddle::Tensor& v, const paddle::Tensor& bias, const paddle::Tensor& index, int64_t length,
-                       int bits, int group_size, float eps1, float eps2, int threads, float* y);
+                       int bits, int group_size, int activation_bits, float eps1, float eps2, int threads, float* y);

@@ -31,8 +31,8 @@ paddle::Tensor wrap(const int64_t* row) {
                            phi::CPUPlace());
 }
 
-void run_stack(const int64_t* table, int64_t layers, int64_t length, int bits, int group_size, const float* epsilons,
-               int threads) {
+void run_stack(const int64_t* table, int64_t layers, int64_t length, int bits, int group_size, int activation_bits,
+               const float* epsilons, int threads) {
   const paddle::Tensor x = wrap(table);
   paddle::Tensor out = wrap(table + kFields);
   const paddle::Tensor bias = wrap(table + 2 * kFields), index = wrap(table + 3 * kFields);
@@ -46,8 +46,8 @@ void run_stack(const int64_t* table, int64_t layers, int64_t length, int bits, i
     for (int j = 0; j < kParams; ++j) params.push_back(wrap(rows + j * kFields));
     const int64_t* buffers = table + (4 + layers * kParams + 2 * l) * kFields;
     paddle::Tensor k = wrap(buffers), v = wrap(buffers + kFields);
-    decode_block_step(l == 0 ? x : out, params, k, v, bias, index, length, bits, group_size, epsilons[2 * l],
-                      epsilons[2 * l + 1], threads, y);
+    decode_block_step(l == 0 ? x : out, params, k, v, bias, index, length, bits, group_size, activation_bits,
+                      epsilons[2 * l], epsilons[2 * l + 1], threads, y);
   }
 }
 
@@ -55,9 +55,10 @@ void run_stack(const int64_t* table, int64_t layers, int64_t length, int bits, i
 
 // Runs the stack's step; 0, or 1 with the failure's message in error (error_size bytes, NUL-terminated).
 extern "C" int glm_decode_stack(const int64_t* table, int64_t layers, int64_t length, int bits, int group_size,
-                                const float* epsilons, int threads, char* error, int64_t error_size) {
+                                int activation_bits, const float* epsilons, int threads, char* error,
+                                int64_t error_size) {
   try {
-    run_stack(table, layers, length, bits, group_size, epsilons, threads);
+    run_stack(table, layers, length, bits, group_size, activation_bits, epsilons, threads);
     return 0;
   } catch (const std::exception& e) {
     std::strncpy(error, e.what(), static_cast<size_t>(error_size - 1));

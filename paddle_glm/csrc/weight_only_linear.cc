@@ -12,7 +12,7 @@
 // memory at once (row_streams.h). The arithmetic is written with GCC vector extensions; only the
 // widening of int8/int4 to float32 needs intrinsics: AVX-512, AVX2 or SSE2 (16, 8 or 4 lanes),
 // whichever the build targets (-march=native by default); a plain loop elsewhere. On AVX2 builds int4 products
-// of most group sizes take int4_int16_product.cc's integer route instead (its header says which).
+// of most group sizes take int4_integer_product.cc's integer route instead (its header says which).
 #include <omp.h>
 
 #include <algorithm>
@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "float_vectors.h"
-#include "int4_int16_product.h"
+#include "int4_integer_product.h"
 #include "row_streams.h"
 #include "weight_only_product.h"
 #include "paddle/extension.h"
@@ -273,14 +273,18 @@ void check_weight_only_weight(const paddle::Tensor& w, const paddle::Tensor& sca
            what, ": bias must be a float32 CPU tensor of the weight's outputs");
 }
 
+void check_activation_bits(int activation_bits, const char* what) {
+  PD_CHECK(activation_bits == 16 || activation_bits == 8, what, ": activation_bits must be 16 or 8");
+}
+
 void weight_only_product(const float* x, int64_t n, int64_t in, const paddle::Tensor& w, const paddle::Tensor& scale,
-                         const float* bias, int bits, int group_size, int threads, float* y) {
+                         const float* bias, int bits, int group_size, int activation_bits, int threads, float* y) {
   const int64_t out = w.shape()[0];
   const int8_t* wp = bits == 8 ? w.data<int8_t>() : reinterpret_cast<const int8_t*>(w.data<uint8_t>());
   if (bits == 8) {
     const Problem p{x, wp, scale.data<float>(), y, n, in, out, 0};
     run_all<Int8Kernel, kInt8Tilings>(p, threads);
-  } else if (!int4_int16_product(x, n, in, wp, scale.data<float>(), out, group_size, threads, y)) {
+  } else if (!int4_integer_product(x, n, in, wp, scale.data<float>(), out, group_size, activation_bits, threads, y)) {
     const std::vector<float> prepared = prepare_int4_inputs(x, n, in, group_size);
     const Problem p{prepared.data(), wp, scale.data<float>(), y, n, in, out, group_size};
     run_all<Int4Kernel, kInt4Tilings>(p, threads);
@@ -290,18 +294,19 @@ void weight_only_product(const float* x, int64_t n, int64_t in, const paddle::Te
 
 std::vector<paddle::Tensor> WeightOnlyLinear(const paddle::Tensor& x, const paddle::Tensor& w,
                                              const paddle::Tensor& scale, const paddle::optional<paddle::Tensor>& bias,
-                                             int bits, int group_size, int threads) {
+                                             int bits, int group_size, int activation_bits, int threads) {
   PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() >= 1,
            "glm_weight_only_linear: x must be a float32 [..., in] CPU tensor");
   const int64_t in = x.shape().back();
   PD_CHECK(in > 0, "glm_weight_only_linear: x has no inputs");
   const paddle::Tensor* b = bias ? &*bias : nullptr;
   check_weight_only_weight(w, scale, b, in, bits, group_size, "glm_weight_only_linear");
+  check_activation_bits(activation_bits, "glm_weight_only_linear");
   std::vector<int64_t> y_shape = x.shape();
   y_shape.back() = w.shape()[0];  // [..., in] -> [..., out]
   paddle::Tensor y = paddle::empty(y_shape, paddle::DataType::FLOAT32, x.place());
   weight_only_product(x.data<float>(), x.numel() / in, in, w, scale, b ? b->data<float>() : nullptr, bits, group_size,
-                      threads, y.data<float>());
+                      activation_bits, threads, y.data<float>());
   return {y};
 }
 
@@ -322,7 +327,7 @@ std::vector<paddle::DataType> WeightOnlyLinearDtype(const paddle::DataType& x, c
 PD_BUILD_OP(glm_weight_only_linear)
     .Inputs({"X", "W", "Scale", paddle::Optional("Bias")})
     .Outputs({"Out"})
-    .Attrs({"bits: int", "group_size: int", "threads: int"})
+    .Attrs({"bits: int", "group_size: int", "activation_bits: int", "threads: int"})
     .SetKernelFn(PD_KERNEL(WeightOnlyLinear))
     .SetInferShapeFn(PD_INFER_SHAPE(WeightOnlyLinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(WeightOnlyLinearDtype));

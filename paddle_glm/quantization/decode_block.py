@@ -46,7 +46,7 @@ class QuantizedDecodeBlock(GLMBlock):
         params, first, epsilons = fused
         keys, values, key_bias, length = cache.step_buffers(layer)
         return cpu_operators.decode_block(x, params, keys, values, key_bias, write_index, length, first.quant_type,
-                                          first.group_size, epsilons)
+                                          first.group_size, epsilons, first.activation_bits)
 
     def _operator_inputs(self) -> Optional[Tuple[List[paddle.Tensor], QuantizedLinear, Tuple[float, float]]]:
         """The operator's ``params`` in its order (``cpu_operators.decode_block``), the first projection (its

@@ -63,14 +63,13 @@ class QuantizedDecodeStack(GLMStack):
         if found is None:
             return super().forward(hidden, position_ids, mask, cache, write_index)
         layers, first = found
-        hidden = decode_stack(self.embed(hidden, position_ids), layers, cache, write_index, first.quant_type,
-                              first.group_size, self._rows)
+        hidden = decode_stack(self.embed(hidden, position_ids), layers, cache, write_index, first, self._rows)
         return self.final_layernorm(hidden)
 
     def _stack_inputs(self) -> Optional[Tuple[Layers, QuantizedLinear]]:
         """Each block's operator params and epsilons and the first projection (the quantization), when every block is
         a :class:`QuantizedDecodeBlock` whose own one-call step applies, none has a forward hook of its own (its
-        call is skipped) and all share one quantization; else None."""
+        call is skipped) and all share one quantization and activation rounding; else None."""
         if cpu_operators.decode_stack_function() is None:
             return None
         layers, first = [], None
@@ -82,16 +81,21 @@ class QuantizedDecodeStack(GLMStack):
                 return None
             params, projection, epsilons = found
             first = first or projection
-            if (projection.quant_type, projection.group_size) != (first.quant_type, first.group_size):
+            if _kernel_settings(projection) != _kernel_settings(first):
                 return None
             layers.append((params, epsilons))
         return (layers, first) if layers else None
 
 
+def _kernel_settings(projection: QuantizedLinear) -> Tuple[str, int, int]:
+    return projection.quant_type, projection.group_size, projection.activation_bits
+
+
 def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_index: paddle.Tensor,
-                 quant_type: str, group_size: int, params_rows: Optional[RowCache] = None) -> paddle.Tensor:
+                 projection: QuantizedLinear, params_rows: Optional[RowCache] = None) -> paddle.Tensor:
     """``hidden`` ``[b, 1, hidden]`` through every block's decode step (``layers``: each block's
-    ``glm_decode_block`` params and LayerNorm epsilons), writing each layer's keys and values into ``cache`` at
+    ``glm_decode_block`` params and LayerNorm epsilons; ``projection``: one of their projections, whose quant type,
+    group size and activation bits all share), writing each layer's keys and values into ``cache`` at
     ``write_index``: ``[b, 1, hidden]``. ``params_rows``: the params' rows kept from the last call (a caller's
     :class:`RowCache`), else made anew; the cache's rows are made at each call (keeping them would keep a finished
     generation's cache alive). A failure of the C++ checks is a GLMError naming it."""
@@ -111,8 +115,8 @@ def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_in
     error = ctypes.create_string_buffer(_ERROR_BYTES)
     spin_when_idle()
     failed = cpu_operators.decode_stack_function()(
-        table.ctypes.data, len(layers), int(length), _BITS[quant_type], int(group_size), epsilons.ctypes.data,
-        chosen_cpu_threads(), error, _ERROR_BYTES)
+        table.ctypes.data, len(layers), int(length), _BITS[projection.quant_type], int(projection.group_size),
+        int(projection.activation_bits), epsilons.ctypes.data, chosen_cpu_threads(), error, _ERROR_BYTES)
     if failed:
         message = error.value.decode("utf-8", "replace").strip()
         raise GLMError(message.splitlines()[0] if message else "glm_decode_stack failed without a message")

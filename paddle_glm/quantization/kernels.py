@@ -17,7 +17,7 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
   int8/int4 converted to float32 in registers, float32 accumulation, OpenMP over output channels. On AVX2
   builds int4 (inputs a multiple of 64; groups of 16, 32 or a multiple of 64 up to 4096) instead rounds each
   group of ``x`` to int16 (scale: the group's largest |x| / 32767) and sums integer products
-  (``csrc/int4_int16_product.cc``): each output moves by at most 1/65534 of each group's largest |x| times the
+  (``csrc/int4_integer_product.cc``): each output moves by at most 1/65534 of each group's largest |x| times the
   |weights| it meets (~1.5e-5 of the largest output on random inputs).
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
@@ -158,14 +158,16 @@ def operator_status() -> Tuple[bool, str]:
 
 def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor,
                        bias: Optional[paddle.Tensor] = None, *, quant_type: str,
-                       group_size: int = DEFAULT_GROUP_SIZE) -> paddle.Tensor:
+                       group_size: int = DEFAULT_GROUP_SIZE, activation_bits: int = 16) -> paddle.Tensor:
     """``x @ dequantize(qweight, scale).T + bias`` for ``x`` ``[..., in]``: the one entry point layers call.
 
     The route follows ``x``: a float32 CPU tensor takes the C++ operator (or the fallback), whatever Paddle's
     default device. On CPU ``qweight``/``scale`` are in the stored layout (module docstring) and ``x`` is float32; on a
     GPU they are in the CUDA layout (:func:`to_cuda_layout`, done once at load) and ``x`` is
     float16/bfloat16. No gradient flows to the quantized weight; on CPU ``x`` gets its gradient
-    (LoRA adapters training over a quantized base) from :func:`input_grad`.
+    (LoRA adapters training over a quantized base) from :func:`input_grad`. ``activation_bits`` (16 or 8): what
+    the C++ operator's int4 integer route rounds ``x`` to (8:
+    :func:`~paddle_glm.quantization.rewrite.use_int8_activations`); every other route ignores it.
 
     The CUDA call is unverified: no CUDA build of Paddle 3.x can be installed where this was
     written. Its arguments come from :func:`cuda_weight_only_args` (tested on CPU) and its weights
@@ -174,7 +176,8 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
     """
     if (x.stop_gradient and quant_type in QUANT_TYPES and is_float32(x) and x.place.is_cpu_place()
             and cpu_operators.status()[0]):
-        return _cpu_inference(x, qweight, scale, bias, quant_type, group_size)  # checked first: ~100 calls a step
+        return _cpu_inference(x, qweight, scale, bias, quant_type, group_size,  # checked first: ~100 calls a step
+                              activation_bits)
     device, dtype = device_type(), dtype_str(x.dtype)
     built = device == "cpu" and dtype == "float32" and cpu_operators.status()[0]
     route = choose_route(device, dtype, quant_type, built)
@@ -185,7 +188,7 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
         return paddle.nn.quant.weight_only_linear(x, qweight, bias=bias, weight_scale=scale, **args)
     rows = x.reshape([-1, x.shape[-1]])  # [..., in] -> [rows, in]
     if route == CPU_OPERATOR:  # LoRA adapters training over a quantized base: x needs its gradient
-        out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size)
+        out = _OperatorWithInputGrad.apply(rows, qweight, scale, quant_type, group_size, activation_bits)
     else:
         cpu_operators.notice_fallback()
         out = tiled_fallback(rows, qweight, scale, quant_type, group_size)
@@ -195,12 +198,12 @@ def weight_only_linear(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.T
 
 
 def _cpu_inference(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, bias: Optional[paddle.Tensor],
-                   quant_type: str, group_size: int) -> paddle.Tensor:
+                   quant_type: str, group_size: int, activation_bits: int) -> paddle.Tensor:
     """The operator on float32 ``x`` ``[..., in]`` that needs no gradient: it takes the leading dimensions and
     the bias as they are; a bias in another dtype, or one that needs its gradient, is added by Paddle."""
     if bias is not None and (not is_float32(bias) or (paddle.is_grad_enabled() and not bias.stop_gradient)):
-        return cpu_operators.run(x, qweight, scale, quant_type, group_size) + bias  # [..., out]
-    return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias)  # [..., out]
+        return cpu_operators.run(x, qweight, scale, quant_type, group_size, None, activation_bits) + bias
+    return cpu_operators.run(x, qweight, scale, quant_type, group_size, bias, activation_bits)  # [..., out]
 
 
 def tiled_fallback(rows: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_type: str,
@@ -230,10 +233,10 @@ class _OperatorWithInputGrad(paddle.autograd.PyLayer):
     """The C++ operator's product, with the gradient of its input computed by :func:`input_grad`."""
 
     @staticmethod
-    def forward(ctx, rows, qweight, scale, quant_type, group_size):
+    def forward(ctx, rows, qweight, scale, quant_type, group_size, activation_bits):
         ctx.save_for_backward(qweight, scale)
         ctx.quant = (quant_type, group_size)
-        return cpu_operators.run(rows, qweight, scale, quant_type, group_size)
+        return cpu_operators.run(rows, qweight, scale, quant_type, group_size, None, activation_bits)
 
     @staticmethod
     def backward(ctx, grad_out):

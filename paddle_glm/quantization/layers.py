@@ -46,6 +46,7 @@ class QuantizedWeight(nn.Layer):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.quant_type, self.group_size = settings.quant_type, settings.kernel_group_size
+        self.activation_bits = 16  # what int4's integer route rounds x to (rewrite.use_int8_activations: 8)
         weight_shape, weight_dtype, scale_shape = stored_shapes(out_features, in_features, settings)
         self.weight = lazy_parameter(self, weight_shape, weight_dtype)
         self.weight_scale = lazy_parameter(self, scale_shape, "float32")
@@ -63,7 +64,7 @@ class QuantizedWeight(nn.Layer):
     def product(self, x: paddle.Tensor, bias=None) -> paddle.Tensor:
         """``x @ W.T + bias`` for ``x`` ``[..., in]`` with the dequantized weight ``W`` ``[out, in]``."""
         return weight_only_linear(x, self.weight, self.weight_scale, bias, quant_type=self.quant_type,
-                                  group_size=self.group_size)
+                                  group_size=self.group_size, activation_bits=self.activation_bits)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, quant_type={self.quant_type}"
@@ -117,11 +118,12 @@ class QuantizedLoRALinear(LoRALinear):
     def _take_base(self, layer: QuantizedLinear):
         self.weight, self.weight_scale, self.bias = layer.weight, layer.weight_scale, layer.bias
         self.quant_type, self.group_size = layer.quant_type, layer.group_size
+        self.activation_bits = layer.activation_bits
         return layer.in_features, layer.out_features, layer.bias.dtype
 
     def base(self, x: paddle.Tensor) -> paddle.Tensor:
         return weight_only_linear(x, self.weight, self.weight_scale, self.bias, quant_type=self.quant_type,
-                                  group_size=self.group_size)
+                                  group_size=self.group_size, activation_bits=self.activation_bits)
 
     def merged_linear(self):
         raise GLMError("a LoRA adapter cannot be merged into quantized weights: keep it applied (the adapter "

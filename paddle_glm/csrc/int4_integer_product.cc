@@ -1,24 +1,29 @@
-// int4 weights x activations rounded to int16, for CPUs with AVX2: the int4 product of weight_only_linear.cc
+// int4 weights x activations rounded to integers, for CPUs with AVX2: the int4 product of weight_only_linear.cc
 // where the build targets AVX2 with FMA, the input size is a multiple of 64 and the group size is 16, 32 or a
 // multiple of 64 up to 4096 (elsewhere its float32 route runs).
 //
 // Why: the float32 route converts both nibbles of each byte to float32 and multiplies each with an input: on
 // a 2-core AMD EPYC (Zen 3) ~8 GB/s of packed weights per core, below the memory's rate. Here each group of x
-// (group_size inputs of one row) is rounded to int16 once per call, scaled by the group's largest |x| / 32767,
-// and the nibbles meet it in vpmaddwd (16 products of 16-bit integers, summed in pairs into int32): ~11-12 GB/s
-// per core. Each group's integer sum is scaled once, by the weight's scale times the activation's. The
-// rounding moves each input by at most 1/65534 of its group's largest |x|, so a product by at most that times
-// the sum of the |weights| it meets (the tests hold the operator to this bound; on random inputs ~1.5e-5 of
-// the largest output, where int4's own rounding costs ~1e-1).
+// (group_size inputs of one row) is rounded to integers once per call, scaled by the group's largest |x| / L,
+// and meets the nibbles in integer multiply-adds: ~11-12 GB/s per core. Each group's integer sum is scaled once,
+// by the weight's scale times the activation's. The rounding moves each input by at most 1/(2L) of its group's
+// largest |x|, so a product by at most that times the sum of the |weights| it meets (the tests hold the operator
+// to this bound).
+// - int16 activations (the default, L = 32767): vpmaddwd, 16 products of 16-bit integers summed in pairs into
+//   int32; on random inputs ~1.5e-5 of the largest output, where int4's own rounding costs ~1e-1.
+// - int8 activations (asked for, L = 127): vpmaddubsw, 32 products of the unsigned nibbles with signed bytes
+//   summed in pairs into int16, then vpmaddwd by 1 into int32: about half the instructions a weight; ~4e-3 of the
+//   largest output on random inputs.
 //
 // Layout (weight_only_linear.cc): w uint8 [out, in/2], byte j = element 2j (low nibble) | element 2j+1 (high),
-// each a 4-bit two's complement; scale float32 [out, in/group_size]. A 32-byte load holds 64 inputs' weights:
-// its 16-bit word l holds inputs 4l, 4l+1, 4l+2, 4l+3 in bits 0-3, 4-7, 8-11, 12-15. XOR 0x88 makes each nibble
-// unsigned u = v + 8 (0..15); masks and shifts of the words give the four phases (inputs 4l + m, m = 0..3) as
-// int16 without moving data across lanes, and x is stored in the same phase order. The int32 lane j of a product
-// then holds inputs 8j..8j+7 of the 64: groups of 16 and 32 own pairs and quads of lanes. A group's sum is
-// sum(u * x) - 8 * sum(x); the last term is its first lane's starting value.
-#include "int4_int16_product.h"
+// each a 4-bit two's complement; scale float32 [out, in/group_size]. A 32-byte load holds 64 inputs' weights.
+// XOR 0x88 makes each nibble unsigned u = v + 8 (0..15); a group's sum is sum(u * x) - 8 * sum(x), the last term
+// its first lane's starting value. int16: the load's 16-bit word l holds inputs 4l..4l+3 in bits 0-3, 4-7, 8-11,
+// 12-15, which masks and shifts split into four int16 vectors (phases) without moving data across lanes; x is
+// stored in the same phase order. int8: the low and the high nibbles of the bytes (even and odd inputs), x's even
+// and odd inputs stored apart. Either way the int32 lane j of a product holds inputs 8j..8j+7 of the 64, so
+// groups of 16 and 32 own pairs and quads of lanes.
+#include "int4_integer_product.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -43,14 +48,49 @@ float lane_sum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
 }
 
-// x [n, in] rounded per group: q [n, in] as int16 in phase order (block k's 64 inputs as input 64k + 4l + m at
-// 64k + 16m + l), and per span (a group, or a block of 64 inputs for groups of 16 and 32) 8 lanes of the
-// groups' scales and of their sums' starts (-8 * the group's sum in its first lane, else 0): [n, spans, 8].
+// How x's rounded values are stored, per activation type A.
+template <typename A>
+struct Activation;
+
+// int16: input 64k + 4l + m at 64k + 16m + l (phase m of block k).
+template <>
+struct Activation<int16_t> {
+  static constexpr double kLevels = 32767.0;
+  static int64_t place(int64_t i) { return i / kBlock * kBlock + i % 4 * 16 + i % kBlock / 4; }
+  // Inputs i..i+7 (i: a multiple of 8) as int16 a0..a7 in words: phase m takes a_m and a_{m+4}, side by side.
+  static void store_eight(__m128i words, int16_t* q, int64_t i) {
+    words = _mm_shuffle_epi8(words, _mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+    int16_t* at = q + place(i);
+    _mm_storeu_si32(at, words);
+    _mm_storeu_si32(at + 16, _mm_srli_si128(words, 4));
+    _mm_storeu_si32(at + 32, _mm_srli_si128(words, 8));
+    _mm_storeu_si32(at + 48, _mm_srli_si128(words, 12));
+  }
+};
+
+// int8: input 64k + 2j at 64k + j, input 64k + 2j + 1 at 64k + 32 + j (the even and the odd inputs apart).
+template <>
+struct Activation<int8_t> {
+  static constexpr double kLevels = 127.0;
+  static int64_t place(int64_t i) { return i / kBlock * kBlock + i % 2 * 32 + i % kBlock / 2; }
+  static void store_eight(__m128i words, int8_t* q, int64_t i) {
+    const __m128i bytes = _mm_shuffle_epi8(_mm_packs_epi16(words, words),  // a0 a2 a4 a6 a1 a3 a5 a7
+                                           _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 8, 8, 8, 8, 8, 8, 8));
+    int8_t* at = q + place(i);
+    _mm_storeu_si32(at, bytes);
+    _mm_storeu_si32(at + 32, _mm_srli_si128(bytes, 4));
+  }
+};
+
+// x [n, in] rounded per group: q [n, in] in Activation<A>'s order, and per span (a group, or a block of 64 inputs
+// for groups of 16 and 32) 8 lanes of the groups' scales and of their sums' starts (-8 * the group's sum in its
+// first lane, else 0): [n, spans, 8].
 // A row's scales are stored times 2^k (k: what brings the row's largest |x| to [1, 2)) and its outputs multiplied
 // by unscale = 2^-k: the products of the weights' and the activations' scales then stay normal float32 numbers
 // for rows of any magnitude (a row of ~1e-37 has scales near 1e-42, below float32's normal range).
+template <typename A>
 struct RoundedInputs {
-  std::vector<int16_t> q;
+  std::vector<A> q;
   std::vector<float> scale, unscale;
   std::vector<int32_t> start;
 };
@@ -70,45 +110,37 @@ float group_max(const float* x, int64_t size) {
   return _mm256_movemask_ps(finite) == 0xFF ? largest : NAN;
 }
 
-// Where input i of a row goes in q's phase order.
-inline int64_t phase_index(int64_t i) { return i / kBlock * kBlock + i % 4 * 16 + i % kBlock / 4; }
-
-// Inputs i..i+7 (i: a multiple of 8) times `inverse`, rounded to int16 (to nearest, ties to even: the default
-// rounding mode) into q's phase order: input 4l + m to 16m + l, so phase m takes two neighbours. Returns the
-// rounded values as int32 [4] pairwise summed.
-inline __m128i round_eight(const float* x, int64_t i, __m256d inverse, int16_t* q) {
-  const __m256 v = _mm256_loadu_ps(x + i);  // double: 32767 / m overflows float32 for m below ~1e-34
+// Inputs i..i+7 (i: a multiple of 8) times `inverse`, rounded to integers (to nearest, ties to even: the default
+// rounding mode) into q; returns them as int32 [4] summed pairwise.
+template <typename A>
+inline __m128i round_eight(const float* x, int64_t i, __m256d inverse, A* q) {
+  const __m256 v = _mm256_loadu_ps(x + i);  // double: L / m overflows float32 for m below ~1e-34
   const __m128i lo = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), inverse));
   const __m128i hi = _mm256_cvtpd_epi32(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), inverse));
-  const __m128i words = _mm_shuffle_epi8(_mm_packs_epi32(lo, hi),  // a0..a7 -> a0 a4 a1 a5 a2 a6 a3 a7
-                                         _mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
-  int16_t* at = q + phase_index(i);
-  _mm_storeu_si32(at, words);
-  _mm_storeu_si32(at + 16, _mm_srli_si128(words, 4));
-  _mm_storeu_si32(at + 32, _mm_srli_si128(words, 8));
-  _mm_storeu_si32(at + 48, _mm_srli_si128(words, 12));
+  Activation<A>::store_eight(_mm_packs_epi32(lo, hi), q, i);
   return _mm_add_epi32(lo, hi);
 }
 
-// One group of `size` inputs from `first` (largest |x|: m) into q's phase order; returns its scale times `factor`
-// and sets *sum to the sum of its rounded values.
-float round_group(const float* x, int64_t first, int64_t size, float m, double factor, int16_t* q, int32_t* sum) {
+// One group of `size` inputs from `first` (largest |x|: m) into q; returns its scale times `factor` and sets
+// *sum to the sum of its rounded values.
+template <typename A>
+float round_group(const float* x, int64_t first, int64_t size, float m, double factor, A* q, int32_t* sum) {
   *sum = 0;
   if (!(m > 0.f)) {  // zeros (scale 0), or a NaN/infinity (scale NaN: the products are NaN)
-    for (int64_t i = first; i < first + size; ++i) q[phase_index(i)] = 0;
+    for (int64_t i = first; i < first + size; ++i) q[Activation<A>::place(i)] = 0;
     return m == 0.f ? 0.f : NAN;
   }
-  const __m256d inverse = _mm256_set1_pd(32767.0 / m);
+  const __m256d inverse = _mm256_set1_pd(Activation<A>::kLevels / m);
   __m128i sums = _mm_setzero_si128();
   for (int64_t i = first; i < first + size; i += 8) sums = _mm_add_epi32(sums, round_eight(x, i, inverse, q));
   sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0x4E));
   *sum = _mm_cvtsi128_si32(_mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0xB1)));
-  return static_cast<float>(m / 32767.0 * factor);
+  return static_cast<float>(m / Activation<A>::kLevels * factor);
 }
 
 // A row's groups: their scales and starts into the row's lanes ([spans, 8]).
-void round_row(const float* x, int64_t in, int64_t group_size, int16_t* q, float* lanes, int32_t* starts,
-               float* unscale) {
+template <typename A>
+void round_row(const float* x, int64_t in, int64_t group_size, A* q, float* lanes, int32_t* starts, float* unscale) {
   const int64_t groups = in / group_size, span = std::max<int64_t>(group_size, kBlock);
   const int64_t lanes_per_group = std::min<int64_t>(8, 8 * group_size / kBlock);  // 2, 4 or 8 (of a span's 8)
   std::vector<float> largest(groups);
@@ -128,9 +160,10 @@ void round_row(const float* x, int64_t in, int64_t group_size, int16_t* q, float
   }
 }
 
-RoundedInputs round_inputs(const float* x, int64_t n, int64_t in, int64_t group_size) {
+template <typename A>
+RoundedInputs<A> round_inputs(const float* x, int64_t n, int64_t in, int64_t group_size) {
   const int64_t spans = in / std::max<int64_t>(group_size, kBlock);
-  RoundedInputs r;
+  RoundedInputs<A> r;
   r.q.resize(n * in);
   r.scale.resize(n * spans * 8);
   r.start.assign(n * spans * 8, 0);
@@ -141,8 +174,9 @@ RoundedInputs round_inputs(const float* x, int64_t n, int64_t in, int64_t group_
   return r;
 }
 
+template <typename A>
 struct Problem {
-  const RoundedInputs* x;
+  const RoundedInputs<A>* x;
   const int8_t* w;     // [out, in/2]
   const float* scale;  // [out, groups]
   float* y;            // [n, out]
@@ -154,10 +188,10 @@ template <int R>
 struct Channels {
   const int8_t* w[R];
   const float* s[R];
-  Channels(const Problem& p, int64_t o0, int64_t stride) {
+  Channels(const int8_t* weights, const float* scales, int64_t in, int64_t group_size, int64_t o0, int64_t stride) {
     for (int r = 0; r < R; ++r) {
-      w[r] = p.w + (o0 + r * stride) * (p.in / 2);
-      s[r] = p.scale + (o0 + r * stride) * (p.in / p.group_size);
+      w[r] = weights + (o0 + r * stride) * (in / 2);
+      s[r] = scales + (o0 + r * stride) * (in / group_size);
     }
   }
 };
@@ -175,23 +209,27 @@ inline __m256 weight_scales(const float* s, int64_t at) {
   return _mm256_broadcast_ss(s + at);
 }
 
-// The four phases of one 64-input block of R channels' weights (from byte j), as int16 [16] each.
-template <int R>
+// One 64-input block of R channels' weights (from byte j), unsigned: int16, its four phases as int16 [16] each;
+// int8, the low and the high nibbles as bytes [32] each.
+template <typename A, int R>
 struct Unpacked {
   __m256i u[R][4];
   Unpacked(const int8_t* const* w, int64_t j) {
-    const __m256i low = _mm256_set1_epi16(0x0F), flip = _mm256_set1_epi8(static_cast<char>(0x88));
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x88));
+    const __m256i low = sizeof(A) == 2 ? _mm256_set1_epi16(0x0F) : _mm256_set1_epi8(0x0F);
     for (int r = 0; r < R; ++r) {
       const __m256i raw = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + j)), flip);
       u[r][0] = _mm256_and_si256(raw, low);
       u[r][1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-      u[r][2] = _mm256_and_si256(_mm256_srli_epi16(raw, 8), low);
-      u[r][3] = _mm256_srli_epi16(raw, 12);
+      if (sizeof(A) == 2) {
+        u[r][2] = _mm256_and_si256(_mm256_srli_epi16(raw, 8), low);
+        u[r][3] = _mm256_srli_epi16(raw, 12);
+      }
     }
   }
 };
 
-// One phase-ordered block of a row of x against one channel's unpacked weights: 8 int32 lanes.
+// One block of a row of x (q: its first value) against one channel's unpacked weights: 8 int32 lanes.
 inline __m256i block_product(const __m256i* u, const int16_t* q) {
   const __m256i* x = reinterpret_cast<const __m256i*>(q);
   const __m256i front = _mm256_add_epi32(_mm256_madd_epi16(u[0], _mm256_loadu_si256(x)),
@@ -201,14 +239,21 @@ inline __m256i block_product(const __m256i* u, const int16_t* q) {
   return _mm256_add_epi32(front, back);
 }
 
+inline __m256i block_product(const __m256i* u, const int8_t* q) {
+  const __m256i* x = reinterpret_cast<const __m256i*>(q);
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u[0], _mm256_loadu_si256(x)),  // |.| <= 2 * 2 * 15 * 127
+                                         _mm256_maddubs_epi16(u[1], _mm256_loadu_si256(x + 1)));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
 // Output channels o0, o0 + stride, ..., o0 + (R-1) * stride against rows b0..b0+NB-1, span by span (G: the group
 // size, 64 for any from 64 on; BL: blocks a span, 0: read from the group size): each span's int32 sums are scaled
 // at its end, lane by lane.
-template <int R, int NB, int G, int BL>
-void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
+template <typename A, int R, int NB, int G, int BL>
+void block(const Problem<A>& p, int64_t o0, int64_t stride, int64_t b0) {
   const int64_t span = BL ? BL * kBlock : p.group_size, spans = p.in / span;
-  const Channels<R> ch(p, o0, stride);
-  const int16_t* q = p.x->q.data() + b0 * p.in;
+  const Channels<R> ch(p.w, p.scale, p.in, p.group_size, o0, stride);
+  const A* q = p.x->q.data() + b0 * p.in;
   const int32_t* starts = p.x->start.data() + b0 * spans * 8;
   const float* scales = p.x->scale.data() + b0 * spans * 8;
   __m256 total[R][NB] = {};
@@ -219,7 +264,7 @@ void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
       for (int r = 0; r < R; ++r) acc[r][b] = start;
     }
     for (int64_t first = at * span; first < (at + 1) * span; first += kBlock) {  // each block's first input
-      const Unpacked<R> w(ch.w, first / 2);
+      const Unpacked<A, R> w(ch.w, first / 2);
       for (int r = 0; r < R; ++r)
         for (int b = 0; b < NB; ++b)
           acc[r][b] = _mm256_add_epi32(acc[r][b], block_product(w.u[r], q + b * p.in + first));
@@ -236,26 +281,27 @@ void block(const Problem& p, int64_t o0, int64_t stride, int64_t b0) {
     for (int b = 0; b < NB; ++b) p.y[(b0 + b) * p.out + o0 + r * stride] = lane_sum(total[r][b]) * p.x->unscale[b0 + b];
 }
 
-typedef void (*BlockFn)(const Problem&, int64_t, int64_t, int64_t);
+template <typename A>
+using BlockFn = void (*)(const Problem<A>&, int64_t, int64_t, int64_t);
 
-template <int R, int NB>
-BlockFn block_for(int64_t group_size) {
+template <typename A, int R, int NB>
+BlockFn<A> block_for(int64_t group_size) {
   switch (group_size) {
-    case 16: return &block<R, NB, 16, 1>;  // a span: one block of 64 inputs
-    case 32: return &block<R, NB, 32, 1>;
-    case 64: return &block<R, NB, 64, 1>;
-    case 128: return &block<R, NB, 64, 2>;
-    default: return &block<R, NB, 64, 0>;
+    case 16: return &block<A, R, NB, 16, 1>;  // a span: one block of 64 inputs
+    case 32: return &block<A, R, NB, 32, 1>;
+    case 64: return &block<A, R, NB, 64, 1>;
+    case 128: return &block<A, R, NB, 64, 2>;
+    default: return &block<A, R, NB, 64, 0>;
   }
 }
 
 // Blocks of R channels read side by side (row_streams.h), meeting the rows in tiles of NB (the last tile: 1 row
 // at a time).
-template <int R, int NB>
-void run(const Problem& p, int64_t n, int threads) {
-  const BlockFn full = block_for<R, NB>(p.group_size), single_row = block_for<R, 1>(p.group_size);
-  const BlockFn one = block_for<1, NB>(p.group_size), one_single = block_for<1, 1>(p.group_size);
-  auto tiles = [&](int64_t o0, int64_t stride, BlockFn tile, BlockFn row) {
+template <typename A, int R, int NB>
+void run(const Problem<A>& p, int64_t n, int threads) {
+  const BlockFn<A> full = block_for<A, R, NB>(p.group_size), single_row = block_for<A, R, 1>(p.group_size);
+  const BlockFn<A> one = block_for<A, 1, NB>(p.group_size), one_single = block_for<A, 1, 1>(p.group_size);
+  auto tiles = [&](int64_t o0, int64_t stride, BlockFn<A> tile, BlockFn<A> row) {
     int64_t b0 = 0;
     for (; b0 + NB <= n; b0 += NB) tile(p, o0, stride, b0);
     for (; b0 < n; ++b0) row(p, o0, stride, b0);
@@ -265,27 +311,38 @@ void run(const Problem& p, int64_t n, int threads) {
       [&](int64_t o) { tiles(o, 1, one, one_single); });
 }
 
+template <typename A>
+void product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
+             int group_size, int threads, float* y) {
+  const RoundedInputs<A> rounded = round_inputs<A>(x, n, in, group_size);
+  const Problem<A> p{&rounded, w, scale, y, in, out, group_size};
+  if (n == 1) {
+    run<A, 4, 1>(p, n, threads);
+  } else if (n < 4) {
+    run<A, 2, 2>(p, n, threads);
+  } else {
+    run<A, 2, 4>(p, n, threads);
+  }
+}
+
 }  // namespace
 
-bool int4_int16_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
-                        int group_size, int threads, float* y) {
+bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
+                          int group_size, int activation_bits, int threads, float* y) {
   const bool sizes = group_size == 16 || group_size == 32 || (group_size % kBlock == 0 && group_size <= kLargestGroup);
   if (!sizes || in % kBlock != 0) return false;
-  const RoundedInputs rounded = round_inputs(x, n, in, group_size);
-  const Problem p{&rounded, w, scale, y, in, out, group_size};
-  if (n == 1) {
-    run<4, 1>(p, n, threads);
-  } else if (n < 4) {
-    run<2, 2>(p, n, threads);
+  if (activation_bits == 8) {
+    product<int8_t>(x, n, in, w, scale, out, group_size, threads, y);
   } else {
-    run<2, 4>(p, n, threads);
+    product<int16_t>(x, n, in, w, scale, out, group_size, threads, y);
   }
   return true;
 }
 
 #else
 
-bool int4_int16_product(const float*, int64_t, int64_t, const int8_t*, const float*, int64_t, int, int, float*) {
+bool int4_integer_product(const float*, int64_t, int64_t, const int8_t*, const float*, int64_t, int, int, int,
+                          float*) {
   return false;
 }
 
