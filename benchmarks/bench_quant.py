@@ -11,7 +11,9 @@ glm-large-chinese (random fp32 weights, 3 pdparams shards, as ``bench_convert.py
   and batch 8 for fp32, int8 and int4, against each one's bandwidth roofline: the bytes of
   weights a token reads divided by the bandwidth of the fp32 GEMV pass measured in the same
   round (``bench_generate.roofline_seconds``). Targets: int8 >= 0.7 of its roofline at batch 1
-  and faster than fp32; int4 >= 0.5 of its roofline. Then the same with the C++ operators switched
+  and faster than fp32; int4 >= 0.5 of its roofline. With the operators, also int4 with its activations
+  rounded to int8 (``--int8-activations``, ``int4_a8``; reported beside the targets, which are the
+  default's). Then the same with the C++ operators switched
   off (``PADDLE_GLM_CPU_OPERATORS=0``): int8/int4 on the tiled fallback, fp32 on Paddle's matmul. Also
   the batch-1 fractions of a roofline that counts the KV cache a step reads besides the weights, and the
   block products' own rate read from memory and from the CPU's caches (what the kernel computes at).
@@ -48,6 +50,7 @@ GB = 1e9
 SLACK = 1e9  # the issue's "+ 1 GB"
 QUANT_TYPES = ("weight_only_int8", "weight_only_int4")
 SHORT = {"weight_only_int8": "int8", "weight_only_int4": "int4", None: "fp32"}
+LABELS = {"fp32": "fp32", "int8": "int8", "int4": "int4", "int4_a8": "int4, int8 activations"}
 DISK_TARGETS = {"weight_only_int8": 0.27, "weight_only_int4": 0.16}
 ROOFLINE_TARGETS = {"weight_only_int8": 0.7, "weight_only_int4": 0.5}
 GLM_10B, GLM_10B_SHARDS = "glm-10b-chinese", 7
@@ -114,7 +117,7 @@ def product_rates(model, passes: int = 5) -> dict:
             start = time.perf_counter()
             for layer in chosen:
                 cpu_operators.run(inputs[layer.in_features], layer.weight, layer.weight_scale, layer.quant_type,
-                                  layer.group_size, layer.bias)
+                                  layer.group_size, layer.bias, layer.activation_bits)
             best = min(best, time.perf_counter() - start)
         return stored / best
 
@@ -135,11 +138,13 @@ def fractions(speed: dict, int8_block_bytes: int, int4_block_bytes: int) -> dict
     int4's at batch 1 against the weights and the KV cache, int8's speed-up over fp32, and the seconds the block
     products alone take at their rate from memory."""
     bandwidth, out = speed["bandwidth"], {"int8_vs_fp32_b1": speed["fp32_b1_s"] / speed["int8_b1_s"]}
-    for name in ("fp32", "int8", "int4"):
+    for name in (name for name in LABELS if f"{name}_b1_s" in speed):
         for batch in (1, 8):
             out[f"{name}_b{batch}_roofline_fraction"] = speed[f"{name}_weight_bytes"] / bandwidth / speed[
                 f"{name}_b{batch}_s"]
-    for name, block_bytes in (("int8", int8_block_bytes), ("int4", int4_block_bytes)):
+    for name, block_bytes in (("int8", int8_block_bytes), ("int4", int4_block_bytes), ("int4_a8", int4_block_bytes)):
+        if f"{name}_b1_s" not in speed:
+            continue
         out[f"{name}_b1_with_cache_fraction"] = ((speed[f"{name}_weight_bytes"] + speed["cache_bytes"]) / bandwidth
                                                  / speed[f"{name}_b1_s"])
         out[f"{name}_block_product_bytes"] = block_bytes
@@ -205,9 +210,13 @@ from bench_quant import (block_product_bytes, cache_bytes_per_token, decode_seco
                          product_rates, weight_bytes_per_token)
 from paddle_glm import GLMForConditionalGeneration
 from paddle_glm.quantization.kernels import operator_status
+from paddle_glm.quantization.rewrite import use_int8_activations
 src, int8_dir, int4_dir, rounds, tokens, context = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
-models = {name: GLMForConditionalGeneration.from_pretrained(path, show_progress=False)
-          for name, path in (("fp32", src), ("int8", int8_dir), ("int4", int4_dir))}
+paths = [("fp32", src), ("int8", int8_dir), ("int4", int4_dir)] + ([("int4_a8", int4_dir)] if operator_status()[0]
+                                                                    else [])
+models = {name: GLMForConditionalGeneration.from_pretrained(path, show_progress=False) for name, path in paths}
+if "int4_a8" in models:
+    use_int8_activations(models["int4_a8"])
 fp32_bytes = weight_bytes_per_token(models["fp32"])
 for model in models.values():  # warm-up: first-call costs (allocations, the operator's load) stay out
     decode_seconds_per_token(model, 8, context, 2)
@@ -217,7 +226,7 @@ for _ in range(rounds):
     for name, model in models.items():
         for batch in (1, 8):
             one[f"{name}_b{batch}_s"] = decode_seconds_per_token(model, batch, context, tokens)
-    for name in ("int8", "int4") if operator_status()[0] else ():
+    for name in ("int8", "int4", "int4_a8") if operator_status()[0] else ():
         rates = product_rates(models[name])
         one[f"{name}_products_memory_rate"], one[f"{name}_products_cache_rate"] = rates["memory"], rates["cache"]
     per_round.append(one)
@@ -408,8 +417,10 @@ def markdown(r: dict) -> str:
         s = r[route]
         label = "C++ operator" if route == "speed" else "tiled fallback"
         fp32_label = "small-batch operator" if route == "speed" else "Paddle's matmul"  # PADDLE_GLM_CPU_OPERATORS=0
-        for name in ("fp32", "int8", "int4"):
-            rows.append(f"| {name} | {fp32_label if name == 'fp32' else label} | {s[f'{name}_b1_s']:.4f} "
+        for name in ("fp32", "int8", "int4", "int4_a8"):
+            if f"{name}_b1_s" not in s:
+                continue
+            rows.append(f"| {LABELS[name]} | {fp32_label if name == 'fp32' else label} | {s[f'{name}_b1_s']:.4f} "
                         f"({s[f'{name}_b1_roofline_fraction']:.2f}) | {s[f'{name}_b8_s']:.4f} "
                         f"({s[f'{name}_b8_roofline_fraction']:.2f}) |")
     rows.append(f"\nfp32 GEMV bandwidth (the rooflines' basis): {r['speed']['bandwidth'] / GB:.1f} GB/s; int8 is "
@@ -420,12 +431,20 @@ def markdown(r: dict) -> str:
                 f"context), which "
                 f"the weights-only rooflines leave out; against the weights and the cache, int8 reaches "
                 f"{s['int8_b1_with_cache_fraction']:.2f} and int4 {s['int4_b1_with_cache_fraction']:.2f}.")
+    if "int4_a8_b1_s" in s:
+        rows.append(f"\nint4 with its activations rounded to int8 (`--int8-activations`, off by default): "
+                    f"{s['int4_a8_b1_roofline_fraction']:.2f} of its roofline at batch 1 "
+                    f"({s['int4_b1_s'] / s['int4_a8_b1_s']:.2f}x int4's speed; "
+                    f"{s['int4_a8_b1_with_cache_fraction']:.2f} with the KV cache); the targets are the default's.")
     if "int4_products_cache_rate" in s:
         rows.append(f"\nThe block products alone at batch 1 (each a call of its own), stored GB/s from memory / "
                     f"from the CPU's caches (one layer's, over and over): int8 "
                     f"{s['int8_products_memory_rate'] / GB:.1f} / {s['int8_products_cache_rate'] / GB:.1f}, int4 "
                     f"{s['int4_products_memory_rate'] / GB:.1f} / "
-                    f"{s['int4_products_cache_rate'] / GB:.1f} (the fp32 basis: {s['bandwidth'] / GB:.1f}); from "
+                    f"{s['int4_products_cache_rate'] / GB:.1f}" + (
+                        f", int4 with int8 activations {s['int4_a8_products_memory_rate'] / GB:.1f} / "
+                        f"{s['int4_a8_products_cache_rate'] / GB:.1f}" if "int4_a8_products_memory_rate" in s else "")
+                    + f" (the fp32 basis: {s['bandwidth'] / GB:.1f}); from "
                     f"memory they take {s['int8_block_products_s'] * 1e3:.1f} ms (int8) and "
                     f"{s['int4_block_products_s'] * 1e3:.1f} ms (int4) of a step. A rate no faster from cache than "
                     "from memory is the kernel's arithmetic, not the memory.")
