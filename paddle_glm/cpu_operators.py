@@ -126,6 +126,16 @@ def decode_stack_function():
     return _state["stack"]
 
 
+def int4_integer_route() -> Tuple[bool, str]:
+    """Whether int4 products can take the integer route (``csrc/int4_integer_product.cc``), and why not: the
+    operators not loaded, or built without AVX2 and FMA."""
+    if not status()[0]:
+        return False, f"the C++ CPU operators are not available ({status()[1]})"
+    if not ctypes.CDLL(_state["library"]).glm_int4_integer_route():  # the library Paddle loaded
+        return False, "the C++ CPU operators were built without AVX2 and FMA"
+    return True, ""
+
+
 def small_batch_linear(x: paddle.Tensor, weight: paddle.Tensor, bias: Optional[paddle.Tensor] = None,
                        transposed: bool = False) -> paddle.Tensor:
     """``x`` float32 ``[..., in]`` (at most :data:`SMALL_BATCH_ROWS` rows in its leading dimensions) times

@@ -109,6 +109,13 @@ def logits_of(model, *args, **kwargs) -> np.ndarray:
     return out.logits.numpy()
 
 
+def integer_route() -> bool:
+    """Whether the loaded C++ operators have int4's integer route (an AVX2 and FMA build)."""
+    from paddle_glm import cpu_operators
+
+    return cpu_operators.int4_integer_route()[0]
+
+
 def activation_rounding_bound(x, d, group_size, bits=16):
     """How far csrc/int4_integer_product.cc's rounding of ``x`` ``[n, in]`` to int16 (``bits`` 16) or int8 (8) may
     move each output of an int4 product (``d``: the dequantized weight ``[out, in]``): each input by at most its

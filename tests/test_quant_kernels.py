@@ -29,7 +29,7 @@ from paddle_glm.quantization.kernels import (
 )
 
 INT8, INT4 = "weight_only_int8", "weight_only_int4"
-# the operators are built for the host (-march=native) unless told otherwise: is int4's int16 route in them?
+# the operators are built for the host (-march=native) unless told otherwise: is int4's integer route in them?
 CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
 AVX2_BUILD = not os.environ.get(cpu_operators.CFLAGS_ENV) and {"avx2", "fma"} <= CPU_FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,6 +238,14 @@ def test_int8_activations_within_their_bound(group_size, in_features):
         assert not got[n // 2].any()
         if AVX2_BUILD and n > 1:  # (n = 1: its one row is the zeros)
             assert np.any(np.abs(got - ref) > _allowed(x, d, INT4, group_size, ref, 16)), n
+
+
+def test_the_library_says_whether_it_has_the_integer_route():
+    """cpu_operators.int4_integer_route asks the loaded library; a build for this host has the route when the CPU
+    has AVX2 and FMA."""
+    assert cpu_operators.status()[0]
+    built, reason = cpu_operators.int4_integer_route()
+    assert built == AVX2_BUILD and (built or reason == "the C++ CPU operators were built without AVX2 and FMA")
 
 
 def test_activation_bits_other_than_16_or_8_are_refused():

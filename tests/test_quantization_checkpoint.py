@@ -135,8 +135,8 @@ def test_quantized_sources_are_refused_by_quantize_and_convert(quantized_dirs, t
     (["--quant-type", INT4, "--group-size", "48"], ["--group-size", "48", "128"]),
     (["--quant-type", INT8, "--dtype", "float16"], ["--dtype", "--quant-type"]),
     (["--quant-type", INT8, "--tensor-parallel", "2"], ["--tensor-parallel", "--quant-type"]),
-    (["--int8-activations"], ["--int8-activations", "a float checkpoint without --quant-type"]),
-    (["--quant-type", INT8, "--int8-activations"], ["--int8-activations", f"--quant-type {INT8}"]),
+    (["--int8-activations"], ["--int8-activations", "holds a float checkpoint", f"--quant-type {INT4}"]),
+    (["--quant-type", INT8, "--int8-activations"], ["--int8-activations", f"not --quant-type {INT8}"]),
 ])
 def test_cli_refuses_bad_quantization_flags_in_one_line(args, needles):
     code, _, err = run_cli("fill", DEMO_MODEL_DIR, DEMO_CASES[0].text, *args)
@@ -151,11 +151,12 @@ def test_cli_generates_fills_and_describes_with_quantization(quantized_dirs):
     code, out, err = run_cli("generate", quantized_dirs[INT8], case.text, "--num-beams", "2")
     assert code == 0, err
     assert out.strip() == case.expected[0]
-    code, out, err = run_cli("generate", quantized_dirs[INT4], case.text, "--int8-activations")
-    assert code == 0, err
-    assert out.strip() == case.expected[0]
+    for model_dir, flags in ((quantized_dirs[INT4], []), (DEMO_MODEL_DIR, ["--quant-type", INT4])):
+        code, out, err = run_cli("generate", model_dir, case.text, "--int8-activations", *flags)
+        assert code == 0, err
+        assert out.strip() == case.expected[0]
     code, _, err = run_cli("generate", quantized_dirs[INT8], case.text, "--int8-activations")
-    assert_one_line_error(code, err, "--int8-activations", f"a {INT8} checkpoint")
+    assert_one_line_error(code, err, "--int8-activations", f"quantized as {INT8}", "use an int4 one")
     code, out, err = run_cli("info", quantized_dirs[INT8], "--quant-type", INT4)
     assert code == 0, err
     assert "quantization: weight_only_int8 (per channel, embeddings quantized)" in out

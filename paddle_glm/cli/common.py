@@ -92,12 +92,15 @@ def ready_cpu_operators() -> None:
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> Tuple[object, object]:
     """Model and tokenizer from ``args.model_dir`` on ``args.device``; user errors become GLMError."""
+    from ..devices import device_type
     from ..model import GLMForConditionalGeneration
     from ..tokenizer import MODEL_FILE, GLMChineseTokenizer
 
     require_local_dir(args.model_dir)
     check_int8_activations(args)
     use_device(args.device)
+    if args.int8_activations and device_type() == "gpu":
+        raise GLMError("--int8-activations is a CPU option: Paddle's CUDA weight_only_linear takes float activations")
     ready_cpu_operators()
     if not os.path.isfile(os.path.join(args.model_dir, MODEL_FILE)):
         raise GLMError(f"{args.model_dir}: no tokenizer file {MODEL_FILE} in the model directory")

@@ -44,11 +44,17 @@ def check_int8_activations(args: argparse.Namespace) -> None:
     checkpoint's own quantization)."""
     if not getattr(args, "int8_activations", False):
         return
-    quant_type = args.quant_type or recorded_quant_type(args.model_dir)
-    if quant_type != INT4:
-        have = f"--quant-type {args.quant_type}" if args.quant_type else (
-            f"a {quant_type} checkpoint" if quant_type else "a float checkpoint without --quant-type")
-        raise GLMError(f"--int8-activations needs a {INT4} model ({have}): add --quant-type {INT4} or drop the flag")
+    if args.quant_type:
+        if args.quant_type != INT4:
+            raise GLMError(f"--int8-activations needs a {INT4} model, not --quant-type {args.quant_type}")
+        return
+    recorded = recorded_quant_type(args.model_dir)
+    if recorded is None:
+        raise GLMError(f"--int8-activations needs a {INT4} model: {args.model_dir} holds a float checkpoint; add "
+                       f"--quant-type {INT4}")
+    if recorded != INT4:
+        raise GLMError(f"--int8-activations needs a {INT4} model: {args.model_dir} holds a checkpoint quantized as "
+                       f"{recorded}; use an int4 one or drop the flag")
 
 
 def quant_load_kwargs(args: argparse.Namespace) -> dict:

@@ -5,7 +5,8 @@
 //   y  = x1 + gelu_tanh(LayerNorm2(x1) . W4h^T + b4h) . Wh^T + bh
 // x [b, 1, hidden] float32; Params, in this order: ln1 weight, ln1 bias, then (weight, scale, bias) of
 // query_key_value, dense, dense_h_to_4h, dense_4h_to_h, then ln2 weight, ln2 bias (the weights in
-// weight_only_linear.cc's layouts); K, V, Bias, Index and length as glm_decode_attention's.
+// weight_only_linear.cc's layouts); K, V, Bias, Index and length as glm_decode_attention's; activation_bits (16
+// or 8) as glm_weight_only_linear's, for all four projections.
 // out [b, 1, hidden].
 //
 // The same step through Paddle's ops and this library's separate operators costs ~0.2 ms a layer of dispatch

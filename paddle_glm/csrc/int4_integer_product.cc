@@ -5,10 +5,10 @@
 // Why: the float32 route converts both nibbles of each byte to float32 and multiplies each with an input: on
 // a 2-core AMD EPYC (Zen 3) ~8 GB/s of packed weights per core, below the memory's rate. Here each group of x
 // (group_size inputs of one row) is rounded to integers once per call, scaled by the group's largest |x| / L,
-// and meets the nibbles in integer multiply-adds: ~11-12 GB/s per core. Each group's integer sum is scaled once,
-// by the weight's scale times the activation's. The rounding moves each input by at most 1/(2L) of its group's
-// largest |x|, so a product by at most that times the sum of the |weights| it meets (the tests hold the operator
-// to this bound).
+// and meets the nibbles in integer multiply-adds: ~11-12 GB/s per core (int16). Each group's integer sums are
+// scaled once, by the weight's scale times the activation's. The rounding moves each input by at most 1/(2L) of
+// its group's largest |x|, so a product by at most that times the sum of the |weights| it meets (the tests hold
+// the operator to this bound).
 // - int16 activations (the default, L = 32767): vpmaddwd, 16 products of 16-bit integers summed in pairs into
 //   int32; on random inputs ~1.5e-5 of the largest output, where int4's own rounding costs ~1e-1.
 // - int8 activations (asked for, L = 127): vpmaddubsw, 32 products of the unsigned nibbles with signed bytes
@@ -17,12 +17,13 @@
 //
 // Layout (weight_only_linear.cc): w uint8 [out, in/2], byte j = element 2j (low nibble) | element 2j+1 (high),
 // each a 4-bit two's complement; scale float32 [out, in/group_size]. A 32-byte load holds 64 inputs' weights.
-// XOR 0x88 makes each nibble unsigned u = v + 8 (0..15); a group's sum is sum(u * x) - 8 * sum(x), the last term
-// its first lane's starting value. int16: the load's 16-bit word l holds inputs 4l..4l+3 in bits 0-3, 4-7, 8-11,
-// 12-15, which masks and shifts split into four int16 vectors (phases) without moving data across lanes; x is
-// stored in the same phase order. int8: the low and the high nibbles of the bytes (even and odd inputs), x's even
-// and odd inputs stored apart. Either way the int32 lane j of a product holds inputs 8j..8j+7 of the 64, so
-// groups of 16 and 32 own pairs and quads of lanes.
+// XOR 0x88 makes each nibble unsigned u = v + 8 (0..15); each int32 lane's sum is sum(u * x) - 8 * sum(x) over
+// the inputs it meets, the last term its starting value: exactly their sum of v * x, so that converting it to
+// float32 moves it by at most 2^-24 of sum(|v| * |x|). int16: the load's 16-bit word l holds inputs 4l..4l+3 in
+// bits 0-3, 4-7, 8-11, 12-15, which masks and shifts split into four int16 vectors (phases) without moving data
+// across lanes; x is stored in the same phase order. int8: the low and the high nibbles of the bytes (even and
+// odd inputs), x's even and odd inputs stored apart. Either way the int32 lane j of a product holds inputs
+// 8j..8j+7 of the 64, so groups of 16 and 32 own pairs and quads of lanes.
 #include "int4_integer_product.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -31,6 +32,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "row_streams.h"
@@ -38,14 +40,20 @@
 namespace {
 
 constexpr int kBlock = 64;  // inputs a step reads per output channel (32 bytes of weights)
-// A group's running sum starts at -8 * (its inputs' sum) and adds products of up to 15 * 32767: at most
-// ~9.9 * 32767 * group_size in magnitude along the way, within int32 up to ~6600 inputs.
+// A lane's running sum starts at -8 * (the sum of the rounded inputs it meets: group_size / 8 of them) and adds
+// their products with u <= 15: at most ~2.9 * 32767 * group_size in magnitude along the way, within int32.
 constexpr int kLargestGroup = 4096;
 
 float lane_sum(__m256 v) {
   const __m128 half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
   return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+// The low 4 bytes of v to p (_mm_storeu_si32 needs GCC 11).
+inline void store_four_bytes(void* p, __m128i v) {
+  const int32_t low = _mm_cvtsi128_si32(v);
+  std::memcpy(p, &low, sizeof low);
 }
 
 // How x's rounded values are stored, per activation type A.
@@ -61,10 +69,10 @@ struct Activation<int16_t> {
   static void store_eight(__m128i words, int16_t* q, int64_t i) {
     words = _mm_shuffle_epi8(words, _mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
     int16_t* at = q + place(i);
-    _mm_storeu_si32(at, words);
-    _mm_storeu_si32(at + 16, _mm_srli_si128(words, 4));
-    _mm_storeu_si32(at + 32, _mm_srli_si128(words, 8));
-    _mm_storeu_si32(at + 48, _mm_srli_si128(words, 12));
+    store_four_bytes(at, words);
+    store_four_bytes(at + 16, _mm_srli_si128(words, 4));
+    store_four_bytes(at + 32, _mm_srli_si128(words, 8));
+    store_four_bytes(at + 48, _mm_srli_si128(words, 12));
   }
 };
 
@@ -77,14 +85,14 @@ struct Activation<int8_t> {
     const __m128i bytes = _mm_shuffle_epi8(_mm_packs_epi16(words, words),  // a0 a2 a4 a6 a1 a3 a5 a7
                                            _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 8, 8, 8, 8, 8, 8, 8));
     int8_t* at = q + place(i);
-    _mm_storeu_si32(at, bytes);
-    _mm_storeu_si32(at + 32, _mm_srli_si128(bytes, 4));
+    store_four_bytes(at, bytes);
+    store_four_bytes(at + 32, _mm_srli_si128(bytes, 4));
   }
 };
 
 // x [n, in] rounded per group: q [n, in] in Activation<A>'s order, and per span (a group, or a block of 64 inputs
-// for groups of 16 and 32) 8 lanes of the groups' scales and of their sums' starts (-8 * the group's sum in its
-// first lane, else 0): [n, spans, 8].
+// for groups of 16 and 32) 8 lanes of the groups' scales and of the lanes' starts (-8 * the sum of the rounded
+// inputs each lane meets): [n, spans, 8].
 // A row's scales are stored times 2^k (k: what brings the row's largest |x| to [1, 2)) and its outputs multiplied
 // by unscale = 2^-k: the products of the weights' and the activations' scales then stay normal float32 numbers
 // for rows of any magnitude (a row of ~1e-37 has scales near 1e-42, below float32's normal range).
@@ -121,24 +129,26 @@ inline __m128i round_eight(const float* x, int64_t i, __m256d inverse, A* q) {
   return _mm_add_epi32(lo, hi);
 }
 
-// One group of `size` inputs from `first` (largest |x|: m) into q; returns its scale times `factor` and sets
-// *sum to the sum of its rounded values.
+// One group of `size` inputs from `first` (largest |x|: m) into q; returns its scale times `factor`. Each 8
+// inputs' rounded sum, times -8, goes to the start of the lane that meets them (starts: the row's [spans, 8];
+// span: the inputs of a span).
 template <typename A>
-float round_group(const float* x, int64_t first, int64_t size, float m, double factor, A* q, int32_t* sum) {
-  *sum = 0;
+float round_group(const float* x, int64_t first, int64_t size, float m, double factor, int64_t span, A* q,
+                  int32_t* starts) {
   if (!(m > 0.f)) {  // zeros (scale 0), or a NaN/infinity (scale NaN: the products are NaN)
     for (int64_t i = first; i < first + size; ++i) q[Activation<A>::place(i)] = 0;
     return m == 0.f ? 0.f : NAN;
   }
   const __m256d inverse = _mm256_set1_pd(Activation<A>::kLevels / m);
-  __m128i sums = _mm_setzero_si128();
-  for (int64_t i = first; i < first + size; i += 8) sums = _mm_add_epi32(sums, round_eight(x, i, inverse, q));
-  sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0x4E));
-  *sum = _mm_cvtsi128_si32(_mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0xB1)));
+  for (int64_t i = first; i < first + size; i += 8) {
+    __m128i sums = round_eight(x, i, inverse, q);
+    sums = _mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0x4E));
+    starts[i / span * 8 + i % kBlock / 8] -= 8 * _mm_cvtsi128_si32(_mm_add_epi32(sums, _mm_shuffle_epi32(sums, 0xB1)));
+  }
   return static_cast<float>(m / Activation<A>::kLevels * factor);
 }
 
-// A row's groups: their scales and starts into the row's lanes ([spans, 8]).
+// A row's groups: their scales and starts into the row's lanes ([spans, 8]; starts: zeros).
 template <typename A>
 void round_row(const float* x, int64_t in, int64_t group_size, A* q, float* lanes, int32_t* starts, float* unscale) {
   const int64_t groups = in / group_size, span = std::max<int64_t>(group_size, kBlock);
@@ -152,11 +162,9 @@ void round_row(const float* x, int64_t in, int64_t group_size, A* q, float* lane
   const int k = row > 0.f && std::isfinite(row) ? -std::ilogb(row) : 0;
   *unscale = std::ldexp(1.f, -k);
   for (int64_t g = 0; g < groups; ++g) {
-    int32_t sum;
-    const float scale = round_group(x, g * group_size, group_size, largest[g], std::ldexp(1.0, k), q, &sum);
+    const float scale = round_group(x, g * group_size, group_size, largest[g], std::ldexp(1.0, k), span, q, starts);
     const int64_t lane = g * group_size / span * 8 + g * group_size % span / 8;  // the group's first lane
     std::fill(lanes + lane, lanes + lane + lanes_per_group, scale);
-    starts[lane] = -8 * sum;
   }
 }
 
@@ -216,12 +224,12 @@ struct Unpacked {
   __m256i u[R][4];
   Unpacked(const int8_t* const* w, int64_t j) {
     const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x88));
-    const __m256i low = sizeof(A) == 2 ? _mm256_set1_epi16(0x0F) : _mm256_set1_epi8(0x0F);
+    const __m256i low = sizeof(A) == 2 ? _mm256_set1_epi16(0x0F) : _mm256_set1_epi8(0x0F);  // per value
     for (int r = 0; r < R; ++r) {
       const __m256i raw = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + j)), flip);
       u[r][0] = _mm256_and_si256(raw, low);
       u[r][1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-      if (sizeof(A) == 2) {
+      if constexpr (sizeof(A) == 2) {
         u[r][2] = _mm256_and_si256(_mm256_srli_epi16(raw, 8), low);
         u[r][3] = _mm256_srli_epi16(raw, 12);
       }
@@ -329,8 +337,9 @@ void product(const float* x, int64_t n, int64_t in, const int8_t* w, const float
 
 bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
                           int group_size, int activation_bits, int threads, float* y) {
-  const bool sizes = group_size == 16 || group_size == 32 || (group_size % kBlock == 0 && group_size <= kLargestGroup);
-  if (!sizes || in % kBlock != 0) return false;
+  const bool sizes = group_size == 16 || group_size == 32 || (group_size > 0 && group_size % kBlock == 0 &&
+                                                               group_size <= kLargestGroup);
+  if (!sizes || in % kBlock != 0 || in % group_size != 0) return false;
   if (activation_bits == 8) {
     product<int8_t>(x, n, in, w, scale, out, group_size, threads, y);
   } else {
@@ -339,11 +348,15 @@ bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w
   return true;
 }
 
+extern "C" int glm_int4_integer_route() { return 1; }
+
 #else
 
 bool int4_integer_product(const float*, int64_t, int64_t, const int8_t*, const float*, int64_t, int, int, int,
                           float*) {
   return false;
 }
+
+extern "C" int glm_int4_integer_route() { return 0; }
 
 #endif

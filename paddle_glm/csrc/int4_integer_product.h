@@ -10,3 +10,6 @@
 // multiple of 64 up to 4096.
 bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
                           int group_size, int activation_bits, int threads, float* y);
+
+// 1 when the library was built with the integer route (AVX2 and FMA), else 0 (for Python, through ctypes).
+extern "C" int glm_int4_integer_route();

@@ -18,7 +18,8 @@ Routes (:func:`choose_route`, a pure function tested on CPU):
   builds int4 (inputs a multiple of 64; groups of 16, 32 or a multiple of 64 up to 4096) instead rounds each
   group of ``x`` to int16 (scale: the group's largest |x| / 32767) and sums integer products
   (``csrc/int4_integer_product.cc``): each output moves by at most 1/65534 of each group's largest |x| times the
-  |weights| it meets (~1.5e-5 of the largest output on random inputs).
+  |weights| it meets (~1.5e-5 of the largest output on random inputs); to int8 (1/254, ~4e-3) when the layer's
+  ``activation_bits`` is 8 (:func:`~paddle_glm.quantization.rewrite.use_int8_activations`).
 * ``cpu_tiled_fallback``: Paddle ops only, when the operator cannot be built: the weight is
   converted to float32 in ~1 MiB tiles of rows, each tile multiplied as it is made.
 

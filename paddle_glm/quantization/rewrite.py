@@ -16,6 +16,7 @@ On a loaded float model the weights are quantized at once.
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -25,7 +26,6 @@ import paddle.nn as nn
 from ..attention import dtype_str
 from ..checkpoint.dtypes import STORAGE, cast_array
 from ..checkpoint.layout import strip_prefix
-from ..devices import device_type
 from ..errors import CheckpointError, GLMError
 from .decode_block import QuantizedDecodeBlock
 from .decode_stack import QuantizedDecodeStack
@@ -113,24 +113,40 @@ def use_int8_activations(model: nn.Layer, enabled: bool = True) -> None:
     half the instructions a weight. Each output moves by up to 1/254 of each input group's largest |x| times the
     |weights| it meets (int16: 1/65534): ~4e-3 of the largest output on random inputs, where int4's own
     rounding of the weights costs ~1e-1. It applies where the integer route runs (float32 CPU inputs, an AVX2
-    build, input sizes a multiple of 64); elsewhere (builds without AVX2, the fallback without a compiler) the
-    products compute in float32 as before. Gradients (LoRA training) are computed from the dequantized weights
-    either way.
+    build, input sizes a multiple of 64, groups of 16, 32 or a multiple of 64 up to 4096); where it cannot run
+    (a build without AVX2, no compiler), one line on stderr says so and the products compute in float32 as
+    before. Gradients (LoRA training) are computed from the dequantized weights either way. The setting is
+    model-wide: a block's one-call decode step reads it from the block's first projection.
 
     Raises:
-        GLMError: the model is not quantized to weight_only_int4, or Paddle's device is a GPU (its CUDA kernel
-            takes float activations).
+        GLMError: the model is not quantized to weight_only_int4, or its weights are on a GPU (Paddle's CUDA
+            kernel takes float activations).
     """
     settings = getattr(model, "quantization", None)
     if settings is None or settings.quant_type != INT4:
         have = "not quantized" if settings is None else f"quantized to {settings.quant_type}"
         raise GLMError(f"int8 activations (--int8-activations) need a {INT4} model; this one is {have}")
-    if device_type() == "gpu":
+    layers = [layer for layer in model.sublayers(include_self=True) if hasattr(layer, "activation_bits")]
+    if any(not layer.weight.place.is_cpu_place() for layer in layers):
         raise GLMError("int8 activations (--int8-activations) are a CPU option; on a GPU Paddle's weight_only_linear "
                        "takes float activations")
-    for layer in model.sublayers(include_self=True):
-        if hasattr(layer, "activation_bits"):  # a QuantizedWeight, or a LoRA adapter over one
-            layer.activation_bits = 8 if enabled else 16
+    for layer in layers:  # QuantizedWeights, and LoRA adapters over them
+        layer.activation_bits = 8 if enabled else 16
+    if enabled:
+        _notice_without_integer_route(settings, getattr(model, "glm", model).config.hidden_size)
+
+
+def _notice_without_integer_route(settings: QuantSettings, hidden: int) -> None:
+    """One line on stderr when int8 activations cannot take effect (the integer route cannot run)."""
+    from .. import cpu_operators
+
+    available, reason = cpu_operators.int4_integer_route()
+    group = settings.group_size
+    if available and (hidden % 64 or not (group in (16, 32) or (group % 64 == 0 and group <= 4096))):
+        available, reason = False, f"hidden size {hidden} and group size {group} are not among the route's"
+    if not available:
+        print(f"paddle_glm: --int8-activations changes nothing here: {reason}; int4's products compute in float32",
+              file=sys.stderr)
 
 
 def _refuse_other_rewrites(model: nn.Layer) -> None:
