@@ -462,7 +462,7 @@ SCRIPT = textwrap.dedent("""
     with paddle.no_grad():
         backend = decode_backend("bhsd", paddle.zeros([1]), False)
     assert (backend == CPU_DECODE) == cpu_operators.status()[0] and (cached == plain).all(), (backend, cached, plain)
-    print("STATUS", cpu_operators.status()[0], "ERR", worst)
+    print("ROUTE", cpu_operators.int4_integer_route()[0], "STATUS", cpu_operators.status()[0], "ERR", worst)
 """)
 
 
@@ -481,8 +481,10 @@ def _finish(proc, timeout=300):
         proc.communicate()
         raise
     assert proc.returncode == 0, err
-    status, error = out.split("STATUS ")[1].split(" ERR ")
-    return status == "True", float(error), [line for line in err.splitlines() if line.startswith("paddle_glm:")]
+    route, status, error = out.split("ROUTE ")[1].split(" STATUS ")[0], *out.split("STATUS ")[1].split(" ERR ")
+    assert route == "False" or status == "True", out  # int4's integer route only in a loaded library
+    notices = [line for line in err.splitlines() if line.startswith("paddle_glm:")]
+    return status == "True", float(error), notices, route == "True"
 
 
 @pytest.mark.parametrize("env,reason", [
@@ -493,7 +495,7 @@ def _finish(proc, timeout=300):
     ({"CXX": "false"}, "the build exited with status 1"),  # a compiler that fails
 ])
 def test_fallback_runs_with_one_notice_naming_the_reason(tmp_path, env, reason):
-    built, error, notices = _finish(_run_script({"PADDLE_GLM_CACHE_DIR": str(tmp_path), **env}))
+    built, error, notices, _ = _finish(_run_script({"PADDLE_GLM_CACHE_DIR": str(tmp_path), **env}))
     assert not built and error <= 1e-5
     fallback = [line for line in notices if "tiled dequantization" in line]
     assert len(fallback) == 1 and reason in fallback[0], notices
@@ -530,11 +532,12 @@ def test_cache_key_follows_paddle_compiler_flags_and_source():
 @pytest.mark.slow
 def test_two_processes_build_the_portable_operator_at_once(tmp_path):
     """Both build the baseline x86-64 variant (no AVX2: the SSE2 paths) into one fresh cache at
-    the same time; both load a working library and the cache holds one complete build, no leftovers."""
+    the same time; both load a working library (without int4's integer route, which needs AVX2: its probe says
+    so) and the cache holds one complete build, no leftovers."""
     env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_CPU_OPERATORS_CFLAGS": "-march=x86-64"}
     procs = [_run_script(env), _run_script(env)]
     results = [_finish(p, timeout=900) for p in procs]
-    for built, error, notices in results:
-        assert built and error <= 1e-5 and len(notices) <= 1
+    for built, error, notices, route in results:
+        assert built and not route and error <= 1e-5 and len(notices) <= 1
     (key,) = os.listdir(tmp_path / "ops")
     assert os.listdir(tmp_path / "ops" / key) == [cpu_operators.LIBRARY + ".so"]

@@ -135,7 +135,7 @@ def test_quantized_sources_are_refused_by_quantize_and_convert(quantized_dirs, t
     (["--quant-type", INT4, "--group-size", "48"], ["--group-size", "48", "128"]),
     (["--quant-type", INT8, "--dtype", "float16"], ["--dtype", "--quant-type"]),
     (["--quant-type", INT8, "--tensor-parallel", "2"], ["--tensor-parallel", "--quant-type"]),
-    (["--int8-activations"], ["--int8-activations", "holds a float checkpoint", f"--quant-type {INT4}"]),
+    (["--int8-activations"], ["--int8-activations", "config.json records no quantization", f"--quant-type {INT4}"]),
     (["--quant-type", INT8, "--int8-activations"], ["--int8-activations", f"not --quant-type {INT8}"]),
 ])
 def test_cli_refuses_bad_quantization_flags_in_one_line(args, needles):

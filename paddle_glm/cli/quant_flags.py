@@ -50,8 +50,8 @@ def check_int8_activations(args: argparse.Namespace) -> None:
         return
     recorded = recorded_quant_type(args.model_dir)
     if recorded is None:
-        raise GLMError(f"--int8-activations needs a {INT4} model: {args.model_dir} holds a float checkpoint; add "
-                       f"--quant-type {INT4}")
+        raise GLMError(f"--int8-activations needs a {INT4} model: {args.model_dir}'s config.json records no "
+                       f"quantization; add --quant-type {INT4}")
     if recorded != INT4:
         raise GLMError(f"--int8-activations needs a {INT4} model: {args.model_dir} holds a checkpoint quantized as "
                        f"{recorded}; use an int4 one or drop the flag")

@@ -127,7 +127,7 @@ def use_int8_activations(model: nn.Layer, enabled: bool = True) -> None:
         have = "not quantized" if settings is None else f"quantized to {settings.quant_type}"
         raise GLMError(f"int8 activations (--int8-activations) need a {INT4} model; this one is {have}")
     layers = [layer for layer in model.sublayers(include_self=True) if hasattr(layer, "activation_bits")]
-    if any(not layer.weight.place.is_cpu_place() for layer in layers):
+    if enabled and any(not layer.weight.place.is_cpu_place() for layer in layers):
         raise GLMError("int8 activations (--int8-activations) are a CPU option; on a GPU Paddle's weight_only_linear "
                        "takes float activations")
     for layer in layers:  # QuantizedWeights, and LoRA adapters over them
