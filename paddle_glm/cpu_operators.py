@@ -70,7 +70,7 @@ HEADERS = [os.path.join(_CSRC, name) for name in ("float_vectors.h", "row_stream
 DISABLE_ENV, CFLAGS_ENV = "PADDLE_GLM_CPU_OPERATORS", "PADDLE_GLM_CPU_OPERATORS_CFLAGS"
 OLD_DISABLE_ENV = "PADDLE_GLM_WEIGHT_ONLY_OPERATOR"  # the switch's name before the float operator joined
 BUILD_TIMEOUT = 600  # seconds; a first build takes ~10-30 s
-_BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
+WEIGHT_BITS = {"weight_only_int8": 8, "weight_only_int4": 4}  # the operators' ``bits``
 _state = {"status": None, "fallback_notice_shown": False, "library": None, "stack": None}
 _lock = threading.Lock()  # one build per process, whichever thread asks first
 
@@ -105,7 +105,7 @@ def run(x: paddle.Tensor, qweight: paddle.Tensor, scale: paddle.Tensor, quant_ty
     Called the way the module ``paddle.utils.cpp_extension.load`` generates calls it.
     """
     spin_when_idle()
-    return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, _BITS[quant_type], int(group_size),
+    return paddle._C_ops._run_custom_op(OP_NAME, x, qweight, scale, bias, WEIGHT_BITS[quant_type], int(group_size),
                                         int(activation_bits), chosen_cpu_threads())[0]
 
 
@@ -126,13 +126,19 @@ def decode_stack_function():
     return _state["stack"]
 
 
-def int4_integer_route() -> Tuple[bool, str]:
-    """Whether int4 products can take the integer route (``csrc/int4_integer_product.cc``), and why not: the
-    operators not loaded, or built without AVX2 and FMA."""
+def int4_integer_route(in_features: int = 64, group_size: int = 64) -> Tuple[bool, str]:
+    """Whether int4 products of ``in_features`` inputs in groups of ``group_size`` take the integer route
+    (``csrc/int4_integer_product.cc``, which decides), and why not: the operators not loaded, built without AVX2
+    and FMA, or sizes the route does not take."""
     if not status()[0]:
         return False, f"the C++ CPU operators are not available ({status()[1]})"
-    if not ctypes.CDLL(_state["library"]).glm_int4_integer_route():  # the library Paddle loaded
+    probe = ctypes.CDLL(_state["library"]).glm_int4_integer_route  # the library Paddle loaded
+    probe.argtypes = [ctypes.c_int64, ctypes.c_int]
+    taken = probe(int(in_features), int(group_size))
+    if taken < 0:
         return False, "the C++ CPU operators were built without AVX2 and FMA"
+    if not taken:
+        return False, f"the route does not take {in_features} inputs in groups of {group_size}"
     return True, ""
 
 
@@ -172,7 +178,8 @@ def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Ten
     check_cache_buffers("decode_block", keys, values)
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
-                                        _BITS[quant_type], int(group_size), int(activation_bits), float(epsilons[0]),
+                                        WEIGHT_BITS[quant_type], int(group_size), int(activation_bits),
+                                        float(epsilons[0]),
                                         float(epsilons[1]), chosen_cpu_threads())[0]
 
 

@@ -335,11 +335,16 @@ void product(const float* x, int64_t n, int64_t in, const int8_t* w, const float
 
 }  // namespace
 
-bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
-                          int group_size, int activation_bits, int threads, float* y) {
+// Whether the route takes products of `in` inputs in groups of group_size.
+static bool takes(int64_t in, int group_size) {
   const bool sizes = group_size == 16 || group_size == 32 || (group_size > 0 && group_size % kBlock == 0 &&
                                                                group_size <= kLargestGroup);
-  if (!sizes || in % kBlock != 0 || in % group_size != 0) return false;
+  return sizes && in % kBlock == 0 && in % group_size == 0;
+}
+
+bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
+                          int group_size, int activation_bits, int threads, float* y) {
+  if (!takes(in, group_size)) return false;
   if (activation_bits == 8) {
     product<int8_t>(x, n, in, w, scale, out, group_size, threads, y);
   } else {
@@ -348,7 +353,7 @@ bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w
   return true;
 }
 
-extern "C" int glm_int4_integer_route() { return 1; }
+extern "C" int glm_int4_integer_route(int64_t in, int group_size) { return takes(in, group_size) ? 1 : 0; }
 
 #else
 
@@ -357,6 +362,6 @@ bool int4_integer_product(const float*, int64_t, int64_t, const int8_t*, const f
   return false;
 }
 
-extern "C" int glm_int4_integer_route() { return 0; }
+extern "C" int glm_int4_integer_route(int64_t, int) { return -1; }
 
 #endif

@@ -11,5 +11,6 @@
 bool int4_integer_product(const float* x, int64_t n, int64_t in, const int8_t* w, const float* scale, int64_t out,
                           int group_size, int activation_bits, int threads, float* y);
 
-// 1 when the library was built with the integer route (AVX2 and FMA), else 0 (for Python, through ctypes).
-extern "C" int glm_int4_integer_route();
+// For Python, through ctypes: 1 when int4_integer_product takes products of `in` inputs in groups of group_size, 0
+// when it does not, -1 when the library was built without the route (no AVX2 and FMA).
+extern "C" int glm_int4_integer_route(int64_t in, int group_size);

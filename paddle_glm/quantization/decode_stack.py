@@ -31,7 +31,6 @@ from .layers import QuantizedLinear
 
 _DTYPES = {paddle.float32: 0, paddle.int8: 1, paddle.uint8: 2, paddle.int64: 3}  # csrc/decode_stack.cc's kDtypes
 _FIELDS = 7  # a table row: address, dtype, dims, then up to 4 dims
-_BITS = {"weight_only_int8": 8, "weight_only_int4": 4}
 _ERROR_BYTES = 1024
 
 Layers = List[Tuple[List[paddle.Tensor], Tuple[float, float]]]  # per block: its operator's params and epsilons
@@ -115,8 +114,9 @@ def decode_stack(hidden: paddle.Tensor, layers: Layers, cache: KVCache, write_in
     error = ctypes.create_string_buffer(_ERROR_BYTES)
     spin_when_idle()
     failed = cpu_operators.decode_stack_function()(
-        table.ctypes.data, len(layers), int(length), _BITS[projection.quant_type], int(projection.group_size),
-        int(projection.activation_bits), epsilons.ctypes.data, chosen_cpu_threads(), error, _ERROR_BYTES)
+        table.ctypes.data, len(layers), int(length), cpu_operators.WEIGHT_BITS[projection.quant_type],
+        int(projection.group_size), int(projection.activation_bits), epsilons.ctypes.data, chosen_cpu_threads(), error,
+        _ERROR_BYTES)
     if failed:
         message = error.value.decode("utf-8", "replace").strip()
         raise GLMError(message.splitlines()[0] if message else "glm_decode_stack failed without a message")

@@ -140,10 +140,7 @@ def _notice_without_integer_route(settings: QuantSettings, hidden: int) -> None:
     """One line on stderr when int8 activations cannot take effect (the integer route cannot run)."""
     from .. import cpu_operators
 
-    available, reason = cpu_operators.int4_integer_route()
-    group = settings.group_size
-    if available and (hidden % 64 or not (group in (16, 32) or (group % 64 == 0 and group <= 4096))):
-        available, reason = False, f"hidden size {hidden} and group size {group} are not among the route's"
+    available, reason = cpu_operators.int4_integer_route(hidden, settings.group_size)
     if not available:
         print(f"paddle_glm: --int8-activations changes nothing here: {reason}; int4's products compute in float32",
               file=sys.stderr)
