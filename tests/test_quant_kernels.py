@@ -2,6 +2,7 @@
 fallback against a float64 reference, every route decision, the operator's build cache, and the
 CUDA layout against ``paddle.nn.quant.weight_quantize``'s own output (which runs on CPU)."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -447,6 +448,8 @@ SCRIPT = textwrap.dedent("""
                 got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type=qt,
                                          activation_bits=bits)
                 worst = max(worst, float((np.abs(got.numpy() - ref) - bound).max() / np.abs(ref).max()))
+            if bits == 8 and cpu_operators.int4_integer_route()[0]:  # the int8 rounding ran: beyond int16's bound
+                assert (np.abs(got.numpy() - ref) > bound * 254 / 65534).any(), (out_f, in_f)
     from paddle_glm.linear import linear, linear_transposed  # the float products: the operator or Paddle's matmul
     with paddle.no_grad():
         for rows in (1, 5, 40):
@@ -548,10 +551,30 @@ def test_two_processes_build_the_portable_operator_at_once(tmp_path):
     assert os.listdir(tmp_path / "ops" / key) == [cpu_operators.LIBRARY + ".so"]
 
 
+X86_64_V3 = {"avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm"}  # what -march=x86-64-v3 compiles for
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not X86_64_V3 <= CPU_FLAGS, reason="a CPU without x86-64-v3 (AVX2, FMA, BMI2, ...)")
 def test_the_avx2_build_without_avx512_or_vnni(tmp_path):
     """x86-64-v3 (AVX2 and FMA): int4's integer route with AVX2's multiply-adds, where -march=native on a CPU with
     AVX-512 VNNI or AVX-VNNI builds their one-instruction multiply-adds instead: both within their bounds."""
     env = {"PADDLE_GLM_CACHE_DIR": str(tmp_path), "PADDLE_GLM_CPU_OPERATORS_CFLAGS": "-march=x86-64-v3"}
     built, error, notices, route = _finish(_run_script(env), timeout=900)
     assert built and route and error <= 1e-5 and len(notices) <= 1
+
+
+@pytest.mark.skipif(shutil.which("g++") is None or shutil.which("objdump") is None, reason="no g++ or objdump")
+@pytest.mark.parametrize("flags,vnni", [
+    (["-march=x86-64-v3"], False),
+    (["-march=x86-64-v3", "-mavxvnni"], True),  # AVX-VNNI (no CPU here may run it: compiled only)
+    (["-march=x86-64-v3", "-mavx512f", "-mavx512vl", "-mavx512vnni"], True),
+])
+def test_int4_route_takes_vnni_where_the_build_targets_it(tmp_path, flags, vnni):
+    """Compiled only (not run): VNNI's multiply-adds where the target has them, AVX2's elsewhere."""
+    source = Path(cpu_operators.__file__).parent / "csrc" / "int4_integer_product.cc"
+    obj = tmp_path / "route.o"
+    subprocess.run(["g++", "-std=c++17", "-O2", "-fopenmp", *flags, "-c", str(source), "-o", str(obj)], check=True)
+    code = subprocess.run(["objdump", "-d", str(obj)], check=True, capture_output=True, text=True).stdout
+    assert ("vpdpwssd" in code and "vpdpbusd" in code) == vnni
+    assert ("vpmaddubsw" in code) != vnni and "vpmaddwd" in code  # int16's second chain starts with vpmaddwd

@@ -15,9 +15,10 @@
 //   summed in pairs into int16, then vpmaddwd by 1 into int32: about half the instructions a weight; ~4e-3 of the
 //   largest output on random inputs.
 // Where the build targets AVX-512 VNNI (with VL) or AVX-VNNI, vpdpwssd and vpdpbusd add the products into the int32
-// lanes in one instruction: the same sums with fewer instructions. On a 2-core AMD EPYC (Zen 4) a decode step's
-// products are bound by memory either way; from the CPU's caches, in alternating runs, ~1.05x (int16) and ~1.1x
-// (int8) the rate.
+// lanes in one instruction: the same sums with fewer instructions. On a 2-core AMD EPYC (Zen 4) the int16 products
+// of a decode step read from memory near the fp32 product's rate (benchmarks/RESULTS.md); a standalone loop over
+// glm-large's block matrices, alternating builds with and without VNNI, ran ~1.05x (int16) and ~1.1x (int8) as
+// fast from the CPU's caches.
 //
 // Layout (weight_only_linear.cc): w uint8 [out, in/2], byte j = element 2j (low nibble) | element 2j+1 (high),
 // each a 4-bit two's complement; scale float32 [out, in/group_size]. A 32-byte load holds 64 inputs' weights.

@@ -109,7 +109,7 @@ def use_int8_activations(model: nn.Layer, enabled: bool = True) -> None:
     """Round the inputs of an int4 model's products to int8 instead of int16 (``enabled=False``: back to int16),
     in place; a speed option for CPUs with AVX2, off by default.
 
-    The products' integer route (``csrc/int4_integer_product.cc``) then multiplies bytes (``vpmaddubsw``): about
+    The products' integer route (``csrc/int4_integer_product.cc``) then multiplies bytes (``vpmaddubsw``, or ``vpdpbusd`` where the build has VNNI): about
     half the instructions a weight. Each output moves by up to 1/254 of each input group's largest |x| times the
     |weights| it meets (int16: 1/65534): ~4e-3 of the largest output on random inputs, where int4's own
     rounding of the weights costs ~1e-1. It applies where the integer route runs (float32 CPU inputs, an AVX2
