@@ -110,13 +110,13 @@ def use_int8_activations(model: nn.Layer, enabled: bool = True) -> None:
     in place; a speed option for CPUs with AVX2, off by default.
 
     The products' integer route (``csrc/int4_integer_product.cc``) then multiplies bytes (``vpmaddubsw``, or
-    ``vpdpbusd`` where the build has VNNI): about half the instructions a weight. Each output moves by up to
-    1/254 of each input group's largest |x| times the |weights| it meets (int16: 1/65534): ~4e-3 of the largest
-    output on random inputs, where int4's own rounding of the weights costs ~1e-1. It applies where the integer route runs (float32 CPU inputs, an AVX2
-    build, input sizes a multiple of 64, groups of 16, 32 or a multiple of 64 up to 4096); where it cannot run
-    (a build without AVX2, no compiler), one line on stderr says so and the products compute in float32 as
-    before. Gradients (LoRA training) are computed from the dequantized weights either way. The setting is
-    model-wide: a block's one-call decode step reads it from the block's first projection.
+    ``vpdpbusd`` where the build has VNNI): about half the instructions a weight. Each output moves by up to 1/254
+    of each input group's largest |x| times the |weights| it meets (int16: 1/65534): ~4e-3 of the largest output on
+    random inputs, where int4's own rounding of the weights costs ~1e-1. It applies where the integer route runs
+    (float32 CPU inputs, an AVX2 build, input sizes a multiple of 64, groups of 16, 32 or a multiple of 64 up to
+    4096); where it cannot run (a build without AVX2, no compiler), one line on stderr says so and the products
+    compute in float32 as before. Gradients (LoRA training) are computed from the dequantized weights either way.
+    The setting is model-wide: a block's one-call decode step reads it from the block's first projection.
 
     Raises:
         GLMError: the model is not quantized to weight_only_int4, or its weights are on a GPU (Paddle's CUDA
