@@ -179,8 +179,7 @@ def decode_block(x: paddle.Tensor, params: List[paddle.Tensor], keys: paddle.Ten
     spin_when_idle()
     return paddle._C_ops._run_custom_op(DECODE_BLOCK_OP, x, params, keys, values, key_bias, index, int(length),
                                         WEIGHT_BITS[quant_type], int(group_size), int(activation_bits),
-                                        float(epsilons[0]),
-                                        float(epsilons[1]), chosen_cpu_threads())[0]
+                                        float(epsilons[0]), float(epsilons[1]), chosen_cpu_threads())[0]
 
 
 def check_cache_buffers(operator: str, keys: paddle.Tensor, values: paddle.Tensor) -> None:

@@ -434,6 +434,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, paddle
     from paddle_glm import cpu_operators
     from paddle_glm.quantization.kernels import dequantize_weight, quantize_weight, weight_only_linear
+    from conftest import activation_rounding_bound  # tests/ is on the script's path
     rng = np.random.default_rng(0)
     worst = 0.0
     for qt, bits in (("weight_only_int8", 16), ("weight_only_int4", 16), ("weight_only_int4", 8)):
@@ -442,15 +443,14 @@ SCRIPT = textwrap.dedent("""
             x = rng.standard_normal((5, in_f)).astype("float32")
             d = dequantize_weight(q, s, qt, 64).astype("f8")
             ref = x.astype("f8") @ d.T
-            # int4's integer route rounds x per group of 64 (tests/conftest.py's activation_rounding_bound)
-            step = np.repeat(np.abs(x).reshape(5, -1, 64).max(axis=2) / (2 ** bits - 2), 64, axis=1)  # [5, in]
-            bound = step @ np.abs(d).T if qt == "weight_only_int4" and cpu_operators.int4_integer_route()[0] else 0.0
+            route = qt == "weight_only_int4" and cpu_operators.int4_integer_route()[0]  # rounds x per group
+            bound = activation_rounding_bound(x, d, 64, bits) if route else 0.0
             for _ in range(2):
                 got = weight_only_linear(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), quant_type=qt,
                                          activation_bits=bits)
                 worst = max(worst, float((np.abs(got.numpy() - ref) - bound).max() / np.abs(ref).max()))
-            if bits == 8 and cpu_operators.int4_integer_route()[0]:  # the int8 rounding ran: beyond int16's bound
-                assert (np.abs(got.numpy() - ref) > bound * 254 / 65534).any(), (out_f, in_f)
+            if bits == 8 and route:  # the int8 rounding ran: beyond int16's bound
+                assert (np.abs(got.numpy() - ref) > activation_rounding_bound(x, d, 64, 16)).any(), (out_f, in_f)
     from paddle_glm.linear import linear, linear_transposed  # the float products: the operator or Paddle's matmul
     with paddle.no_grad():
         for rows in (1, 5, 40):
@@ -476,7 +476,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run_script(env_changes, timeout=300):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env_changes)
+    path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, **env_changes)
     env = {k: v for k, v in env.items() if v}  # an empty value unsets
     return subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
